@@ -1,0 +1,6 @@
+//! pgferry: migrates PostgreSQL databases between servers. The runner owns connections, the
+//! lifecycle, the state store and the data pipelines; everything source-specific and every
+//! validation rule is a sandboxed WebAssembly plugin (see `plugin_host`).
+
+pub mod inventory;
+pub mod plugin_host;

@@ -1,0 +1,15 @@
+//! Test harness: throwaway PostgreSQL clusters, test certificates and skip helpers.
+//!
+//! See [`cluster`] for how clusters are made fast and isolated; tests start one with
+//! `Cluster::builder().start()?` and drop it when done.
+
+pub mod certs;
+pub mod cluster;
+pub mod support;
+
+pub use certs::{TestCerts, test_ca_and_server_cert};
+pub use cluster::{
+    Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, pg_available, pg_bin_dir,
+    workspace_root,
+};
+pub use support::corpus_dir;

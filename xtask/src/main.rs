@@ -1,0 +1,136 @@
+//! Project tasks: `cargo xtask build-plugins | check-plugins | test`.
+//!
+//! Guest components (built-in plugins, test fixtures, examples) are built for
+//! wasm32-wasip2 and committed under `*/dist/`, so a plain `cargo build` of the runner needs
+//! no wasm toolchain step and no nested cargo. `check-plugins` rebuilds them and fails when a
+//! committed artefact is stale or a guest has no host test; CI runs it through `test`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Folders whose subfolders are guest crates, each with the `dist/` their artefacts go to.
+const GUEST_DIRS: &[&str] = &["plugins", "tests/guests", "examples"];
+
+/// Where host tests live: every guest's name must appear in one of these files.
+const HOST_TEST_DIRS: &[&str] = &["tests/tests", "runner/tests"];
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = workspace_root();
+    match task.as_str() {
+        "build-plugins" => build_plugins(&root, &root),
+        "check-plugins" => check_plugins(&root),
+        "test" => {
+            check_plugins(&root)?;
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]))
+        }
+        _ => bail!("usage: cargo xtask build-plugins | check-plugins | test"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+struct Guest {
+    package: String,
+    dist: PathBuf,
+}
+
+fn guests(root: &Path) -> Result<Vec<Guest>> {
+    let mut guests = Vec::new();
+    for dir in GUEST_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        let mut crates: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("Cargo.toml").exists()).collect();
+        crates.sort();
+        for krate in crates {
+            let manifest = std::fs::read_to_string(krate.join("Cargo.toml"))?;
+            let package = manifest
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"').map(str::to_string))
+                .with_context(|| format!("{}: no package name", krate.display()))?;
+            guests.push(Guest { package, dist: root.join(dir).join("dist") });
+        }
+    }
+    Ok(guests)
+}
+
+/// Builds every guest and writes `<dist>/<package>.wasm` below `out_root` (mirroring the
+/// workspace layout).
+fn build_plugins(root: &Path, out_root: &Path) -> Result<()> {
+    let guests = guests(root)?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root).args(["build", "--target", "wasm32-wasip2", "--profile", "plugin", "--locked"]);
+    for g in &guests {
+        cmd.args(["-p", &g.package]);
+    }
+    // Panic messages embed source paths: make them independent of where the checkout and
+    // the cargo home are, so every machine builds the same bytes.
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let flags = [format!("--remap-path-prefix={cargo_home}=/cargo"), format!("--remap-path-prefix={}=/pgferry", root.display())];
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+    run(&mut cmd)?;
+    let target_dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    for g in &guests {
+        let built = target_dir.join("wasm32-wasip2/plugin").join(format!("{}.wasm", g.package.replace('-', "_")));
+        let dist = out_root.join(g.dist.strip_prefix(root)?);
+        std::fs::create_dir_all(&dist)?;
+        std::fs::copy(&built, dist.join(format!("{}.wasm", g.package)))
+            .with_context(|| format!("copying {}", built.display()))?;
+    }
+    println!("built {} guest components", guests.len());
+    Ok(())
+}
+
+fn check_plugins(root: &Path) -> Result<()> {
+    let guests = guests(root)?;
+    let mut problems = Vec::new();
+
+    // Every guest needs a host test that loads it (wasmtime test-programs' rule).
+    let mut host_tests = String::new();
+    for dir in HOST_TEST_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "rs") {
+                host_tests.push_str(&std::fs::read_to_string(e.path())?);
+            }
+        }
+    }
+    for g in &guests {
+        if !host_tests.contains(&format!("\"{}\"", g.package)) {
+            problems.push(format!("guest `{}` has no host test (name it as \"{}\" in a test under {})", g.package, g.package, HOST_TEST_DIRS.join(" or ")));
+        }
+    }
+
+    let scratch = std::env::temp_dir().join(format!("pgferry-xtask-{}", std::process::id()));
+    build_plugins(root, &scratch)?;
+    for g in &guests {
+        let rel = g.dist.strip_prefix(root)?.join(format!("{}.wasm", g.package));
+        let fresh = std::fs::read(scratch.join(&rel))?;
+        match std::fs::read(root.join(&rel)) {
+            Ok(committed) if committed == fresh => {}
+            Ok(_) => problems.push(format!("{} is stale: run `cargo xtask build-plugins` and commit it", rel.display())),
+            Err(_) => problems.push(format!("{} is missing: run `cargo xtask build-plugins` and commit it", rel.display())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !problems.is_empty() {
+        bail!("guest components are not in order:\n  {}", problems.join("\n  "));
+    }
+    println!("{} guest components are current and tested", guests.len());
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
