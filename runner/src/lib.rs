@@ -2,5 +2,13 @@
 //! lifecycle, the state store and the data pipelines; everything source-specific and every
 //! validation rule is a sandboxed WebAssembly plugin (see `plugin_host`).
 
+pub mod connect;
 pub mod inventory;
+pub mod lifecycle;
+pub mod migration;
 pub mod plugin_host;
+mod plugin_sql;
+pub mod plugins;
+pub mod properties;
+pub mod report;
+pub mod store;

@@ -1,1 +1,360 @@
-fn main() {}
+//! The `pgferry` command line: parses arguments, calls the library, maps results to output
+//! and exit codes (documented in README.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use pgferry::lifecycle::{State, Status};
+use pgferry::migration::{self, CreateRequest};
+use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
+use pgferry::plugins::{self, Registry};
+use pgferry::properties::{MigrationMode, MigrationOption, Properties};
+use pgferry::report;
+use pgferry::store::{self, Store};
+
+#[derive(Parser)]
+#[command(name = "pgferry", version, about = "Migrate PostgreSQL databases between servers, validated by sandboxed plugins")]
+struct Cli {
+    /// Where the state store lives [default: $PGFERRY_STATE_DIR or ~/.local/state/pgferry]
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Plugin configuration (TOML) [default: $PGFERRY_PLUGINS or ~/.config/pgferry/plugins.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    plugins: Option<PathBuf>,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, follow and control migrations
+    #[command(subcommand)]
+    Migration(MigrationCommand),
+    /// Inspect the plugins this runner uses
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum MigrationCommand {
+    /// Validate (and, later, migrate) the databases a properties file names
+    Create(CreateArgs),
+    /// The migrations in the state store, newest first
+    List {
+        #[arg(long, value_enum, default_value_t = Filter::All)]
+        filter: Filter,
+    },
+    /// One migration: status, validation results, errors
+    Show {
+        #[arg(long)]
+        migration_name: String,
+        /// Target server (host:port) when several targets have a migration of that name
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Trigger the cutover of an online migration, or cancel a migration
+    Update {
+        #[arg(long)]
+        migration_name: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, conflicts_with = "cancel", required_unless_present = "cancel")]
+        cutover: bool,
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Whether a migration name is free on a target server
+    CheckNameAvailability {
+        #[arg(long)]
+        migration_name: String,
+        /// Target server (host:port or a postgres URI)
+        #[arg(long)]
+        target: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Filter {
+    #[value(name = "Active")]
+    Active,
+    #[value(name = "All")]
+    All,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    #[arg(long)]
+    migration_name: String,
+    /// The body `az postgres flexible-server migration create --properties` takes
+    #[arg(long, value_name = "FILE")]
+    properties: PathBuf,
+    /// Target server: host:port or a postgres URI
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, value_enum)]
+    migration_option: Option<MigrationOption>,
+    #[arg(long, value_enum)]
+    migration_mode: Option<ModeArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    #[value(name = "Offline")]
+    Offline,
+    #[value(name = "Online")]
+    Online,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Built-in and configured plugins with their contract, kind and ids
+    List,
+    /// What a component file is: world, contract version, imports, exports, sha256
+    Inspect { file: PathBuf },
+}
+
+/// Exit codes (README.md documents them).
+#[repr(u8)]
+enum Exit {
+    Ok = 0,
+    Error = 1,
+    NotFound = 3,
+    ValidationFailed = 4,
+    Failed = 5,
+    Canceled = 6,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "Error: {error}");
+            for cause in error.chain().skip(1) {
+                let _ = writeln!(stderr, "Caused by: {cause}");
+            }
+            ExitCode::from(Exit::Error as u8)
+        }
+    }
+}
+
+fn print(text: &str) {
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn print_json(value: &serde_json::Value) {
+    print(&format!("{}\n", serde_json::to_string_pretty(value).expect("JSON")));
+}
+
+fn open_store(cli: &Cli) -> Result<Store> {
+    let dir = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => store::default_state_dir()?,
+    };
+    Store::open(&dir)
+}
+
+async fn registry(cli: &Cli) -> Result<Registry> {
+    let config = cli.plugins.clone().or_else(plugins::default_config_file);
+    Registry::load(config.as_deref(), plugins::default_cache_dir()).await
+}
+
+async fn run(cli: Cli) -> Result<Exit> {
+    match &cli.command {
+        Command::Migration(cmd) => match cmd {
+            MigrationCommand::Create(args) => create(&cli, args).await,
+            MigrationCommand::List { filter } => {
+                let store = open_store(&cli)?;
+                let list = store.list(matches!(filter, Filter::Active))?;
+                match cli.output {
+                    Output::Json => print_json(&report::list_json(&list)),
+                    Output::Table => print(&report::list_text(&list)),
+                }
+                Ok(Exit::Ok)
+            }
+            MigrationCommand::Show { migration_name, target } => {
+                let store = open_store(&cli)?;
+                let Some(m) = store.find(migration_name, target.as_deref())? else {
+                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
+                    return Ok(Exit::NotFound);
+                };
+                show(&cli, &store, &m)?;
+                Ok(Exit::Ok)
+            }
+            MigrationCommand::Update { migration_name, target, cutover, cancel } => {
+                let mut store = open_store(&cli)?;
+                let Some(m) = store.find(migration_name, target.as_deref())? else {
+                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
+                    return Ok(Exit::NotFound);
+                };
+                if *cutover {
+                    if m.status != Status::WAITING_FOR_CUTOVER {
+                        bail!(
+                            "migration {migration_name:?} is {}: only an Online migration in WaitingForCutoverTrigger can be cut over",
+                            m.status
+                        );
+                    }
+                    bail!("cutover is not available in this build yet");
+                }
+                debug_assert!(*cancel);
+                if !m.status.is_active() {
+                    bail!("migration {migration_name:?} is {} already; only InProgress or WaitingForUserAction migrations can be canceled", m.status.state);
+                }
+                let m = store.transition(m.id, Status::CANCELED)?;
+                show(&cli, &store, &m)?;
+                Ok(Exit::Ok)
+            }
+            MigrationCommand::CheckNameAvailability { migration_name, target } => {
+                let store = open_store(&cli)?;
+                let endpoint = pgferry::properties::parse_endpoint(target)?;
+                let server = format!("{}:{}", endpoint.host, endpoint.port.unwrap_or(5432));
+                let valid = migration::validate_name(migration_name);
+                let taken = store.name_taken(&server, migration_name)?;
+                let (available, reason) = match (&valid, taken) {
+                    (Err(e), _) => (false, Some(format!("{e}"))),
+                    (Ok(()), Some(status)) => (false, Some(format!("a migration of that name exists on {server} ({status})"))),
+                    (Ok(()), None) => (true, None),
+                };
+                match cli.output {
+                    Output::Json => print_json(&serde_json::json!({"name": migration_name, "targetServer": server, "nameAvailable": available, "reason": reason})),
+                    Output::Table => print(&match reason {
+                        None => format!("{migration_name:?} is available on {server}\n"),
+                        Some(r) => format!("{migration_name:?} is not available on {server}: {r}\n"),
+                    }),
+                }
+                Ok(if available { Exit::Ok } else { Exit::Error })
+            }
+        },
+        Command::Plugin(PluginCommand::List) => plugin_list(&cli).await,
+        Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&cli, file).await,
+    }
+}
+
+fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
+    match cli.output {
+        Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?)),
+        Output::Table => print(&report::show_text(m)),
+    }
+    Ok(())
+}
+
+async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
+    let properties = Properties::from_file(&args.properties)?;
+    for warning in &properties.warnings {
+        eprintln!("warning: properties file {}: {warning}", args.properties.display());
+    }
+    let registry = registry(cli).await?;
+    let mut store = open_store(cli)?;
+    let request = CreateRequest {
+        name: args.migration_name.clone(),
+        properties,
+        target: args.target.clone(),
+        option: args.migration_option,
+        mode: args.migration_mode.map(|m| match m {
+            ModeArg::Offline => MigrationMode::Offline,
+            ModeArg::Online => MigrationMode::Online,
+        }),
+    };
+    let m = migration::create(&mut store, &registry, request).await?;
+    show(cli, &store, &m)?;
+    Ok(match m.status.state {
+        State::Succeeded => Exit::Ok,
+        State::ValidationFailed => Exit::ValidationFailed,
+        State::Canceled => Exit::Canceled,
+        _ => Exit::Failed,
+    })
+}
+
+async fn plugin_list(cli: &Cli) -> Result<Exit> {
+    let registry = registry(cli).await?;
+    let mut rows = Vec::new();
+    for a in &registry.adapters {
+        rows.push(serde_json::json!({
+            "name": a.plugin.name, "origin": a.plugin.origin, "world": "source-adapter",
+            "contract": a.plugin.shape.contract.to_string(), "sha256": a.plugin.sha256,
+            "ids": a.description.info.ids, "displayName": a.description.info.display_name,
+        }));
+    }
+    for r in &registry.rules {
+        rows.push(serde_json::json!({
+            "name": r.plugin.name, "origin": r.plugin.origin, "world": "validation-rule",
+            "contract": r.plugin.shape.contract.to_string(), "sha256": r.plugin.sha256,
+            "ids": r.rules.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        }));
+    }
+    match cli.output {
+        Output::Json => print_json(&serde_json::Value::Array(rows)),
+        Output::Table => {
+            let mut table = comfy_table::Table::new();
+            table.load_preset(comfy_table::presets::NOTHING);
+            table.set_header(["Name", "Origin", "Kind", "Contract", "Ids"]);
+            for r in rows {
+                let origin = match r["origin"]["kind"].as_str() {
+                    Some("file") => r["origin"]["path"].as_str().unwrap_or("file").to_string(),
+                    _ => "built-in".into(),
+                };
+                let ids: Vec<&str> = r["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                table.add_row([r["name"].as_str().unwrap_or(""), &origin, r["world"].as_str().unwrap_or(""), r["contract"].as_str().unwrap_or(""), &ids.join(", ")]);
+            }
+            print(&format!("{table}\n"));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let host = PluginHost::new(plugins::default_cache_dir())?;
+    let plugin = host
+        .load(&name, Origin::File(file.clone()), &bytes, Grants::default(), Vec::new(), Limits::default())
+        .with_context(|| format!("{} is not a usable pgferry plugin", file.display()))?;
+    let provides: Vec<String> = match plugin.shape.world {
+        World::ValidationRule => host.describe_rules(&plugin).await?.into_iter().map(|r| r.id).collect(),
+        World::SourceAdapter => host.describe_adapter(&plugin).await?.info.ids,
+    };
+    let doc = serde_json::json!({
+        "file": file, "sha256": plugin.sha256, "world": plugin.shape.world,
+        "contract": plugin.shape.contract.to_string(), "supportedContract": contract::CONTRACT_VERSION.range(),
+        "imports": plugin.shape.imports, "exports": plugin.shape.exports, "provides": provides,
+    });
+    match cli.output {
+        Output::Json => print_json(&doc),
+        Output::Table => print(&format!(
+            "File      {}\nsha256    {}\nWorld     {}\nContract  {} (this runner: {})\nProvides  {}\nImports   {}\nExports   {}\n",
+            file.display(),
+            plugin.sha256,
+            plugin.shape.world,
+            plugin.shape.contract,
+            contract::CONTRACT_VERSION.range(),
+            provides.join(", "),
+            plugin.shape.imports.join(", "),
+            plugin.shape.exports.join(", "),
+        )),
+    }
+    Ok(Exit::Ok)
+}

@@ -52,7 +52,9 @@ pub fn test_ca_and_server_cert(sans: &[&str]) -> TestCerts {
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &issuer).expect("signing the server certificate");
+    let cert = params
+        .signed_by(&key, &issuer)
+        .expect("signing the server certificate");
 
     TestCerts {
         ca_pem: ca_cert.pem(),

@@ -4,12 +4,13 @@
 //! `Cluster::builder().start()?` and drop it when done.
 
 pub mod certs;
+pub mod cli;
 pub mod cluster;
 pub mod support;
 
+pub use cli::{stabilize, CliOutput, Pgferry};
 pub use certs::{TestCerts, test_ca_and_server_cert};
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, pg_available, pg_bin_dir,
-    workspace_root,
+    Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, pg_available, pg_bin_dir, workspace_root,
 };
 pub use support::corpus_dir;

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 pub fn corpus_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("PGFERRY_CORPUS") {
         Some(d) => PathBuf::from(d),
-        None => crate::workspace_root().join("..").join("shared").join("corpus"),
+        None => crate::workspace_root()
+            .join("..")
+            .join("shared")
+            .join("corpus"),
     };
     let dir = dir.canonicalize().ok()?;
     dir.is_dir().then_some(dir)

@@ -13,7 +13,10 @@ async fn select_one_via_client_and_psql() -> Result<()> {
     eprintln!("cluster start took {:?}", t.elapsed());
     assert_eq!(pg.host(), "127.0.0.1");
     assert_eq!(pg.version(), 15);
-    assert_eq!(pg.uri("postgres"), format!("postgresql://postgres@127.0.0.1:{}/postgres", pg.port()));
+    assert_eq!(
+        pg.uri("postgres"),
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", pg.port())
+    );
     assert!(pg.data_dir().join("PG_VERSION").is_file());
     assert!(pg.bin_dir().join("psql").is_file());
 
@@ -25,10 +28,7 @@ async fn select_one_via_client_and_psql() -> Result<()> {
     // The harness settings are in effect.
     assert_eq!(pg.psql("postgres", "show fsync")?, "off");
     assert_eq!(pg.psql("postgres", "show listen_addresses")?, "127.0.0.1");
-    assert_eq!(
-        pg.psql("postgres", "show server_encoding")?,
-        "UTF8"
-    );
+    assert_eq!(pg.psql("postgres", "show server_encoding")?, "UTF8");
     Ok(())
 }
 
@@ -43,8 +43,20 @@ fn two_clusters_at_once_have_different_ports() -> Result<()> {
     assert_ne!(a.port(), b.port());
     assert_ne!(a.data_dir(), b.data_dir());
     a.psql("postgres", "create table only_in_a (x int)")?;
-    assert_eq!(a.psql("postgres", "select count(*) from pg_class where relname = 'only_in_a'")?, "1");
-    assert_eq!(b.psql("postgres", "select count(*) from pg_class where relname = 'only_in_a'")?, "0");
+    assert_eq!(
+        a.psql(
+            "postgres",
+            "select count(*) from pg_class where relname = 'only_in_a'"
+        )?,
+        "1"
+    );
+    assert_eq!(
+        b.psql(
+            "postgres",
+            "select count(*) from pg_class where relname = 'only_in_a'"
+        )?,
+        "0"
+    );
     Ok(())
 }
 
@@ -63,14 +75,21 @@ async fn password_is_required_over_tcp() -> Result<()> {
 
     // No password: refused.
     let mut no_pw = tokio_postgres::Config::new();
-    no_pw.host(pg.host()).port(pg.port()).user("postgres").dbname("postgres");
+    no_pw
+        .host(pg.host())
+        .port(pg.port())
+        .user("postgres")
+        .dbname("postgres");
     let err = no_pw
         .connect(tokio_postgres::NoTls)
         .await
         .err()
         .expect("connecting without a password must fail");
     // The server asked for a password (scram), which the client did not have.
-    assert!(format!("{err:?}").contains("password missing"), "unexpected error: {err:?}");
+    assert!(
+        format!("{err:?}").contains("password missing"),
+        "unexpected error: {err:?}"
+    );
 
     // Wrong password: refused by the server.
     let mut wrong = no_pw.clone();
@@ -88,7 +107,10 @@ async fn password_is_required_over_tcp() -> Result<()> {
 
     // Right password: accepted, through both the client and psql.
     let client = pg.client("postgres").await?;
-    let user: String = client.query_one("select current_user::text", &[]).await?.get(0);
+    let user: String = client
+        .query_one("select current_user::text", &[])
+        .await?
+        .get(0);
     assert_eq!(user, "postgres");
     assert_eq!(pg.psql("postgres", "select 1")?, "1");
     // Without PGPASSWORD, psql is refused too.
@@ -108,8 +130,14 @@ fn ssl_with_generated_certificates() -> Result<()> {
         .ssl(&certs.server_cert_pem, &certs.server_key_pem)
         .start()?;
     let query = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
-    assert_eq!(pg.psql_with_env("postgres", query, &[("PGSSLMODE", "require")])?, "t");
-    assert_eq!(pg.psql_with_env("postgres", query, &[("PGSSLMODE", "disable")])?, "f");
+    assert_eq!(
+        pg.psql_with_env("postgres", query, &[("PGSSLMODE", "require")])?,
+        "t"
+    );
+    assert_eq!(
+        pg.psql_with_env("postgres", query, &[("PGSSLMODE", "disable")])?,
+        "f"
+    );
 
     // The chain verifies against the generated CA, including the IP SAN.
     let dir = tempfile::tempdir()?;
@@ -135,10 +163,16 @@ fn ssl_with_generated_certificates() -> Result<()> {
         .psql_with_env(
             "postgres",
             query,
-            &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", other_ca.to_str().unwrap())],
+            &[
+                ("PGSSLMODE", "verify-full"),
+                ("PGSSLROOTCERT", other_ca.to_str().unwrap()),
+            ],
         )
         .expect_err("verify-full against a certificate for another name must fail");
-    assert!(err.to_string().contains("does not match host name"), "unexpected error: {err:#}");
+    assert!(
+        err.to_string().contains("does not match host name"),
+        "unexpected error: {err:#}"
+    );
     Ok(())
 }
 
@@ -161,11 +195,17 @@ fn drop_stops_the_server_and_removes_the_dir() -> Result<()> {
 async fn restart_and_stop_keep_data_and_settings() -> Result<()> {
     let pg = Cluster::builder().setting("work_mem", "7MB").start()?;
     pg.create_database("app db")?;
-    pg.psql("app db", "create table t (x int); insert into t values (42)")?;
+    pg.psql(
+        "app db",
+        "create table t (x int); insert into t values (42)",
+    )?;
     let before = pg.psql("postgres", "select pg_postmaster_start_time()")?;
     pg.restart()?;
     assert!(pg.is_running());
-    assert_ne!(pg.psql("postgres", "select pg_postmaster_start_time()")?, before);
+    assert_ne!(
+        pg.psql("postgres", "select pg_postmaster_start_time()")?,
+        before
+    );
     assert_eq!(pg.psql("app db", "select x from t")?, "42");
     assert_eq!(pg.psql("postgres", "show work_mem")?, "7MB");
     let client = pg.client("app db").await?;
@@ -184,23 +224,48 @@ async fn restart_and_stop_keep_data_and_settings() -> Result<()> {
 #[test]
 fn psql_errors_carry_stderr_and_files_run() -> Result<()> {
     let pg = Cluster::builder().start()?;
-    let err = pg.psql("postgres", "select * from no_such_table").unwrap_err();
+    let err = pg
+        .psql("postgres", "select * from no_such_table")
+        .unwrap_err();
     assert!(
-        err.to_string().contains("relation \"no_such_table\" does not exist"),
+        err.to_string()
+            .contains("relation \"no_such_table\" does not exist"),
         "unexpected error: {err:#}"
     );
 
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("script.sql");
-    std::fs::write(&file, "create table a (x int);\nselect * from missing;\ncreate table b (x int);\n")?;
+    std::fs::write(
+        &file,
+        "create table a (x int);\nselect * from missing;\ncreate table b (x int);\n",
+    )?;
     let err = pg.psql_file("postgres", &file, true).unwrap_err();
-    assert!(err.to_string().contains("missing"), "unexpected error: {err:#}");
-    assert_eq!(pg.psql("postgres", "select count(*) from pg_class where relname in ('a','b')")?, "1");
+    assert!(
+        err.to_string().contains("missing"),
+        "unexpected error: {err:#}"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select count(*) from pg_class where relname in ('a','b')"
+        )?,
+        "1"
+    );
 
     pg.create_database("second")?;
     let out = pg.psql_file("second", &file, false)?;
-    assert!(out.stderr.contains("relation \"missing\" does not exist"), "stderr: {}", out.stderr);
-    assert_eq!(pg.psql("second", "select count(*) from pg_class where relname in ('a','b')")?, "2");
+    assert!(
+        out.stderr.contains("relation \"missing\" does not exist"),
+        "stderr: {}",
+        out.stderr
+    );
+    assert_eq!(
+        pg.psql(
+            "second",
+            "select count(*) from pg_class where relname in ('a','b')"
+        )?,
+        "2"
+    );
     Ok(())
 }
 
@@ -211,7 +276,11 @@ fn start_failure_reports_the_server_log() {
         .start()
         .expect_err("a bad setting must make the start fail");
     let msg = format!("{err:#}");
-    assert!(msg.contains("shared_buffers"), "error lacks the log tail: {msg}");
+    eprintln!("{msg}");
+    assert!(
+        msg.contains("shared_buffers"),
+        "error lacks the log tail: {msg}"
+    );
 }
 
 #[test]
@@ -233,4 +302,41 @@ fn skip_macro_returns_early() {
     if let Some(c) = pgferry_tests::corpus_dir() {
         assert!(c.is_dir());
     }
+}
+
+#[test]
+fn postgis_extension_when_installed() -> Result<()> {
+    let pg = Cluster::builder().start()?;
+    let available = pg.psql(
+        "postgres",
+        "select count(*) from pg_available_extensions where name = 'postgis'",
+    )?;
+    if available != "1" {
+        pgferry_tests::skip!("PostGIS is not installed for PostgreSQL {}", pg.version());
+    }
+    pg.psql("postgres", "create extension postgis")?;
+    assert_eq!(
+        pg.psql("postgres", "select ST_AsText(ST_MakePoint(1, 2))")?,
+        "POINT(1 2)"
+    );
+    Ok(())
+}
+
+#[test]
+fn orphans_of_dead_test_processes_are_reaped() -> Result<()> {
+    let pg = Cluster::builder().start()?;
+    let port = pg.port();
+    // Pretend the owning test process died without dropping the cluster.
+    let mut child = std::process::Command::new("true").spawn()?;
+    let dead_pid = child.id();
+    child.wait()?;
+    std::fs::write(pg.dir().join("owner.pid"), dead_pid.to_string())?;
+    pgferry_tests::cluster::reap_orphans();
+    assert!(!pg.dir().exists(), "{} was not reaped", pg.dir().display());
+    assert!(
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).is_err(),
+        "port {port} still accepts connections"
+    );
+    drop(pg); // must not complain about the missing dir
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-plugins | check-plugins | test`.
+//! Project tasks: `cargo xtask build-plugins | check-plugins | test | demo`.
 //!
 //! Guest components (built-in plugins, test fixtures, examples) are built for
 //! wasm32-wasip2 and committed under `*/dist/`, so a plain `cargo build` of the runner needs
@@ -26,7 +26,8 @@ fn main() -> Result<()> {
             check_plugins(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]))
         }
-        _ => bail!("usage: cargo xtask build-plugins | check-plugins | test"),
+        "demo" => demo(&root),
+        _ => bail!("usage: cargo xtask build-plugins | check-plugins | test | demo"),
     }
 }
 
@@ -132,5 +133,54 @@ fn run(cmd: &mut Command) -> Result<()> {
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
+    Ok(())
+}
+
+/// Starts two throwaway local servers, loads a sample database into the source, and runs
+/// pgferry against them: the README's first command.
+fn demo(root: &Path) -> Result<()> {
+    use pgferry_tests::Cluster;
+    run(Command::new(cargo()).current_dir(root).args(["build", "--release", "-p", "pgferry"]))?;
+    let bin = root.join("target/release/pgferry");
+    println!("==> starting a source and a target PostgreSQL server (throwaway, loopback only)");
+    let source = Cluster::builder().setting("wal_level", "logical").start()?;
+    let target = Cluster::start()?;
+    source.create_database("pagila")?;
+    match pgferry_tests::corpus_dir() {
+        Some(corpus) => {
+            println!("==> loading pagila from {} into the source", corpus.display());
+            for file in ["pagila/pagila-schema.sql", "pagila/pagila-data.sql"] {
+                source.psql_file("pagila", &corpus.join(file), false)?;
+            }
+        }
+        None => {
+            println!("==> ../shared/corpus not found: loading a small sample schema instead");
+            source.psql("pagila", "create table film (film_id serial primary key, title text not null); \
+                insert into film (title) select 'film ' || g from generate_series(1, 1000) g; \
+                create table film_log (at timestamptz default now(), line text);")?;
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let props = dir.path().join("properties.json");
+    std::fs::write(
+        &props,
+        format!(
+            r#"{{"properties": {{"SourceDBServerResourceId": "127.0.0.1:{}@postgres", "targetServerUserName": "postgres",
+                "DBsToMigrate": ["pagila"], "OverwriteDBsInTarget": "false", "sourceType": "OnPremises", "sslMode": "Prefer"}}}}"#,
+            source.port()
+        ),
+    )?;
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let pgferry = |args: &[&str]| -> Result<()> {
+        println!("\n$ pgferry {}", args.join(" "));
+        let status = Command::new(&bin).env("PGFERRY_STATE_DIR", dir.path().join("state")).args(args).status()?;
+        println!("(exit code {})", status.code().unwrap_or(-1));
+        Ok(())
+    };
+    let props = props.display().to_string();
+    pgferry(&["migration", "create", "--migration-name", "demo-offline", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"])?;
+    pgferry(&["migration", "create", "--migration-name", "demo-online", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--migration-mode", "Online"])?;
+    pgferry(&["migration", "list"])?;
+    println!("\n==> done; the servers are stopped and removed");
     Ok(())
 }

@@ -1,0 +1,308 @@
+//! Connections as libpq users expect them: explicit values first, then the PG* environment
+//! (PGPASSWORD, PGSSLMODE, PGSSLROOTCERT, PGCONNECT_TIMEOUT, PGAPPNAME), then `~/.pgpass`;
+//! sslmode with libpq's meaning, done with rustls (tokio-postgres alone verifies every TLS
+//! connection like verify-full and cannot do prefer/require against a self-signed server).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::Client;
+
+use crate::properties::{Secret, SslMode};
+
+/// Which server a connection is for, as users call it in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Target,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Target => "target",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnSpec {
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub ssl_mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// How a connection ended up protected, for `show` and the validation report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TlsState {
+    /// Plain text.
+    None,
+    /// Encrypted, server certificate not checked (Prefer, Require).
+    Unverified,
+    /// Chain checked against the root certificate, host name not (VerifyCA).
+    VerifiedCa,
+    /// Chain and host name checked (VerifyFull).
+    VerifiedFull,
+}
+
+impl ConnSpec {
+    /// Fills what the caller left open from the environment and `~/.pgpass`, as libpq does.
+    pub fn resolve_from_env(mut self) -> Self {
+        if self.password.is_none() {
+            self.password = std::env::var("PGPASSWORD").ok().map(Secret::new).or_else(|| {
+                pgpass_lookup(&self.host, self.port, "*", &self.user).map(Secret::new)
+            });
+        }
+        if self.root_cert.is_none() {
+            self.root_cert = std::env::var_os("PGSSLROOTCERT").map(PathBuf::from).or_else(|| {
+                let default = home()?.join(".postgresql/root.crt");
+                default.exists().then_some(default)
+            });
+        }
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} server {}:{}", self.role, self.host, self.port)
+    }
+
+    /// Connects to `dbname`; errors say which server, what failed and what to do.
+    pub async fn connect(&self, dbname: &str) -> Result<(Client, TlsState)> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(dbname)
+            .application_name(&std::env::var("PGAPPNAME").unwrap_or_else(|_| "pgferry".into()))
+            .connect_timeout(self.connect_timeout);
+        if let Some(pw) = &self.password {
+            config.password(pw.expose());
+        }
+        config.ssl_mode(match self.ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
+        let (client, connection) = match tokio::time::timeout(self.connect_timeout, config.connect(tls)).await {
+            Ok(result) => result.map_err(|e| self.explain(e, dbname))?,
+            Err(_) => anyhow::bail!(
+                "cannot connect to the {}: no answer within {:?}; check that the host is reachable from this machine (firewall, security group) or raise PGCONNECT_TIMEOUT",
+                self.describe(),
+                self.connect_timeout
+            ),
+        };
+        let describe = self.describe();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection to the {describe} ended: {e}");
+            }
+        });
+        let encrypted: bool = client
+            .query_one("select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false)", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        let state = match (encrypted, self.ssl_mode) {
+            (false, _) => TlsState::None,
+            (true, SslMode::VerifyFull) => TlsState::VerifiedFull,
+            (true, SslMode::VerifyCA) => TlsState::VerifiedCa,
+            (true, _) => TlsState::Unverified,
+        };
+        if state == TlsState::Unverified {
+            tracing::warn!("the connection to the {} is encrypted but its certificate is not verified (sslMode {:?}); use VerifyFull to check it", self.describe(), self.ssl_mode);
+        }
+        Ok((client, state))
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS setup")?;
+        let verifier: Arc<dyn ServerCertVerifier> = match self.ssl_mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AcceptAnyCert(provider)),
+            SslMode::VerifyCA | SslMode::VerifyFull => {
+                let roots = self.root_store()?;
+                let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .context("building the certificate verifier")?;
+                if self.ssl_mode == SslMode::VerifyCA {
+                    Arc::new(IgnoreHostName(inner))
+                } else {
+                    inner
+                }
+            }
+        };
+        Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+    }
+
+    fn root_store(&self) -> Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        match &self.root_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!("cannot read the root certificate {} for the {} (sslrootcert / PGSSLROOTCERT)", path.display(), self.describe())
+                })?;
+                let mut added = 0;
+                for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                    let cert: CertificateDer = cert.with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+                    roots.add(cert).with_context(|| format!("{} holds an unusable certificate", path.display()))?;
+                    added += 1;
+                }
+                anyhow::ensure!(added > 0, "{} holds no certificate", path.display());
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        Ok(roots)
+    }
+
+    fn explain(&self, e: tokio_postgres::Error, dbname: &str) -> anyhow::Error {
+        let who = self.describe();
+        if let Some(db) = e.as_db_error() {
+            let hint = match db.code().code() {
+                "28P01" | "28000" => format!(
+                    "check the {} password (SecretParameters.AdminCredentials.{}ServerPassword, PGPASSWORD or ~/.pgpass) and the user name",
+                    self.role,
+                    if self.role == Role::Source { "Source" } else { "Target" }
+                ),
+                "3D000" => format!("database {dbname:?} does not exist on the {who}"),
+                _ => db.hint().unwrap_or("").to_string(),
+            };
+            return anyhow::anyhow!("cannot connect to the {who} as {:?}: {} (SQLSTATE {}){}", self.user, db.message(), db.code().code(), if hint.is_empty() { String::new() } else { format!("\nHint: {hint}") });
+        }
+        let text = format!("{e:#}");
+        let source = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        let hint = if text.contains("password missing") || source.contains("password missing") {
+            format!("the {who} asks for a password: give it in SecretParameters.AdminCredentials, PGPASSWORD or ~/.pgpass")
+        } else if source.contains("NotValidForName") || source.contains("not valid for name") {
+            format!("the certificate of the {who} does not name host {:?}; connect by a name the certificate lists, or use sslMode VerifyCA", self.host)
+        } else if source.contains("UnknownIssuer") || source.contains("invalid peer certificate") {
+            "the server certificate is not signed by the root certificate given (sslrootcert / PGSSLROOTCERT)".to_string()
+        } else if text.contains("server does not support TLS") {
+            format!("the {who} does not accept TLS; enable ssl on it or use sslMode Prefer")
+        } else {
+            "check the host and port, and that the server accepts connections from this machine (listen_addresses, pg_hba.conf)".to_string()
+        };
+        anyhow::anyhow!("cannot connect to the {who}: {text}{}\nHint: {hint}", if source.is_empty() { String::new() } else { format!(": {source}") })
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// Looks the password up in PGPASSFILE or `~/.pgpass` (`host:port:db:user:password`, `*`
+/// wildcards, `\` escapes). A file readable by group or others is ignored, as libpq does.
+pub fn pgpass_lookup(host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE").map(PathBuf::from).or_else(|| Some(home()?.join(".pgpass")))?;
+    pgpass_lookup_in(&path, host, port, db, user)
+}
+
+fn pgpass_lookup_in(path: &Path, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!("password file {} has group or world access; it is ignored (chmod 0600 it)", path.display());
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let port = port.to_string();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let fields = split_pgpass(line);
+        if fields.len() != 5 {
+            return None;
+        }
+        let want = [host, port.as_str(), db, user];
+        let matches = fields[..4].iter().zip(want).all(|(f, w)| f == "*" || f == w || w == "*");
+        matches.then(|| fields[4].clone())
+    })
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+/// Require/Prefer: encrypt, but accept any certificate (libpq's meaning).
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// VerifyCA: the chain must lead to the given root; the host name is not checked.
+#[derive(Debug)]
+struct IgnoreHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for IgnoreHostName {
+    fn verify_server_cert(&self, end: &CertificateDer<'_>, inter: &[CertificateDer<'_>], name: &ServerName<'_>, ocsp: &[u8], now: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end, inter, name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn pgpass_matches_like_libpq() {
+        let dir = std::env::temp_dir().join(format!("pgferry-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgpass");
+        std::fs::write(&file, "# comment\nother:5432:*:bob:nope\ndb.example:*:*:alice:s\\:cret\n*:*:*:*:fallback\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(pgpass_lookup_in(&file, "db.example", 6432, "*", "alice").as_deref(), Some("s:cret"));
+        assert_eq!(pgpass_lookup_in(&file, "elsewhere", 5432, "*", "carol").as_deref(), Some("fallback"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(pgpass_lookup_in(&file, "db.example", 6432, "*", "alice"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

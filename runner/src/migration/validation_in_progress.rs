@@ -1,0 +1,163 @@
+//! ValidationInProgress: every applicable rule of every rule plugin, instance-level once and
+//! database-level per migrated database, plus the source adapter's readiness findings. A
+//! plugin that fails (deadline, memory, trap, garbage) becomes an error finding naming it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::plugin_host::{CheckContext, Finding, Level, Services, Severity};
+use crate::plugins::{AdapterPlugin, Registry};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CheckState {
+    Succeeded,
+    Warning,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingReport {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub id: String,
+    pub title: String,
+    pub plugin: String,
+    pub state: CheckState,
+    pub findings: Vec<FindingReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelReport {
+    pub state: CheckState,
+    pub checks: Vec<CheckReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseReport {
+    pub database_name: String,
+    #[serde(flatten)]
+    pub result: LevelReport,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationReport {
+    pub status: CheckState,
+    pub started_on: DateTime<Utc>,
+    pub ended_on: DateTime<Utc>,
+    pub server_level: LevelReport,
+    pub db_level: Vec<DatabaseReport>,
+}
+
+pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Services>, base: &CheckContext) -> ValidationReport {
+    let started_on = Utc::now();
+    let source_types: Vec<String> = adapter.description.info.ids.iter().map(|s| s.to_ascii_lowercase()).collect();
+
+    // The adapter's readiness findings refine the generic rules: a rule finding whose code
+    // the adapter also reports is replaced by the adapter's provider-specific one.
+    let readiness = registry.host.readiness(&adapter.plugin, services.clone(), base).await;
+    let readiness_check = check_report(
+        "source-readiness",
+        &format!("{} readiness", adapter.description.info.display_name),
+        &adapter.plugin.name,
+        readiness,
+    );
+    let refined: Vec<String> = readiness_check.findings.iter().map(|f| f.code.clone()).collect();
+
+    let mut server_checks = vec![readiness_check];
+    let mut db_checks: Vec<(String, Vec<CheckReport>)> = base.dbs_to_migrate.iter().map(|d| (d.clone(), Vec::new())).collect();
+    for rule_plugin in &registry.rules {
+        for rule in &rule_plugin.rules {
+            if !rule.modes.is_empty() && !rule.modes.contains(&base.mode) {
+                continue;
+            }
+            if !rule.source_types.is_empty() && !rule.source_types.iter().any(|t| source_types.contains(&t.to_ascii_lowercase())) {
+                continue;
+            }
+            match rule.level {
+                Level::Instance => {
+                    let result = registry.host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, base).await;
+                    let mut check = check_report(&rule.id, &rule.title, &rule_plugin.plugin.name, result);
+                    check.findings.retain(|f| !refined.contains(&f.code));
+                    check.state = state_of(&check.findings);
+                    server_checks.push(check);
+                }
+                Level::Database => {
+                    for (database, checks) in &mut db_checks {
+                        let ctx = CheckContext { database: Some(database.clone()), ..base.clone() };
+                        let result = registry.host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, &ctx).await;
+                        checks.push(check_report(&rule.id, &rule.title, &rule_plugin.plugin.name, result));
+                    }
+                }
+            }
+        }
+    }
+    let server_level = level_report(server_checks);
+    let db_level: Vec<DatabaseReport> =
+        db_checks.into_iter().map(|(database_name, checks)| DatabaseReport { database_name, result: level_report(checks) }).collect();
+    let status = db_level.iter().map(|d| d.result.state).chain([server_level.state]).max().unwrap_or(CheckState::Succeeded);
+    ValidationReport { status, started_on, ended_on: Utc::now(), server_level, db_level }
+}
+
+fn check_report(id: &str, title: &str, plugin: &str, result: Result<Vec<Finding>, crate::plugin_host::PluginError>) -> CheckReport {
+    let findings: Vec<FindingReport> = match result {
+        Ok(findings) => findings.into_iter().map(finding_report).collect(),
+        Err(error) => {
+            tracing::error!("{error}");
+            vec![FindingReport {
+                severity: "error".into(),
+                code: "plugin-failed".into(),
+                message: format!("rule `{id}` could not run: {error}"),
+                object: Some(format!("plugin {plugin}")),
+                remediation: Some("fix or remove the plugin from the plugin configuration; the migration cannot be validated without it".into()),
+            }]
+        }
+    };
+    CheckReport { id: id.into(), title: title.into(), plugin: plugin.into(), state: state_of(&findings), findings }
+}
+
+fn finding_report(f: Finding) -> FindingReport {
+    FindingReport {
+        severity: match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+        .into(),
+        code: f.code,
+        message: f.message,
+        object: f.object,
+        remediation: f.remediation,
+    }
+}
+
+fn state_of(findings: &[FindingReport]) -> CheckState {
+    findings
+        .iter()
+        .map(|f| match f.severity.as_str() {
+            "error" => CheckState::Failed,
+            "warning" => CheckState::Warning,
+            _ => CheckState::Succeeded,
+        })
+        .max()
+        .unwrap_or(CheckState::Succeeded)
+}
+
+fn level_report(checks: Vec<CheckReport>) -> LevelReport {
+    LevelReport { state: checks.iter().map(|c| c.state).max().unwrap_or(CheckState::Succeeded), checks }
+}

@@ -1,0 +1,200 @@
+//! Which plugins a run uses: the built-in ones embedded in the binary, plus the external
+//! ones an operator lists (and pins by sha256) in a TOML file.
+//!
+//! ```toml
+//! [[plugin]]
+//! path = "rules/no-huge-dbs.wasm"   # relative to this file
+//! sha256 = "…"
+//! grants = ["sql"]                  # optional; read-only SQL
+//! deadline_ms = 2000                # optional
+//! memory_mb = 64                    # optional
+//! [plugin.settings]
+//! max_bytes = "1000000"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::plugin_host::{
+    AdapterDescription, Grants, Limits, Origin, Plugin, PluginHost, RuleDescriptor, World,
+};
+
+macro_rules! builtin {
+    ($name:literal) => {
+        ($name, include_bytes!(concat!("../../plugins/dist/", $name, ".wasm")).as_slice())
+    };
+}
+
+/// The built-in plugins, compiled by `cargo xtask build-plugins`.
+pub const BUILTIN: &[(&str, &[u8])] = &[
+    builtin!("adapter-on-premises"),
+    builtin!("adapter-aws-rds"),
+    builtin!("adapter-aws-aurora"),
+    builtin!("adapter-azure-vm"),
+    builtin!("adapter-azure-single-server"),
+    builtin!("rules-server"),
+    builtin!("rules-schema"),
+    builtin!("rules-online"),
+];
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    plugin: Vec<PluginEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginEntry {
+    path: PathBuf,
+    sha256: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    memory_mb: Option<usize>,
+    #[serde(default)]
+    settings: BTreeMap<String, toml::Value>,
+}
+
+pub struct RulePlugin {
+    pub plugin: Arc<Plugin>,
+    pub rules: Vec<RuleDescriptor>,
+}
+
+pub struct AdapterPlugin {
+    pub plugin: Arc<Plugin>,
+    pub description: AdapterDescription,
+}
+
+/// The loaded plugins of one run.
+pub struct Registry {
+    pub host: PluginHost,
+    pub rules: Vec<RulePlugin>,
+    pub adapters: Vec<AdapterPlugin>,
+}
+
+/// The compile cache: `PGFERRY_CACHE_DIR`, else the user's cache directory.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PGFERRY_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    use etcetera::BaseStrategy;
+    Some(etcetera::choose_base_strategy().ok()?.cache_dir().join("pgferry").join("components"))
+}
+
+/// `--plugins FILE`, else `PGFERRY_PLUGINS`, else `<config dir>/pgferry/plugins.toml` if present.
+pub fn default_config_file() -> Option<PathBuf> {
+    if let Some(file) = std::env::var_os("PGFERRY_PLUGINS") {
+        return Some(PathBuf::from(file));
+    }
+    use etcetera::BaseStrategy;
+    let file = etcetera::choose_base_strategy().ok()?.config_dir().join("pgferry").join("plugins.toml");
+    file.exists().then_some(file)
+}
+
+impl Registry {
+    /// Loads the built-in plugins and those of `config` (if any). A broken external plugin
+    /// stops the load with an error naming it and its file.
+    pub async fn load(config: Option<&Path>, cache_dir: Option<PathBuf>) -> Result<Registry> {
+        let host = PluginHost::new(cache_dir)?;
+        let mut plugins = Vec::new();
+        for (name, bytes) in BUILTIN {
+            let plugin = host
+                .load(name, Origin::BuiltIn, bytes, Grants::default(), Vec::new(), Limits::default())
+                .with_context(|| "a built-in plugin failed to load; this build of pgferry is broken")?;
+            plugins.push(plugin);
+        }
+        if let Some(config) = config {
+            plugins.extend(load_config(&host, config)?);
+        }
+        let mut registry = Registry { host, rules: Vec::new(), adapters: Vec::new() };
+        for plugin in plugins {
+            let plugin = Arc::new(plugin);
+            match plugin.shape.world {
+                World::ValidationRule => {
+                    let rules = registry.host.describe_rules(&plugin).await?;
+                    registry.rules.push(RulePlugin { plugin, rules });
+                }
+                World::SourceAdapter => {
+                    let description = registry.host.describe_adapter(&plugin).await?;
+                    for id in &description.info.ids {
+                        if let Some(other) = registry.adapter_for(id) {
+                            bail!("plugin `{}` declares source type {id:?}, which plugin `{}` already declares; remove one of them", plugin.name, other.plugin.name);
+                        }
+                    }
+                    registry.adapters.push(AdapterPlugin { plugin, description });
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    /// The adapter declaring `source_type` (ids compare case-insensitively).
+    pub fn adapter_for(&self, source_type: &str) -> Option<&AdapterPlugin> {
+        self.adapters
+            .iter()
+            .find(|a| a.description.info.ids.iter().any(|id| id.eq_ignore_ascii_case(source_type)))
+    }
+
+    pub fn require_adapter(&self, source_type: &str) -> Result<&AdapterPlugin> {
+        self.adapter_for(source_type).with_context(|| {
+            let known: Vec<String> = self.adapters.iter().flat_map(|a| a.description.info.ids.clone()).collect();
+            format!("unknown sourceType {source_type:?}; known source types: {} (a source-adapter plugin can add more)", known.join(", "))
+        })
+    }
+}
+
+fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plugin configuration {}", path.display()))?;
+    let config: ConfigFile = toml::from_str(&text).with_context(|| format!("plugin configuration {} is not valid", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    config
+        .plugin
+        .into_iter()
+        .map(|entry| {
+            let file = base.join(&entry.path);
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read plugin file {} (listed in {})", file.display(), path.display()))?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(entry.sha256.trim()) {
+                bail!(
+                    "plugin file {} does not match its pin in {}: sha256 is {actual}, the pin says {}; if you trust the new file, update the pin",
+                    file.display(),
+                    path.display(),
+                    entry.sha256
+                );
+            }
+            let name = entry.name.clone().unwrap_or_else(|| file.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+            let mut grants = Grants::default();
+            for grant in &entry.grants {
+                match grant.as_str() {
+                    "sql" => grants.sql = true,
+                    other => bail!("plugin `{name}` in {}: unknown grant {other:?} (known: \"sql\")", path.display()),
+                }
+            }
+            let defaults = Limits::default();
+            let limits = Limits {
+                deadline: entry.deadline_ms.map(Duration::from_millis).unwrap_or(defaults.deadline),
+                memory_bytes: entry.memory_mb.map(|mb| mb << 20).unwrap_or(defaults.memory_bytes),
+            };
+            let settings = entry
+                .settings
+                .into_iter()
+                .map(|(k, v)| (k, match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                }))
+                .collect();
+            Ok(host.load(&name, Origin::File(file.clone()), &bytes, grants, settings, limits)?)
+        })
+        .collect()
+}

@@ -1,0 +1,358 @@
+//! The `--properties` body, compatible with `az postgres flexible-server migration create
+//! --properties`: keys are case-insensitive, `targetServerUserName` may stand at the top or
+//! inside `SecretParameters`, unknown keys are warnings. Secrets never leave this module
+//! except as [`Secret`], which does not serialise and prints as `***`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+
+/// A password. Debug and Display hide it; it has no Serialize, so it cannot reach the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MigrationMode {
+    Offline,
+    Online,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
+pub enum MigrationOption {
+    Validate,
+    Migrate,
+    ValidateAndMigrate,
+}
+
+/// sslMode as the properties spell it; meanings as libpq's sslmode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCA,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verifyca" => SslMode::VerifyCA,
+            "verifyfull" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// A server as the properties name it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// What the user wrote (kept for `show`).
+    pub spelled: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Properties {
+    pub source: Endpoint,
+    pub source_password: Option<Secret>,
+    pub target: Option<Endpoint>,
+    pub target_user: Option<String>,
+    pub target_password: Option<Secret>,
+    pub dbs_to_migrate: Vec<String>,
+    pub overwrite_dbs_in_target: bool,
+    pub mode: Option<MigrationMode>,
+    pub option: Option<MigrationOption>,
+    pub source_type: String,
+    pub ssl_mode: Option<SslMode>,
+    /// Keys accepted for compatibility but not used by the runner (Azure resource ids).
+    pub accepted: BTreeMap<String, Value>,
+    pub warnings: Vec<String>,
+}
+
+/// Keys the cloud service takes that mean nothing to a local runner.
+const ACCEPTED_UNUSED: &[&str] = &[
+    "migrationruntimeresourceid",
+    "targetdbserverresourceid",
+    "migrationinstanceresourceid",
+    "setupLogicalReplicationOnSourceDbIfNeeded",
+    "startdatatimeutc",
+    "triggercutover",
+    "cancel",
+    "cutover",
+    "migrationwindowstarttimeinutc",
+    "dbstocancelmigrationon",
+    "dbstotriggercutoveron",
+];
+
+impl Properties {
+    pub fn from_file(path: &std::path::Path) -> Result<Properties> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the properties file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("properties file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Properties> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!("is not valid JSON: {e} (expected {{\"properties\": {{…}}}} as `az postgres flexible-server migration create --properties` takes)")
+        })?;
+        let Value::Object(top) = value else { bail!("must be a JSON object") };
+        let mut top = lowercase_keys(top);
+        let body = match top.remove("properties") {
+            Some(Value::Object(body)) => lowercase_keys(body),
+            Some(_) => bail!("`properties` must be an object"),
+            None => top,
+        };
+        Self::from_body(body)
+    }
+
+    fn from_body(mut body: Map<String, Value>) -> Result<Properties> {
+        let mut warnings = Vec::new();
+        let mut secrets = match body.remove("secretparameters") {
+            Some(Value::Object(m)) => lowercase_keys(m),
+            Some(_) => bail!("`SecretParameters` must be an object"),
+            None => Map::new(),
+        };
+        let mut admin = match secrets.remove("admincredentials") {
+            Some(Value::Object(m)) => lowercase_keys(m),
+            Some(_) => bail!("`SecretParameters.AdminCredentials` must be an object"),
+            None => Map::new(),
+        };
+        let source_password = take_string(&mut admin, "sourceserverpassword")?.map(Secret::new);
+        let target_password = take_string(&mut admin, "targetserverpassword")?.map(Secret::new);
+        for key in admin.keys() {
+            warnings.push(format!("unknown key `SecretParameters.AdminCredentials.{key}` ignored"));
+        }
+        let target_user = match take_string(&mut body, "targetserverusername")? {
+            Some(u) => Some(u),
+            None => take_string(&mut secrets, "targetserverusername")?,
+        };
+        let source_user = match take_string(&mut body, "sourceserverusername")? {
+            Some(u) => Some(u),
+            None => take_string(&mut secrets, "sourceserverusername")?,
+        };
+        for key in secrets.keys() {
+            warnings.push(format!("unknown key `SecretParameters.{key}` ignored"));
+        }
+
+        let source_id = take_string(&mut body, "sourcedbserverresourceid")?
+            .context("`SourceDBServerResourceId` is missing: give the source as \"host:port@user\"")?;
+        let source_fqdn = take_string(&mut body, "sourcedbserverfullyqualifieddomainname")?;
+        let mut source = parse_source(&source_id, source_fqdn.as_deref())?;
+        if source_user.is_some() {
+            source.user = source_user;
+        }
+        let target = take_string(&mut body, "targetdbserverfullyqualifieddomainname")?
+            .map(|t| parse_endpoint(&t))
+            .transpose()?;
+
+        let dbs_to_migrate = match body.remove("dbstomigrate") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => bail!("`DBsToMigrate` must hold database names, found {other}"),
+                })
+                .collect::<Result<_>>()?,
+            Some(other) => bail!("`DBsToMigrate` must be a list of database names, found {other}"),
+        };
+        let overwrite_dbs_in_target = match body.remove("overwritedbsintarget") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+            Some(other) => bail!("`OverwriteDBsInTarget` must be \"true\" or \"false\", found {other}"),
+        };
+        let mode = take_string(&mut body, "migrationmode")?
+            .map(|m| match m.to_ascii_lowercase().as_str() {
+                "offline" => Ok(MigrationMode::Offline),
+                "online" => Ok(MigrationMode::Online),
+                _ => bail!("`MigrationMode` {m:?} is not one of Offline, Online"),
+            })
+            .transpose()?;
+        let option = take_string(&mut body, "migrationoption")?
+            .map(|m| match m.to_ascii_lowercase().as_str() {
+                "validate" => Ok(MigrationOption::Validate),
+                "migrate" => Ok(MigrationOption::Migrate),
+                "validateandmigrate" => Ok(MigrationOption::ValidateAndMigrate),
+                _ => bail!("`MigrationOption` {m:?} is not one of Validate, Migrate, ValidateAndMigrate"),
+            })
+            .transpose()?;
+        let source_type = take_string(&mut body, "sourcetype")?.unwrap_or_else(|| "OnPremises".into());
+        let ssl_mode = take_string(&mut body, "sslmode")?
+            .map(|s| SslMode::parse(&s).with_context(|| format!("`sslMode` {s:?} is not one of Prefer, Require, VerifyCA, VerifyFull")))
+            .transpose()?;
+
+        let mut accepted = BTreeMap::new();
+        for (key, value) in body {
+            if ACCEPTED_UNUSED.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+                accepted.insert(key, value);
+            } else {
+                warnings.push(format!("unknown key `{key}` ignored"));
+            }
+        }
+        Ok(Properties {
+            source,
+            source_password,
+            target,
+            target_user,
+            target_password,
+            dbs_to_migrate,
+            overwrite_dbs_in_target,
+            mode,
+            option,
+            source_type,
+            ssl_mode,
+            accepted,
+            warnings,
+        })
+    }
+}
+
+fn lowercase_keys(map: Map<String, Value>) -> Map<String, Value> {
+    map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+}
+
+fn take_string(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => bail!("`{key}` must be a string, found {other}"),
+    }
+}
+
+/// `SourceDBServerResourceId`: `host[:port][@user]`, a postgres URI, or an Azure resource
+/// id (then the host comes from `SourceDbServerFullyQualifiedDomainName`).
+fn parse_source(id: &str, fqdn: Option<&str>) -> Result<Endpoint> {
+    let mut endpoint = if id.starts_with("/subscriptions/") {
+        let name = id.rsplit('/').next().unwrap_or_default();
+        let host = fqdn.with_context(|| {
+            format!("`SourceDBServerResourceId` is an Azure resource id (server {name}); set `SourceDbServerFullyQualifiedDomainName` to the host to reach it at")
+        })?;
+        let mut e = parse_endpoint(host)?;
+        e.spelled = id.to_string();
+        return Ok(e);
+    } else {
+        parse_endpoint(id)?
+    };
+    // The custom FQDN/IP overrides the host used to reach the source (private DNS).
+    if let Some(fqdn) = fqdn {
+        let over = parse_endpoint(fqdn)?;
+        endpoint.host = over.host;
+        endpoint.port = over.port.or(endpoint.port);
+    }
+    Ok(endpoint)
+}
+
+/// `host[:port][@user]` or `postgres://user@host:port/…`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
+    let spelled = s.to_string();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        let config: tokio_postgres::Config = s.parse().with_context(|| format!("{s:?} is not a valid postgres URI"))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => bail!("{s:?} names no TCP host"),
+        };
+        return Ok(Endpoint {
+            host,
+            port: config.get_ports().first().copied(),
+            user: config.get_user().map(str::to_string),
+            spelled,
+        });
+    }
+    let (hostport, user) = match s.rsplit_once('@') {
+        Some((hp, u)) if !u.is_empty() => (hp, Some(u.to_string())),
+        _ => (s, None),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+            let port = p.parse().with_context(|| format!("{p:?} in {s:?} is not a port number"))?;
+            (h.trim_matches(['[', ']']).to_string(), Some(port))
+        }
+        _ => (hostport.to_string(), None),
+    };
+    if host.is_empty() {
+        bail!("{s:?} names no host (expected host:port@user)");
+    }
+    Ok(Endpoint { host, port, user, spelled })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_azure_body_case_insensitively() {
+        let p = Properties::parse(
+            r#"{"properties": {
+              "SourceDBServerResourceId": "source.example.com:5433@admin",
+              "SecretParameters": {"AdminCredentials": {"SourceServerPassword": "s3", "TargetServerPassword": "t3"},
+                                   "TargetServerUserName": "tadmin"},
+              "DBsToMigrate": ["ticketdb", "inventorydb"],
+              "OverwriteDBsInTarget": "true",
+              "MigrationMode": "Online",
+              "sourceType": "AWS",
+              "sslMode": "VerifyFull",
+              "migrationRuntimeResourceId": "/subscriptions/x/runtime",
+              "surprise": 1
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(p.source.host, "source.example.com");
+        assert_eq!(p.source.port, Some(5433));
+        assert_eq!(p.source.user.as_deref(), Some("admin"));
+        assert_eq!(p.source_password.as_ref().unwrap().expose(), "s3");
+        assert_eq!(p.target_user.as_deref(), Some("tadmin"));
+        assert_eq!(p.dbs_to_migrate, ["ticketdb", "inventorydb"]);
+        assert!(p.overwrite_dbs_in_target);
+        assert_eq!(p.mode, Some(MigrationMode::Online));
+        assert_eq!(p.ssl_mode, Some(SslMode::VerifyFull));
+        assert!(p.accepted.contains_key("migrationruntimeresourceid"));
+        assert_eq!(p.warnings, ["unknown key `surprise` ignored"]);
+        assert_eq!(format!("{:?}", p.source_password), "Some(***)");
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let err = |t: &str| format!("{:#}", Properties::parse(t).unwrap_err());
+        assert!(err("{not json").contains("is not valid JSON"));
+        assert!(err(r#"{"properties": {}}"#).contains("SourceDBServerResourceId"));
+        assert!(err(r#"{"properties": {"SourceDBServerResourceId": "h:x"}}"#).contains("not a port number"));
+        assert!(err(r#"{"properties": {"SourceDBServerResourceId": "h", "sslMode": "Sometimes"}}"#).contains("sslMode"));
+        assert!(err(r#"{"properties": {"SourceDBServerResourceId": "/subscriptions/1/servers/pg1"}}"#)
+            .contains("SourceDbServerFullyQualifiedDomainName"));
+    }
+
+    #[test]
+    fn fqdn_overrides_the_source_host() {
+        let p = Properties::parse(
+            r#"{"properties": {"SourceDBServerResourceId": "pg1.internal:5432@me", "SourceDbServerFullyQualifiedDomainName": "10.1.2.3"}}"#,
+        )
+        .unwrap();
+        assert_eq!((p.source.host.as_str(), p.source.port), ("10.1.2.3", Some(5432)));
+    }
+}

@@ -1,0 +1,156 @@
+//! What users read: the `show` document (JSON, stable) and its table rendering, the `list`
+//! grid, and plugin descriptions.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::NOTHING, Table};
+use serde_json::{json, Value};
+
+use crate::migration::validation_in_progress::{CheckReport, LevelReport, ValidationReport};
+use crate::store::Migration;
+
+/// The `show --output json` document.
+pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)]) -> Value {
+    json!({
+        "name": m.name,
+        "state": m.status.state,
+        "substate": m.status.substate,
+        "migrationMode": m.mode,
+        "migrationOption": m.option,
+        "sourceServer": m.source_server,
+        "sourceType": m.source_type,
+        "targetServer": m.target_server,
+        "dbsToMigrate": m.databases,
+        "startedOn": m.created_at,
+        "endedOn": m.ended_at,
+        "durationSeconds": duration(m).num_milliseconds() as f64 / 1000.0,
+        "properties": m.properties,
+        "details": m.details,
+        "validation": m.validation,
+        "error": m.error,
+        "transitions": transitions.iter().map(|(at, s)| json!({"at": at, "state": s.state, "substate": s.substate})).collect::<Vec<_>>(),
+    })
+}
+
+fn duration(m: &Migration) -> chrono::Duration {
+    m.ended_at.unwrap_or_else(Utc::now) - m.created_at
+}
+
+fn human_duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{}.{:01}s", s, (d.num_milliseconds().max(0) % 1000) / 100),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The `show` (and `create`) table rendering.
+pub fn show_text(m: &Migration) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<15} {v}\n"));
+    line(&mut out, "Migration", &m.name);
+    line(&mut out, "Status", &format!("{} ({})", m.status.state, m.status.substate));
+    line(&mut out, "Option / mode", &format!("{} / {}", m.option, m.mode));
+    let tls = |key: &str| m.details.get(key).and_then(Value::as_str).map(|t| format!(", TLS {t}")).unwrap_or_default();
+    let version = |key: &str| m.details.get(key).and_then(Value::as_str).map(|v| format!(", PostgreSQL {}", v.split_whitespace().next().unwrap_or(v))).unwrap_or_default();
+    line(&mut out, "Source", &format!("{} ({}{}{})", m.source_server, m.source_type, version("sourceVersion"), tls("sourceTls")));
+    line(&mut out, "Target", &format!("{}{}{}", m.target_server, version("targetVersion"), tls("targetTls")));
+    line(&mut out, "Databases", &m.databases.join(", "));
+    line(&mut out, "Duration", &human_duration(duration(m)));
+    if let Some(notes) = m.properties.get("notes").and_then(Value::as_array) {
+        for note in notes.iter().filter_map(Value::as_str) {
+            line(&mut out, "Note", note);
+        }
+    }
+    if let Some(error) = &m.error {
+        let step = error.get("step").and_then(Value::as_str).unwrap_or("?");
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("?");
+        line(&mut out, "Error", &format!("in {step}: {message}"));
+    }
+    if let Some(v) = &m.validation {
+        match serde_json::from_value::<ValidationReport>(v.clone()) {
+            Ok(report) => out.push_str(&validation_text(&report)),
+            Err(e) => line(&mut out, "Validation", &format!("unreadable ({e})")),
+        }
+    }
+    out
+}
+
+fn validation_text(report: &ValidationReport) -> String {
+    let mut out = format!("\nValidation: {:?}\n", report.status);
+    out.push_str(&level_text("Instance", &report.server_level));
+    for db in &report.db_level {
+        out.push_str(&level_text(&format!("Database {}", db.database_name), &db.result));
+    }
+    out
+}
+
+fn level_text(title: &str, level: &LevelReport) -> String {
+    let mut out = format!("\n{title}: {:?}\n", level.state);
+    for check in &level.checks {
+        out.push_str(&check_text(check));
+    }
+    out
+}
+
+fn check_text(check: &CheckReport) -> String {
+    use crate::migration::validation_in_progress::CheckState::*;
+    let mark = match check.state {
+        Succeeded => "ok  ",
+        Warning => "WARN",
+        Failed => "FAIL",
+    };
+    let mut out = format!("  {mark} {:<34} {}\n", check.id, check.title);
+    for f in &check.findings {
+        let object = f.object.as_deref().map(|o| format!(" [{o}]")).unwrap_or_default();
+        out.push_str(&format!("       {} {}{}: {}\n", f.severity, f.code, object, f.message));
+        if let Some(fix) = &f.remediation {
+            out.push_str(&format!("         fix: {fix}\n"));
+        }
+    }
+    out
+}
+
+/// The `list` grid, newest first.
+pub fn list_text(migrations: &[Migration]) -> String {
+    let mut table = Table::new();
+    table.load_preset(NOTHING);
+    table.set_header(["Name", "Status", "Migration mode", "Migration type", "Source server", "Source server type", "Databases", "Duration", "Start time"]);
+    for m in migrations {
+        table.add_row([
+            m.name.clone(),
+            m.status.state.to_string(),
+            m.mode.clone(),
+            m.option.clone(),
+            m.source_server.clone(),
+            m.source_type.clone(),
+            m.databases.len().to_string(),
+            human_duration(duration(m)),
+            m.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+pub fn list_json(migrations: &[Migration]) -> Value {
+    Value::Array(
+        migrations
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.name,
+                    "state": m.status.state,
+                    "substate": m.status.substate,
+                    "migrationMode": m.mode,
+                    "migrationOption": m.option,
+                    "sourceServer": m.source_server,
+                    "sourceType": m.source_type,
+                    "targetServer": m.target_server,
+                    "databases": m.databases,
+                    "durationSeconds": duration(m).num_milliseconds() as f64 / 1000.0,
+                    "startedOn": m.created_at,
+                })
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,448 @@
+//! The plugin host against hostile guests: each misbehaviour ends in a clear error naming
+//! the plugin (never a crashed or wedged runner), and the same host keeps serving a
+//! well-behaved plugin afterwards. Also loads every built-in source adapter and the example
+//! rule plugin. No database is needed.
+//!
+//! The components are built by `cargo xtask build-plugins` into `*/dist/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::pgferry::inventory::Inventory;
+use ::pgferry::plugin_host::contract::ShapeError;
+use ::pgferry::plugin_host::*;
+
+const DEADLINE: Duration = Duration::from_millis(500);
+const MEMORY: usize = 32 << 20;
+
+fn limits() -> Limits {
+    Limits { deadline: DEADLINE, memory_bytes: MEMORY }
+}
+
+fn dist(dir: &str, package: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir).join("dist").join(format!("{package}.wasm"))
+}
+
+fn read(dir: &str, package: &str) -> (PathBuf, Vec<u8>) {
+    let path = dist(dir, package);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask build-plugins`", path.display()));
+    (path, bytes)
+}
+
+fn load_from(host: &PluginHost, dir: &str, package: &str, settings: Vec<(String, String)>) -> Plugin {
+    let (path, bytes) = read(dir, package);
+    host.load(package, Origin::File(path), &bytes, Grants::default(), settings, limits())
+        .unwrap_or_else(|e| panic!("loading {package}: {e}"))
+}
+
+fn guest(host: &PluginHost, package: &str) -> Plugin {
+    load_from(host, "tests/guests", package, vec![])
+}
+
+fn new_host() -> PluginHost {
+    PluginHost::new(None).expect("plugin host")
+}
+
+fn ctx(mode: MigrationMode, source_type: &str, database: Option<&str>) -> CheckContext {
+    CheckContext {
+        migration_name: "sandbox-test".into(),
+        mode,
+        migration_option: MigrationOption::Validate,
+        source_type: source_type.into(),
+        database: database.map(str::to_string),
+        dbs_to_migrate: database.into_iter().map(str::to_string).collect(),
+        overwrite_dbs_in_target: false,
+    }
+}
+
+fn instance_ctx() -> CheckContext {
+    ctx(MigrationMode::Offline, "OnPremises", None)
+}
+
+fn codes(findings: &[Finding]) -> Vec<&str> {
+    findings.iter().map(|f| f.code.as_str()).collect()
+}
+
+/// A host that has just dealt with a hostile call still runs a good plugin.
+async fn assert_host_still_works(host: &PluginHost, well: &Plugin) {
+    let findings = host
+        .check_rule(well, Services::none(), "all-good", &instance_ctx())
+        .await
+        .unwrap_or_else(|e| panic!("the host no longer works after a hostile call: {e}"));
+    assert_eq!(codes(&findings), ["all-good"]);
+}
+
+/// Checks the error names the plugin and returns its kind.
+fn kind_of(err: PluginError, package: &str) -> PluginErrorKind {
+    let shown = err.to_string();
+    assert_eq!(err.plugin, package);
+    assert!(shown.contains(&format!("plugin `{package}`")), "error does not name the plugin: {shown}");
+    err.kind
+}
+
+// --- hostile guests -----------------------------------------------------------------------
+
+async fn infinite_loop(host: &PluginHost) {
+    let p = guest(host, "guest-infinite-loop");
+    let started = Instant::now();
+    let err = host.check_rule(&p, Services::none(), "spin", &instance_ctx()).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let shown = err.to_string();
+    match kind_of(err, "guest-infinite-loop") {
+        PluginErrorKind::Deadline { function, deadline } => {
+            assert_eq!(function, "check");
+            assert_eq!(deadline, DEADLINE);
+        }
+        other => panic!("expected Deadline, got {other:?}: {shown}"),
+    }
+    assert!(shown.contains("deadline"), "{shown}");
+    assert!(elapsed >= DEADLINE, "stopped after {elapsed:?}, before its deadline");
+    assert!(elapsed < DEADLINE * 10, "stopped only after {elapsed:?}");
+}
+
+async fn memory_bomb(host: &PluginHost) {
+    let p = guest(host, "guest-memory-bomb");
+    let err = host.check_rule(&p, Services::none(), "hog", &instance_ctx()).await.unwrap_err();
+    let shown = err.to_string();
+    match kind_of(err, "guest-memory-bomb") {
+        PluginErrorKind::Memory { function, requested, cap } => {
+            assert_eq!(function, "check");
+            assert_eq!(cap, MEMORY);
+            assert!(requested > cap, "requested {requested} ≤ cap {cap}");
+        }
+        other => panic!("expected Memory, got {other:?}: {shown}"),
+    }
+}
+
+async fn trap(host: &PluginHost) {
+    let p = guest(host, "guest-trap");
+    let err = host.check_rule(&p, Services::none(), "boom", &instance_ctx()).await.unwrap_err();
+    let shown = err.to_string();
+    match kind_of(err, "guest-trap") {
+        PluginErrorKind::Trap { function, .. } => assert_eq!(function, "check"),
+        other => panic!("expected Trap, got {other:?}: {shown}"),
+    }
+}
+
+async fn garbage_describe(host: &PluginHost) {
+    let p = guest(host, "guest-garbage");
+    let err = host.describe_rules(&p).await.unwrap_err();
+    let shown = err.to_string();
+    match kind_of(err, "guest-garbage") {
+        PluginErrorKind::Malformed { function, .. } => assert_eq!(function, "describe"),
+        other => panic!("expected Malformed, got {other:?}: {shown}"),
+    }
+}
+
+async fn garbage_check(host: &PluginHost) {
+    let p = guest(host, "guest-garbage");
+    let err = host.check_rule(&p, Services::none(), "bad-utf8", &instance_ctx()).await.unwrap_err();
+    let shown = err.to_string();
+    match kind_of(err, "guest-garbage") {
+        PluginErrorKind::Malformed { function, .. } => assert_eq!(function, "check"),
+        other => panic!("expected Malformed, got {other:?}: {shown}"),
+    }
+}
+
+async fn sandbox_escape(host: &PluginHost) {
+    let p = guest(host, "guest-sandbox-escape");
+    let findings = host
+        .check_rule(&p, Services::none(), "escape", &instance_ctx())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let escaped: Vec<_> = findings.iter().filter(|f| f.code.starts_with("escaped-")).map(|f| format!("{}: {}", f.code, f.message)).collect();
+    assert!(escaped.is_empty(), "the guest got out: {escaped:?}");
+    assert_eq!(codes(&findings), ["sandbox-held"]);
+}
+
+fn wrong_contract(host: &PluginHost) {
+    let (path, bytes) = read("tests/guests", "guest-wrong-contract");
+    let err = host.load("guest-wrong-contract", Origin::File(path), &bytes, Grants::default(), vec![], limits()).err().expect("a 0.2.0 plugin must be refused");
+    let shown = err.to_string();
+    match kind_of(err, "guest-wrong-contract") {
+        PluginErrorKind::Shape(ShapeError::IncompatibleContract { found, supported }) => {
+            assert_eq!(found, Version { major: 0, minor: 2, patch: 0 });
+            assert_eq!(supported, "0.1.x");
+        }
+        other => panic!("expected IncompatibleContract, got {other:?}: {shown}"),
+    }
+    assert!(shown.contains("0.2.0") && shown.contains("0.1.x"), "{shown}");
+}
+
+fn not_a_component(host: &PluginHost) {
+    let load = |name: &str, bytes: &[u8]| {
+        host.load(name, Origin::File(name.into()), bytes, Grants::default(), vec![], limits()).err().expect("must be refused")
+    };
+    let err = load("core-module.wasm", b"\0asm\x01\0\0\0");
+    let shown = err.to_string();
+    match kind_of(err, "core-module.wasm") {
+        PluginErrorKind::Shape(ShapeError::CoreModule) => {}
+        other => panic!("expected CoreModule, got {other:?}: {shown}"),
+    }
+    assert!(shown.contains("core WebAssembly module, not a component"), "{shown}");
+
+    let err = load("notes.txt", b"#!/bin/sh\necho not wasm\n");
+    let shown = err.to_string();
+    match kind_of(err, "notes.txt") {
+        PluginErrorKind::Shape(ShapeError::NotWasm) => {}
+        other => panic!("expected NotWasm, got {other:?}: {shown}"),
+    }
+
+    // A component header followed by nonsense.
+    let err = load("truncated.wasm", b"\0asm\x0d\0\x01\0\xff\xff");
+    let shown = err.to_string();
+    match kind_of(err, "truncated.wasm") {
+        PluginErrorKind::Shape(ShapeError::Malformed(_)) => {}
+        other => panic!("expected Malformed shape, got {other:?}: {shown}"),
+    }
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_at_its_deadline() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    infinite_loop(&host).await;
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn memory_bomb_is_stopped_at_its_cap() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    memory_bomb(&host).await;
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn panic_is_a_trap() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    trap(&host).await;
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn garbage_is_malformed() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    garbage_describe(&host).await;
+    assert_host_still_works(&host, &well).await;
+    garbage_check(&host).await;
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn sandbox_holds() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    sandbox_escape(&host).await;
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn wrong_contract_names_both_versions() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    wrong_contract(&host);
+    assert_host_still_works(&host, &well).await;
+}
+
+#[tokio::test]
+async fn non_components_are_refused_clearly() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    not_a_component(&host);
+    assert_host_still_works(&host, &well).await;
+}
+
+/// Every hostile call in turn on one host, with a good call after each.
+#[tokio::test]
+async fn one_host_survives_every_hostile_guest_in_turn() {
+    let host = new_host();
+    let well = guest(&host, "guest-well-behaved");
+    assert_eq!(host.describe_rules(&well).await.unwrap()[0].id, "all-good");
+    assert_host_still_works(&host, &well).await;
+    infinite_loop(&host).await;
+    assert_host_still_works(&host, &well).await;
+    memory_bomb(&host).await;
+    assert_host_still_works(&host, &well).await;
+    trap(&host).await;
+    assert_host_still_works(&host, &well).await;
+    garbage_describe(&host).await;
+    assert_host_still_works(&host, &well).await;
+    garbage_check(&host).await;
+    assert_host_still_works(&host, &well).await;
+    sandbox_escape(&host).await;
+    assert_host_still_works(&host, &well).await;
+    wrong_contract(&host);
+    assert_host_still_works(&host, &well).await;
+    not_a_component(&host);
+    assert_host_still_works(&host, &well).await;
+}
+
+/// A hostile plugin's other functions still answer: a fresh store per call.
+#[tokio::test]
+async fn a_plugin_that_trapped_can_be_called_again() {
+    let host = new_host();
+    let p = guest(&host, "guest-trap");
+    for _ in 0..3 {
+        assert!(matches!(host.check_rule(&p, Services::none(), "boom", &instance_ctx()).await.unwrap_err().kind, PluginErrorKind::Trap { .. }));
+    }
+    assert_eq!(host.describe_rules(&p).await.unwrap()[0].id, "boom");
+}
+
+// --- built-in source adapters ---------------------------------------------------------------
+
+const ADAPTERS: &[(&str, &[&str])] = &[
+    ("adapter-aws-aurora", &["AWS_AURORA"]),
+    ("adapter-aws-rds", &["AWS_RDS", "AWS"]),
+    ("adapter-azure-single-server", &["PostgreSQLSingleServer"]),
+    ("adapter-azure-vm", &["AzureVM"]),
+    ("adapter-on-premises", &["OnPremises"]),
+];
+
+fn adapter(host: &PluginHost, package: &str) -> Plugin {
+    load_from(host, "plugins", package, vec![])
+}
+
+#[tokio::test]
+async fn every_builtin_adapter_loads_and_describes_itself() {
+    let host = new_host();
+    for (package, ids) in ADAPTERS {
+        let p = adapter(&host, package);
+        assert_eq!(p.shape.world, World::SourceAdapter, "{package}");
+        assert_eq!(p.shape.contract, CONTRACT_VERSION, "{package}");
+        let d = host.describe_adapter(&p).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&d.info.ids, ids, "{package}");
+        assert!(!d.info.display_name.is_empty(), "{package}");
+        assert!(d.info.allowed_ssl_modes.contains(&d.info.preferred_ssl_mode), "{package}");
+        // With no inventory there is nothing to judge: no finding, no failure.
+        let findings = host.readiness(&p, Services::none(), &ctx(MigrationMode::Online, ids[0], None)).await.unwrap();
+        assert!(findings.is_empty(), "{package}: {findings:?}");
+    }
+}
+
+#[tokio::test]
+async fn provider_objects_and_replication_roles() {
+    let host = new_host();
+    let rds = host.describe_adapter(&adapter(&host, "adapter-aws-rds")).await.unwrap();
+    assert_eq!(rds.provider_objects.databases, ["rdsadmin"]);
+    assert!(rds.provider_objects.roles.iter().any(|r| r == "rds_*"));
+    assert_eq!(rds.replication_roles, ["rds_replication"]);
+    let single = host.describe_adapter(&adapter(&host, "adapter-azure-single-server")).await.unwrap();
+    assert_eq!(single.provider_objects.databases, ["azure_maintenance", "azure_sys"]);
+    assert_eq!(single.info.preferred_ssl_mode, SslMode::Require);
+    assert!(!single.info.allowed_ssl_modes.contains(&SslMode::Disable));
+}
+
+#[tokio::test]
+async fn single_server_login_gets_the_server_name() {
+    let host = new_host();
+    let p = adapter(&host, "adapter-azure-single-server");
+    let details = |user: &str| ConnectionDetails { host: "myserver.postgres.database.azure.com".into(), port: 5432, user: user.into() };
+    let n = host.normalize_connection(&p, &details("admin")).await.unwrap();
+    assert_eq!(n.user, "admin@myserver");
+    assert_eq!(n.host, "myserver.postgres.database.azure.com");
+    assert_eq!(n.port, 5432);
+    assert_eq!(host.normalize_connection(&p, &details("admin@other")).await.unwrap().user, "admin@other");
+
+    let err = host.normalize_connection(&p, &details("")).await.unwrap_err();
+    let shown = err.to_string();
+    match kind_of(err, "adapter-azure-single-server") {
+        PluginErrorKind::Reported { function, message } => {
+            assert_eq!(function, "normalize-connection");
+            assert!(message.contains("no user name"), "{message}");
+        }
+        other => panic!("expected Reported, got {other:?}: {shown}"),
+    }
+}
+
+fn setting(name: &str, value: &str) -> Setting {
+    Setting { name: name.into(), value: value.into(), unit: String::new() }
+}
+
+fn role(name: &str, member_of: &[&str]) -> RoleInfo {
+    RoleInfo {
+        name: name.into(),
+        superuser: false,
+        can_login: true,
+        replication: false,
+        create_role: true,
+        create_db: true,
+        bypass_rls: false,
+        member_of: member_of.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn rds_readiness_sees_the_inventory() {
+    let host = new_host();
+    let p = adapter(&host, "adapter-aws-rds");
+    let mut inventory = Inventory::empty();
+    inventory.source.current_user = "master".into();
+    inventory.source.roles = vec![role("rds_replication", &[]), role("rds_superuser", &[]), role("master", &["rds_superuser"])];
+    inventory.source.settings = vec![setting("rds.logical_replication", "off"), setting("wal_level", "replica")];
+    let services = Arc::new(Services { inventory: Arc::new(inventory), sql: None });
+
+    let online = host.readiness(&p, services.clone(), &ctx(MigrationMode::Online, "AWS", None)).await.unwrap();
+    assert_eq!(codes(&online), ["online-wal-level", "replication-privilege-missing"]);
+    assert!(online[0].remediation.as_deref().unwrap().contains("DB parameter group"));
+    assert_eq!(online[1].remediation.as_deref(), Some("As the master user, run `GRANT rds_replication TO master;`"));
+
+    let offline = host.readiness(&p, services, &ctx(MigrationMode::Offline, "AWS", None)).await.unwrap();
+    assert!(offline.is_empty(), "{offline:?}");
+}
+
+// --- the example rule plugin -------------------------------------------------------------------
+
+fn database_summary(name: &str, size_bytes: u64) -> DatabaseSummary {
+    DatabaseSummary {
+        name: name.into(),
+        owner: "postgres".into(),
+        encoding: "UTF8".into(),
+        collate: "C.UTF-8".into(),
+        ctype: "C.UTF-8".into(),
+        locale_provider: "libc".into(),
+        icu_locale: None,
+        size_bytes,
+        is_template: false,
+        allow_connections: true,
+    }
+}
+
+#[tokio::test]
+async fn example_max_database_size() {
+    let host = new_host();
+    let settings = vec![("max_bytes".to_string(), "1000000".to_string())];
+    let p = load_from(&host, "examples", "example-max-database-size", settings);
+    assert_eq!(p.shape.world, World::ValidationRule);
+    let rules = host.describe_rules(&p).await.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].id, "max-database-size");
+    assert_eq!(rules[0].level, Level::Database);
+
+    let mut inventory = Inventory::empty();
+    inventory.source.databases = vec![database_summary("big", 2_000_000), database_summary("small", 999_999)];
+    let services = Arc::new(Services { inventory: Arc::new(inventory), sql: None });
+
+    let big = host.check_rule(&p, services.clone(), "max-database-size", &ctx(MigrationMode::Offline, "AWS", Some("big"))).await.unwrap();
+    assert_eq!(codes(&big), ["max-database-size"]);
+    assert_eq!(big[0].severity, Severity::Error);
+    assert_eq!(big[0].object.as_deref(), Some("big"));
+    assert!(big[0].remediation.as_deref().unwrap().starts_with("Open a ticket"));
+
+    let small = host.check_rule(&p, services.clone(), "max-database-size", &ctx(MigrationMode::Offline, "AWS", Some("small"))).await.unwrap();
+    assert!(small.is_empty(), "{small:?}");
+
+    // A setting the rule cannot read is the rule's own error, reported as such.
+    let bad = load_from(&host, "examples", "example-max-database-size", vec![("max_bytes".into(), "lots".into())]);
+    let err = host.check_rule(&bad, services, "max-database-size", &ctx(MigrationMode::Offline, "AWS", Some("big"))).await.unwrap_err();
+    match kind_of(err, "example-max-database-size") {
+        PluginErrorKind::Reported { function, message } => {
+            assert_eq!(function, "check");
+            assert!(message.contains("max_bytes"), "{message}");
+        }
+        other => panic!("expected Reported, got {other:?}"),
+    }
+}

@@ -1,0 +1,19 @@
+//! Hostile fixture: `check` panics. The plugin profile has `panic = "abort"`, so the panic
+//! becomes a wasm trap, which the host must report as such.
+
+use pgferry_sdk::*;
+
+#[derive(Default)]
+pub struct Boom;
+
+impl Rule for Boom {
+    fn describe(&self) -> RuleDescriptor {
+        RuleDescriptor::instance("boom", "Panics")
+    }
+
+    fn check(&self, _cx: &Context) -> Result<Vec<Finding>, String> {
+        panic!("guest-trap: deliberate panic in check()");
+    }
+}
+
+export_rules!(Boom);

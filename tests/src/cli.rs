@@ -1,0 +1,123 @@
+//! Running the real `pgferry` binary in tests, with its own state directory, and making its
+//! output stable for snapshots (ports, times, durations and versions replaced by names).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::cluster::workspace_root;
+
+/// The `pgferry` binary of this workspace, built once per test process.
+pub fn pgferry_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "pgferry", "--bin", "pgferry"])
+            .status()
+            .expect("running cargo build for the pgferry binary");
+        assert!(status.success(), "building the pgferry binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("pgferry")
+    })
+    .clone()
+}
+
+/// One isolated pgferry "installation": its own state dir, the shared compile cache.
+pub struct Pgferry {
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Exit code, stdout and stderr in one block, for snapshots.
+    pub fn transcript(&self) -> String {
+        format!("exit: {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Default for Pgferry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pgferry {
+    pub fn new() -> Self {
+        Pgferry { dir: tempfile::Builder::new().prefix("pgferry-cli-").tempdir().expect("temp dir") }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `name` into this installation's directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("writing a test file");
+        path
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(pgferry_bin());
+        cmd.env("PGFERRY_STATE_DIR", self.dir.path().join("state"))
+            .env("PGFERRY_CACHE_DIR", workspace_root().join("target").join("pgferry-test-cache"))
+            .env("HOME", self.dir.path())
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env_remove("PGFERRY_PLUGINS")
+            .env_remove("RUST_LOG")
+            .env_remove("PGFERRY_LOG");
+        for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGDATABASE"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> CliOutput {
+        self.run_with(args, &[])
+    }
+
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("running pgferry");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Replaces what differs between runs: the given ports by names, times, durations, server
+/// versions and temp paths.
+pub fn stabilize(text: &str, ports: &[(u16, &str)], dir: &Path) -> String {
+    let mut text = text.replace(&dir.display().to_string(), "[DIR]");
+    for (port, name) in ports {
+        text = text.replace(&format!(":{port}"), &format!(":[{name}]"));
+        text = text.replace(&format!("\"port\": {port}"), &format!("\"port\": \"[{name}]\""));
+    }
+    let rules: &[(&str, &str)] = &[
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "[TIME]"),
+        (r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "[TIME]"),
+        (r#""durationSeconds": [0-9.]+"#, r#""durationSeconds": "[DURATION]""#),
+        (r"\b\d+(\.\d)?s\b|\b\d+m\d\ds\b", "[DURATION]"),
+        (r"PostgreSQL 1\d\.\d+", "PostgreSQL [VERSION]"),
+        (r#""(source|target)Version": "[^"]*""#, r#""${1}Version": "[VERSION]""#),
+    ];
+    for (pattern, replacement) in rules {
+        text = regex::Regex::new(pattern).unwrap().replace_all(&text, *replacement).into_owned();
+    }
+    text
+}
