@@ -70,6 +70,9 @@ pub struct Endpoint {
     pub host: String,
     pub port: Option<u16>,
     pub user: Option<String>,
+    /// `sslmode` of a postgres URI.
+    #[serde(skip)]
+    pub ssl_mode: Option<SslMode>,
     /// What the user wrote (kept for `show`).
     pub spelled: String,
 }
@@ -277,10 +280,17 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => bail!("{s:?} names no TCP host"),
         };
+        // tokio-postgres knows only disable/prefer/require; read libpq's full set ourselves.
+        let ssl_mode = s
+            .split_once('?')
+            .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("sslmode=")))
+            .map(|m| SslMode::parse(m).with_context(|| format!("sslmode {m:?} in {s:?} is not a libpq sslmode")))
+            .transpose()?;
         return Ok(Endpoint {
             host,
             port: config.get_ports().first().copied(),
             user: config.get_user().map(str::to_string),
+            ssl_mode,
             spelled,
         });
     }
@@ -298,7 +308,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
     if host.is_empty() {
         bail!("{s:?} names no host (expected host:port@user)");
     }
-    Ok(Endpoint { host, port, user, spelled })
+    Ok(Endpoint { host, port, user, ssl_mode: None, spelled })
 }
 
 #[cfg(test)]

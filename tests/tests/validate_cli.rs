@@ -94,7 +94,7 @@ fn validate_online_fails_on_wal_level_and_tables_without_keys() {
     let codes = |level: &Value| -> Vec<String> {
         level["checks"].as_array().unwrap().iter().flat_map(|c| c["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string())).collect()
     };
-    assert!(codes(&doc["validation"]["serverLevel"]).contains(&"online-wal-level".to_string()), "{}", out.stdout);
+    assert!(codes(&doc["validation"]["serverLevel"]).contains(&"wal-level-not-logical".to_string()), "{}", out.stdout);
     let db = &doc["validation"]["dbLevel"][0];
     assert_eq!(db["databaseName"], "app");
     assert_eq!(db["state"], "Failed");

@@ -9,7 +9,7 @@
 //! switched on by `rds.logical_replication`.
 //!
 //! Readiness findings (codes are stable):
-//! - `online-wal-level` (error, Online): `rds.logical_replication` is not on.
+//! - `wal-level-not-logical` (error, Online): `rds.logical_replication` is not on.
 //! - `replication-privilege-missing` (error, Online): the connecting role is not a member
 //!   of `rds_replication` (nor a superuser or a role with REPLICATION).
 //! - `admin-privilege-missing` (warning): the connecting role is not a member of
@@ -65,7 +65,7 @@ impl SourceAdapter for AwsAurora {
         if cx.is_online() {
             if let Some(problem) = logical_replication_off(source) {
                 findings.push(
-                    error("online-wal-level", format!("{problem}; online migration needs logical replication"))
+                    error("wal-level-not-logical", format!("{problem}; online migration needs logical replication"))
                         .on(LOGICAL_SETTING)
                         .fix(LOGICAL_FIX),
                 );
@@ -162,7 +162,7 @@ mod tests {
     fn logical_replication_off_fires_online_only() {
         let mut fx = aurora();
         let f = online(&fx);
-        assert_eq!(codes(&f), ["online-wal-level"]);
+        assert_eq!(codes(&f), ["wal-level-not-logical"]);
         assert_eq!(f[0].severity, Severity::Error);
         assert!(f[0].remediation.as_deref().unwrap().contains("rds.logical_replication = 1 in the DB cluster parameter group and reboot the writer instance"));
         assert!(fx.readiness(&AwsAurora, fx.context(MigrationMode::Offline, None)).is_empty());
@@ -175,7 +175,7 @@ mod tests {
     fn without_the_rds_parameter_wal_level_decides() {
         let mut fx = aurora();
         fx.source.settings.retain(|s| s.name != LOGICAL_SETTING);
-        assert_eq!(codes(&online(&fx)), ["online-wal-level"]);
+        assert_eq!(codes(&online(&fx)), ["wal-level-not-logical"]);
         set(&mut fx, "wal_level", "logical");
         assert!(online(&fx).is_empty());
     }

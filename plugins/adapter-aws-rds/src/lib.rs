@@ -6,7 +6,7 @@
 //! group, which takes a reboot.
 //!
 //! Readiness findings (codes are stable):
-//! - `online-wal-level` (error, Online): `rds.logical_replication` is not on.
+//! - `wal-level-not-logical` (error, Online): `rds.logical_replication` is not on.
 //! - `replication-privilege-missing` (error, Online): the connecting role is not a member
 //!   of `rds_replication` (nor a superuser or a role with REPLICATION).
 //! - `admin-privilege-missing` (warning): the connecting role is not a member of
@@ -62,7 +62,7 @@ impl SourceAdapter for AwsRds {
         if cx.is_online() {
             if let Some(problem) = logical_replication_off(source) {
                 findings.push(
-                    error("online-wal-level", format!("{problem}; online migration needs logical replication"))
+                    error("wal-level-not-logical", format!("{problem}; online migration needs logical replication"))
                         .on(LOGICAL_SETTING)
                         .fix(LOGICAL_FIX),
                 );
@@ -159,7 +159,7 @@ mod tests {
     fn logical_replication_off_fires_online_only() {
         let mut fx = rds();
         let f = online(&fx);
-        assert_eq!(codes(&f), ["online-wal-level"]);
+        assert_eq!(codes(&f), ["wal-level-not-logical"]);
         assert_eq!(f[0].severity, Severity::Error);
         assert!(f[0].remediation.as_deref().unwrap().contains("rds.logical_replication = 1 in the DB parameter group and reboot the instance"));
         assert!(fx.readiness(&AwsRds, fx.context(MigrationMode::Offline, None)).is_empty());
@@ -172,7 +172,7 @@ mod tests {
     fn without_the_rds_parameter_wal_level_decides() {
         let mut fx = rds();
         fx.source.settings.retain(|s| s.name != LOGICAL_SETTING);
-        assert_eq!(codes(&online(&fx)), ["online-wal-level"]);
+        assert_eq!(codes(&online(&fx)), ["wal-level-not-logical"]);
         set(&mut fx, "wal_level", "logical");
         assert!(online(&fx).is_empty());
     }

@@ -7,7 +7,7 @@
 //! `ALTER ROLE … WITH REPLICATION` to use it.
 //!
 //! Readiness findings (codes are stable):
-//! - `online-wal-level` (error, Online): `azure.replication_support` is not `logical`.
+//! - `wal-level-not-logical` (error, Online): `azure.replication_support` is not `logical`.
 //! - `replication-privilege-missing` (error, Online): the connecting role lacks REPLICATION.
 //! - `admin-privilege-missing` (warning): the connecting role is not a member of
 //!   `azure_pg_admin`, so the schema dump may not be able to read every object.
@@ -76,7 +76,7 @@ impl SourceAdapter for AzureSingleServer {
         if cx.is_online() {
             if let Some(problem) = logical_replication_off(source) {
                 findings.push(
-                    error("online-wal-level", format!("{problem}; online migration needs logical decoding"))
+                    error("wal-level-not-logical", format!("{problem}; online migration needs logical decoding"))
                         .on(LOGICAL_SETTING)
                         .fix(format!(
                             "Run `az postgres server configuration set --resource-group <group> --server-name {server} \
@@ -219,7 +219,7 @@ mod tests {
         let mut fx = single_server();
         admin_mut(&mut fx).replication = true;
         let f = online(&fx);
-        assert_eq!(codes(&f), ["online-wal-level"]);
+        assert_eq!(codes(&f), ["wal-level-not-logical"]);
         assert_eq!(f[0].severity, Severity::Error);
         let fix = f[0].remediation.as_deref().unwrap();
         assert!(fix.contains("--server-name myserver --name azure.replication_support --value logical"), "{fix}");
@@ -229,7 +229,7 @@ mod tests {
         set(&mut fx, LOGICAL_SETTING, "LOGICAL");
         assert!(online(&fx).is_empty());
         set(&mut fx, LOGICAL_SETTING, "REPLICA");
-        assert_eq!(codes(&online(&fx)), ["online-wal-level"]);
+        assert_eq!(codes(&online(&fx)), ["wal-level-not-logical"]);
     }
 
     #[test]

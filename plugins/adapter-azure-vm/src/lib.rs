@@ -4,7 +4,7 @@
 //! (NSG) in front of it.
 //!
 //! Readiness findings (codes are stable):
-//! - `online-wal-level` (error, Online): `wal_level` is not `logical`.
+//! - `wal-level-not-logical` (error, Online): `wal_level` is not `logical`.
 //! - `replication-privilege-missing` (error, Online): the connecting role is neither a
 //!   superuser nor has REPLICATION.
 //! - `admin-privilege-missing` (warning): the connecting role is not a superuser, so the
@@ -36,7 +36,7 @@ impl SourceAdapter for AzureVm {
         if cx.is_online() {
             if let Some(level) = source.setting("wal_level").filter(|l| *l != "logical") {
                 findings.push(
-                    error("online-wal-level", format!("wal_level is `{level}`; online migration needs `logical` for logical replication"))
+                    error("wal-level-not-logical", format!("wal_level is `{level}`; online migration needs `logical` for logical replication"))
                         .on("wal_level")
                         .fix(
                             "On the VM, set `wal_level = logical` in postgresql.conf (or run `ALTER SYSTEM SET wal_level = logical;`) \
@@ -119,7 +119,7 @@ mod tests {
         let mut fx = Fixture::new();
         let online = fx.context(MigrationMode::Online, None);
         let f = fx.readiness(&AzureVm, online.clone());
-        assert_eq!(codes(&f), ["online-wal-level"]);
+        assert_eq!(codes(&f), ["wal-level-not-logical"]);
         assert_eq!(f[0].severity, Severity::Error);
         assert!(f[0].remediation.as_deref().unwrap().contains("On the VM, set `wal_level = logical` in postgresql.conf"));
 

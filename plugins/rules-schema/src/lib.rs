@@ -82,6 +82,12 @@ const PRELOAD: &[(&str, &str, Preload)] = &[
     ("pg_partman", "pg_partman_bgw", Preload::IfSourcePreloads),
 ];
 
+/// Extensions whose control file fixes their schema to `pg_catalog` (they are not
+/// relocatable): being there is nobody's choice, so `extension-in-system-schema` leaves
+/// them alone. Any other procedural-language extension is recognised by its language.
+const PG_CATALOG_BY_DESIGN: &[&str] =
+    &["plpgsql", "adminpack", "plperl", "plperlu", "plpython3u", "plpythonu", "plpython2u", "pltcl", "pltclu"];
+
 impl Rule for Extensions {
     fn describe(&self) -> RuleDescriptor {
         RuleDescriptor::database("extensions", "Extensions in use can be created on the target")
@@ -151,7 +157,8 @@ impl Rule for Extensions {
                     "On the target: ALTER SYSTEM SET shared_preload_libraries = '{value}'; (on a managed server, set the server parameter) and restart it."
                 )));
             }
-            if ext.schema == "pg_catalog" || ext.schema == "information_schema" {
+            let pinned = PG_CATALOG_BY_DESIGN.contains(&name.as_str()) || db.languages.iter().any(|l| &l.name == name);
+            if (ext.schema == "pg_catalog" || ext.schema == "information_schema") && !pinned {
                 out.push(
                     warning("extension-in-system-schema", format!("{in_db} is installed in system schema {}", ext.schema))
                         .on(name)

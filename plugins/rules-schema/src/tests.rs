@@ -139,6 +139,16 @@ fn extension_in_system_schema() {
     fx.source_database_mut("app").extensions[1].schema = "public".into();
     // plpgsql lives in pg_catalog everywhere.
     passes(&run(&Extensions, &fx), "extension-in-system-schema");
+
+    // So do the procedural languages and adminpack: their control files put them there
+    // (found on real servers: pltcl was reported). A language extension not in the list is
+    // recognised by its language.
+    let db = fx.source_database_mut("app");
+    for name in ["pltcl", "pltclu", "plperl", "plpython3u", "adminpack", "plv8"] {
+        db.extensions.push(extension(name, "1.0", "pg_catalog"));
+    }
+    db.languages.push(LanguageInfo { name: "plv8".into(), trusted: true, owner: "postgres".into() });
+    passes(&run(&Extensions, &fx), "extension-in-system-schema");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::connect::{ConnSpec, Role};
-use crate::lifecycle::Status;
+use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
 use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
@@ -51,7 +51,13 @@ pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
         },
     };
     let user = req.properties.target_user.clone().or(endpoint.user.clone());
-    Ok(spec(Role::Target, &endpoint, user, req.properties.target_password.clone(), req.properties.ssl_mode.unwrap_or(SslMode::Prefer)))
+    // sslMode of the properties is about the source (as in the cloud service); the target's
+    // comes from its URI or PGSSLMODE, as libpq would take it.
+    let ssl_mode = endpoint
+        .ssl_mode
+        .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
+        .unwrap_or(SslMode::Prefer);
+    Ok(spec(Role::Target, &endpoint, user, req.properties.target_password.clone(), ssl_mode))
 }
 
 fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
@@ -143,7 +149,9 @@ pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) 
         }),
     )?;
 
-    store.transition(id, Status::VALIDATING)?;
+    if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
+        return Ok(canceled);
+    }
     let services = Arc::new(Services {
         inventory: prepared.inventory.clone(),
         sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
@@ -163,11 +171,24 @@ pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) 
     let report = validation_in_progress::run(registry, adapter, services, &ctx).await;
     store.set_validation(id, &serde_json::to_value(&report)?)?;
     let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
-    store.transition(id, end)
+    Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?))
+}
+
+/// Moves the migration on; `Some(migration)` when it was canceled from another shell in the
+/// meantime (the work stops there, the cancel stands).
+fn advance(store: &mut Store, id: i64, to: Status) -> Result<Option<Migration>> {
+    match store.transition(id, to) {
+        Ok(_) => Ok(None),
+        Err(e) if e.is::<IllegalTransition>() => {
+            let current = store.get_by_id(id)?;
+            if current.status == Status::CANCELED { Ok(Some(current)) } else { Err(e) }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn fail(store: &mut Store, id: i64, step: &str, error: anyhow::Error) -> Result<Migration> {
     tracing::debug!("{step}: {error:#}");
     store.set_error(id, &json!({ "step": step, "message": format!("{error:#}") }))?;
-    store.transition(id, Status::FAILED)
+    Ok(advance(store, id, Status::FAILED)?.unwrap_or(store.get_by_id(id)?))
 }

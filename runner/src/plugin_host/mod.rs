@@ -17,6 +17,7 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store};
 
 pub use bindings::*;
+use bindings::generated::{adapter, pgferry, ValidationRulePre};
 pub use contract::{ComponentShape, Version, World, CONTRACT_VERSION};
 pub use sandbox::Limits;
 pub use services::{BoxFuture, Services, SqlRunner};
@@ -295,7 +296,10 @@ fn classify<T>(
     } else if let Some(requested) = state.memory_hit() {
         PluginErrorKind::Memory { function, requested, cap: plugin.limits.memory_bytes }
     } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        PluginErrorKind::Trap { function, message: format!("{trap}") }
+        // A Rust guest's panic message went to its stderr just before the trap.
+        let said = state.stderr_tail();
+        let message = if said.is_empty() { format!("{trap}") } else { format!("{trap}; it said: {said}") };
+        PluginErrorKind::Trap { function, message }
     } else {
         // Lifting errors: an enum discriminant out of range, invalid UTF-8, bad pointers.
         PluginErrorKind::Malformed { function, message: format!("{error:#}") }

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// How much of a guest's stderr is kept.
+const STDERR_CAPTURE: usize = 8 * 1024;
 
 use super::services::Services;
 
@@ -27,6 +31,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct StoreState {
     wasi: WasiCtx,
+    /// The guest's stderr, kept in memory (capped) so a panic message can name the cause.
+    stderr: MemoryOutputPipe,
     table: ResourceTable,
     limiter: MemoryLimiter,
     pub(super) plugin: Arc<str>,
@@ -50,6 +56,15 @@ impl StoreState {
     pub fn memory_hit(&self) -> Option<usize> {
         self.limiter.hit
     }
+
+    /// The last words the guest wrote to stderr (a Rust panic: "panicked at …" and its
+    /// message), without the backtrace advice.
+    pub fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: ")).collect();
+        lines[lines.len().saturating_sub(2)..].join(" ").chars().take(500).collect()
+    }
 }
 
 pub(super) struct CallSetup {
@@ -62,9 +77,16 @@ pub(super) struct CallSetup {
 
 pub(super) fn new_store(engine: &wasmtime::Engine, setup: CallSetup) -> Store<StoreState> {
     // Nothing is granted: no preopened dirs, no env, no args, no sockets, no name lookup.
-    let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+    let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+    let wasi = WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .stderr(stderr.clone())
+        .build();
     let state = StoreState {
         wasi,
+        stderr,
         table: ResourceTable::new(),
         limiter: MemoryLimiter { max: setup.limits.memory_bytes, hit: None },
         plugin: setup.plugin,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bindings::pgferry::plugin::{host, types};
+use super::bindings::generated::pgferry::plugin::{host, types};
 use super::bindings::{DatabaseInfo, LogLevel, QueryResult, ServerInfo, Side};
 use super::sandbox::StoreState;
 use crate::inventory::Inventory;

@@ -1,0 +1,128 @@
+//! `pgferry plugin list | inspect` and external plugins pinned in a configuration file:
+//! what users see, and every way a plugin file can be wrong.
+
+use pgferry_tests::{stabilize, workspace_root, Cluster, Pgferry};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn example_wasm() -> std::path::PathBuf {
+    workspace_root().join("examples/dist/example-max-database-size.wasm")
+}
+
+fn guest_wasm(name: &str) -> std::path::PathBuf {
+    workspace_root().join("tests/guests/dist").join(format!("{name}.wasm"))
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn plugin_list_shows_every_builtin() {
+    let pf = Pgferry::new();
+    let out = pf.run(&["plugin", "list"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    insta::assert_snapshot!("plugin_list", out.transcript());
+
+    let json = pf.run(&["plugin", "list", "--output", "json"]);
+    let rows: Value = serde_json::from_str(&json.stdout).unwrap();
+    let ids: Vec<&str> = rows.as_array().unwrap().iter().flat_map(|r| r["ids"].as_array().unwrap()).filter_map(Value::as_str).collect();
+    for id in ["OnPremises", "AWS_RDS", "AWS", "AWS_AURORA", "AzureVM", "PostgreSQLSingleServer", "server-version", "wal-level", "replica-identity", "extensions"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    assert!(rows.as_array().unwrap().iter().all(|r| r["contract"] == "0.1.0"));
+}
+
+#[test]
+fn plugin_inspect_describes_a_component_and_refuses_what_is_not_one() {
+    let pf = Pgferry::new();
+    let example = example_wasm();
+    let out = pf.run(&["plugin", "inspect", &example.display().to_string(), "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["world"], "validation-rule");
+    assert_eq!(doc["contract"], "0.1.0");
+    assert_eq!(doc["sha256"], sha256(&example));
+    assert_eq!(doc["provides"], json!(["max-database-size"]));
+    assert!(doc["exports"].as_array().unwrap().iter().any(|e| e == "pgferry:plugin/rules@0.1.0"));
+
+    let text = pf.write("notes.txt", "not wasm at all");
+    let core = pf.write("core.wasm", b"\0asm\x01\0\0\0");
+    let wrong = guest_wasm("guest-wrong-contract");
+    let cases = [
+        (text.display().to_string(), "is not a WebAssembly file"),
+        (core.display().to_string(), "is a core WebAssembly module, not a component"),
+        (wrong.display().to_string(), "was built for plugin contract 0.2.0, but this runner supports 0.1.x"),
+    ];
+    for (file, expected) in cases {
+        let out = pf.run(&["plugin", "inspect", &file]);
+        assert_eq!(out.code, 1, "{}", out.transcript());
+        assert!(out.stderr.contains(expected), "{file}: {}", out.transcript());
+        assert!(out.stderr.contains(&file), "the error names the file: {}", out.transcript());
+    }
+}
+
+#[test]
+fn a_pinned_external_rule_runs_in_validation_and_a_bad_pin_is_refused() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    let pf = Pgferry::new();
+    let example = example_wasm();
+    let config = |pin: &str| {
+        pf.write(
+            "plugins.toml",
+            format!(
+                "[[plugin]]\npath = {:?}\nsha256 = {pin:?}\n[plugin.settings]\nmax_bytes = \"1000\"\n",
+                example.display().to_string()
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let props = pf
+        .write(
+            "p.json",
+            json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["app"], "sourceType": "OnPremises"}})
+                .to_string(),
+        )
+        .display()
+        .to_string();
+    let target_arg = format!("127.0.0.1:{}", target.port());
+
+    // Pinned correctly: the rule runs with its setting (1000 bytes) and fails the database.
+    let good = config(&sha256(&example));
+    let out = pf.run(&["--plugins", &good, "migration", "create", "--migration-name", "ext", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let check = doc["validation"]["dbLevel"][0]["checks"].as_array().unwrap().iter().find(|c| c["id"] == "max-database-size").expect("the external rule ran").clone();
+    assert_eq!(check["plugin"], "example-max-database-size");
+    assert_eq!(check["state"], "Failed");
+    assert_eq!(check["findings"][0]["object"], "app");
+
+    let listed = pf.run(&["--plugins", &good, "plugin", "list"]);
+    assert!(listed.stdout.contains("example-max-database-size"), "{}", listed.transcript());
+
+    // A pin that does not match: refused before anything runs, naming file and both hashes.
+    let bad = config(&"0".repeat(64));
+    let out = pf.run(&["--plugins", &bad, "migration", "create", "--migration-name", "ext2", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("does not match its pin") && out.stderr.contains(&sha256(&example)), "{}", out.transcript());
+    let list = pf.run(&["migration", "list", "--output", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&list.stdout).unwrap().as_array().unwrap().len(), 1, "nothing recorded for the refused run");
+
+    // A hostile plugin in the configuration fails validation with a finding naming it; the
+    // runner itself carries on and reports.
+    let looping = guest_wasm("guest-infinite-loop");
+    let hostile = pf.write(
+        "hostile.toml",
+        format!("[[plugin]]\npath = {:?}\nsha256 = {:?}\ndeadline_ms = 300\n", looping.display().to_string(), sha256(&looping)),
+    );
+    let out = pf.run(&["--plugins", &hostile.display().to_string(), "migration", "create", "--migration-name", "ext3", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    assert!(out.stdout.contains("plugin-failed") && out.stdout.contains("guest-infinite-loop") && out.stdout.contains("CPU deadline"), "{}", out.transcript());
+    insta::assert_snapshot!(
+        "hostile_plugin_finding",
+        stabilize(&out.stdout, &[(source.port(), "SOURCE_PORT"), (target.port(), "TARGET_PORT")], pf.dir())
+    );
+}
