@@ -36,11 +36,11 @@ impl PluginSql {
         let client = &clients[&key];
         // The extended protocol refuses several statements in one string, so the text cannot
         // close the read-only transaction and go on.
-        client.prepare(sql).await.map_err(|e| format!("cannot run the query: {e}"))?;
+        client.prepare(sql).await.map_err(|e| format!("cannot run the query: {}", pg_error(&e)))?;
         client
             .batch_execute(&format!("begin transaction read only; set local statement_timeout = {STATEMENT_TIMEOUT_MS}"))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg_error(&e))?;
         let result = collect(client, sql).await;
         let _ = client.batch_execute("rollback").await;
         result
@@ -48,11 +48,11 @@ impl PluginSql {
 }
 
 async fn collect(client: &Client, sql: &str) -> Result<QueryResult, String> {
-    let stream = client.simple_query_raw(sql).await.map_err(|e| e.to_string())?;
+    let stream = client.simple_query_raw(sql).await.map_err(|e| pg_error(&e))?;
     futures_util::pin_mut!(stream);
     let mut out = QueryResult { columns: vec![], rows: vec![], truncated: false };
     while let Some(message) = stream.next().await {
-        match message.map_err(|e| e.to_string())? {
+        match message.map_err(|e| pg_error(&e))? {
             SimpleQueryMessage::RowDescription(cols) => out.columns = cols.iter().map(|c| c.name().to_string()).collect(),
             SimpleQueryMessage::Row(row) => {
                 if out.rows.len() == ROW_CAP {
@@ -65,6 +65,14 @@ async fn collect(client: &Client, sql: &str) -> Result<QueryResult, String> {
         }
     }
     Ok(out)
+}
+
+/// PostgreSQL's own message and SQLSTATE (tokio-postgres' Display says only "db error").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl SqlRunner for PluginSql {

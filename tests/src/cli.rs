@@ -13,10 +13,17 @@ pub fn pgferry_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let root = workspace_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "--quiet", "-p", "pgferry", "--bin", "pgferry"])
-            .status()
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "--quiet", "-p", "pgferry", "--bin", "pgferry"]);
+        // `cargo test` sets CARGO_PKG_* and CARGO_MANIFEST_DIR for this crate; passed on, they
+        // would make build scripts (ring's) rerun and rebuild half the tree every time.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_") || key == "CARGO_MANIFEST_DIR" || key == "CARGO_CRATE_NAME" || key == "CARGO_PRIMARY_PACKAGE" {
+                cmd.env_remove(&*key);
+            }
+        }
+        let status = cmd.status()
             .expect("running cargo build for the pgferry binary");
         assert!(status.success(), "building the pgferry binary failed");
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));

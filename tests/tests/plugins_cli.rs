@@ -126,3 +126,44 @@ fn a_pinned_external_rule_runs_in_validation_and_a_bad_pin_is_refused() {
         stabilize(&out.stdout, &[(source.port(), "SOURCE_PORT"), (target.port(), "TARGET_PORT")], pf.dir())
     );
 }
+
+#[test]
+fn read_only_sql_is_only_for_granted_plugins_and_stays_read_only() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    let pf = Pgferry::new();
+    let probe = guest_wasm("guest-sql-probe");
+    let props = pf
+        .write(
+            "p.json",
+            json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["app"], "sourceType": "OnPremises"}})
+                .to_string(),
+        )
+        .display()
+        .to_string();
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let findings = |name: &str, grants: &str| -> Vec<(String, String)> {
+        let config = pf.write(
+            &format!("{name}.toml"),
+            format!("[[plugin]]\npath = {:?}\nsha256 = {:?}\ngrants = {grants}\n", probe.display().to_string(), sha256(&probe)),
+        );
+        let out = pf.run(&["--plugins", &config.display().to_string(), "migration", "create", "--migration-name", name, "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
+        assert_eq!(out.code, 0, "{}", out.transcript());
+        let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+        let check = doc["validation"]["serverLevel"]["checks"].as_array().unwrap().iter().find(|c| c["id"] == "sql-probe").unwrap().clone();
+        check["findings"].as_array().unwrap().iter().map(|f| (f["code"].as_str().unwrap().to_string(), f["message"].as_str().unwrap().to_string())).collect()
+    };
+
+    let granted = findings("granted", r#"["sql"]"#);
+    let by_code = |code: &str| granted.iter().find(|(c, _)| c == code).unwrap_or_else(|| panic!("no {code} in {granted:?}")).1.clone();
+    assert!(by_code("read").contains(r#"rows=[[Some("app")]]"#), "{granted:?}");
+    assert!(by_code("write-refused").contains("read-only transaction"), "{granted:?}");
+    assert!(by_code("escape-refused").contains("multiple commands"), "{granted:?}");
+    assert_eq!(by_code("many-rows-ran"), "1000 rows, truncated=true");
+    assert_eq!(source.psql("app", "select count(*) from pg_class where relname = 'sneaky'").unwrap(), "0");
+
+    let denied = findings("denied", "[]");
+    assert!(denied.iter().all(|(c, _)| c.ends_with("-refused")), "{denied:?}");
+    assert!(denied[0].1.contains("not granted `sql`"), "{denied:?}");
+}

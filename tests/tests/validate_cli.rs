@@ -243,3 +243,32 @@ fn tls_modes_verify_as_libpq_does() {
     let message = doc["error"]["message"].as_str().unwrap();
     assert!(message.contains("does not name host"), "{message}");
 }
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_connect_timeout() {
+    // Accepts TCP connections and then says nothing, like a host behind a dropping firewall
+    // that completes the handshake; the runner must give up after PGCONNECT_TIMEOUT.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        if let Ok((stream, _)) = silent.accept() {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            drop(stream);
+        }
+    });
+    let target = Cluster::start().unwrap();
+    let pf = Pgferry::new();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{port}@postgres"), "DBsToMigrate": ["app"], "sourceType": "OnPremises"}}).to_string(),
+    );
+    let started = std::time::Instant::now();
+    let out = pf.run_with(
+        &["migration", "create", "--migration-name", "silent", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--migration-option", "Validate"],
+        &[("PGCONNECT_TIMEOUT", "1")],
+    );
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    assert!(out.stdout.contains("no answer within 1s"), "{}", out.transcript());
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "bounded by the timeout, took {:?}", started.elapsed());
+    drop(held);
+}

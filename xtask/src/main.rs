@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         "check-plugins" => check_plugins(&root),
         "test" => {
             check_plugins(&root)?;
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]))
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace", "--no-fail-fast"]))
         }
         "demo" => demo(&root),
         _ => bail!("usage: cargo xtask build-plugins | check-plugins | test | demo"),

@@ -41,6 +41,8 @@ impl SourceAdapter for AwsAurora {
             // Aurora accepts plaintext unless rds.force_ssl is on; encrypted is the sane default.
             allowed_ssl_modes: vec![SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
             preferred_ssl_mode: SslMode::Require,
+            // rds.logical_replication and rds_replication decide these, not wal_level and REPLICATION.
+            owned_codes: strings(&["wal-level-not-logical", "replication-privilege-missing"]),
         }
     }
 

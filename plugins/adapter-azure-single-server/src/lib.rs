@@ -30,6 +30,8 @@ impl SourceAdapter for AzureSingleServer {
             // Single Server enforces SSL unless the user turned that off.
             allowed_ssl_modes: vec![SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
             preferred_ssl_mode: SslMode::Require,
+            // azure.replication_support decides this, not wal_level alone.
+            owned_codes: vec!["wal-level-not-logical".into(), "replication-privilege-missing".into()],
         }
     }
 

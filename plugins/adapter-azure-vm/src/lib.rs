@@ -25,6 +25,7 @@ impl SourceAdapter for AzureVm {
             display_name: "PostgreSQL on an Azure VM".into(),
             allowed_ssl_modes: vec![SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
             preferred_ssl_mode: SslMode::Prefer,
+            owned_codes: vec![],
         }
     }
 

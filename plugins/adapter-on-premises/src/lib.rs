@@ -23,6 +23,7 @@ impl SourceAdapter for OnPremises {
             display_name: "On-premises PostgreSQL".into(),
             allowed_ssl_modes: vec![SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
             preferred_ssl_mode: SslMode::Prefer,
+            owned_codes: vec![],
         }
     }
 

@@ -69,7 +69,7 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
     let source_types: Vec<String> = adapter.description.info.ids.iter().map(|s| s.to_ascii_lowercase()).collect();
 
     // The adapter's readiness findings refine the generic rules: a rule finding whose code
-    // the adapter also reports is replaced by the adapter's provider-specific one.
+    // the adapter also reports, or declares its own, gives way to the adapter's verdict.
     let readiness = registry.host.readiness(&adapter.plugin, services.clone(), base).await;
     let readiness_check = check_report(
         "source-readiness",
@@ -77,7 +77,8 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
         &adapter.plugin.name,
         readiness,
     );
-    let refined: Vec<String> = readiness_check.findings.iter().map(|f| f.code.clone()).collect();
+    let mut refined: Vec<String> = readiness_check.findings.iter().map(|f| f.code.clone()).collect();
+    refined.extend(adapter.description.info.owned_codes.iter().cloned());
 
     let mut server_checks = vec![readiness_check];
     let mut db_checks: Vec<(String, Vec<CheckReport>)> = base.dbs_to_migrate.iter().map(|d| (d.clone(), Vec::new())).collect();
