@@ -6,6 +6,7 @@ pub mod connect;
 pub mod inventory;
 pub mod lifecycle;
 pub mod migration;
+pub mod pg_tools;
 pub mod plugin_host;
 mod plugin_sql;
 pub mod plugins;

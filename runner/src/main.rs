@@ -49,7 +49,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MigrationCommand {
-    /// Validate (and, later, migrate) the databases a properties file names
+    /// Validate and migrate the databases a properties file names
     Create(CreateArgs),
     /// The migrations in the state store, newest first
     List {
@@ -107,6 +107,12 @@ struct CreateArgs {
     migration_option: Option<MigrationOption>,
     #[arg(long, value_enum)]
     migration_mode: Option<ModeArg>,
+    /// Parallel copy workers [default: the number of cores]
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Directory of pg_dump/pg_restore, when the right version is not found on its own
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,6 +284,8 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
             ModeArg::Offline => MigrationMode::Offline,
             ModeArg::Online => MigrationMode::Online,
         }),
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        pg_bin: args.pg_bin.clone(),
     };
     let m = migration::create(&mut store, &registry, request).await?;
     show(cli, &store, &m)?;

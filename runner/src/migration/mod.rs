@@ -1,6 +1,8 @@
 //! A migration from `create` to its end state, one module per lifecycle step (named after
 //! its substate). Every transition is persisted before the next step's work starts.
 
+pub mod completing_migration;
+pub mod migrating_data;
 pub mod performing_prerequisite_steps;
 pub mod validation_in_progress;
 
@@ -26,6 +28,10 @@ pub struct CreateRequest {
     pub target: Option<String>,
     pub option: Option<MigrationOption>,
     pub mode: Option<MigrationMode>,
+    /// Parallel copy workers.
+    pub jobs: usize,
+    /// Where pg_dump/pg_restore live, when not found on their own.
+    pub pg_bin: Option<std::path::PathBuf>,
 }
 
 /// Letters, digits and hyphens, not starting with a hyphen (as the cloud service).
@@ -107,8 +113,8 @@ pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) 
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
     let mode = req.mode.or(props.mode).unwrap_or(MigrationMode::Offline);
-    if option != MigrationOption::Validate {
-        bail!("migration option {option:?} is not available in this build yet: only Validate is; pass --migration-option Validate");
+    if mode == MigrationMode::Online && option != MigrationOption::Validate {
+        bail!("Online migration is not available in this build yet: use --migration-mode Offline, or --migration-option Validate to check an online migration's prerequisites");
     }
     if props.dbs_to_migrate.is_empty() {
         bail!("`DBsToMigrate` is empty: list the databases to migrate in the properties");
@@ -149,29 +155,173 @@ pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) 
         }),
     )?;
 
-    if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
+    if option != MigrationOption::Migrate {
+        if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
+            return Ok(canceled);
+        }
+        let services = Arc::new(Services {
+            inventory: prepared.inventory.clone(),
+            sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
+        });
+        let ctx = CheckContext {
+            migration_name: req.name.clone(),
+            mode: match mode {
+                MigrationMode::Offline => plugin_host::MigrationMode::Offline,
+                MigrationMode::Online => plugin_host::MigrationMode::Online,
+            },
+            migration_option: match option {
+                MigrationOption::Validate => plugin_host::MigrationOption::Validate,
+                MigrationOption::Migrate => plugin_host::MigrationOption::Migrate,
+                MigrationOption::ValidateAndMigrate => plugin_host::MigrationOption::ValidateAndMigrate,
+            },
+            source_type: props.source_type.clone(),
+            database: None,
+            dbs_to_migrate: props.dbs_to_migrate.clone(),
+            overwrite_dbs_in_target: props.overwrite_dbs_in_target,
+        };
+        let report = validation_in_progress::run(registry, adapter, services, &ctx).await;
+        store.set_validation(id, &serde_json::to_value(&report)?)?;
+        if report.status == CheckState::Failed || option == MigrationOption::Validate {
+            let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
+            return Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?));
+        }
+    }
+    if let Some(canceled) = advance(store, id, Status::MIGRATING)? {
         return Ok(canceled);
     }
-    let services = Arc::new(Services {
-        inventory: prepared.inventory.clone(),
-        sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
-    });
-    let ctx = CheckContext {
-        migration_name: req.name.clone(),
-        mode: match mode {
-            MigrationMode::Offline => plugin_host::MigrationMode::Offline,
-            MigrationMode::Online => plugin_host::MigrationMode::Online,
-        },
-        migration_option: plugin_host::MigrationOption::Validate,
-        source_type: props.source_type.clone(),
-        database: None,
-        dbs_to_migrate: props.dbs_to_migrate.clone(),
-        overwrite_dbs_in_target: props.overwrite_dbs_in_target,
+    let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
+    let result = migrate(store, id, &req, adapter, &prepared, &work_dir).await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    match result {
+        Ok(Some(canceled)) => Ok(canceled),
+        Ok(None) => Ok(advance(store, id, Status::SUCCEEDED)?.unwrap_or(store.get_by_id(id)?)),
+        Err((step, created, e)) => {
+            // Nothing half-copied may be left looking valid on the target.
+            drop_databases(&prepared.target, &created).await;
+            fail(store, id, step, e)
+        }
+    }
+}
+
+type StepError = (&'static str, Vec<String>, anyhow::Error);
+
+/// MigratingData then CompletingMigration, database by database. On error: the step, the
+/// target databases created so far, and the error.
+async fn migrate(
+    store: &mut Store,
+    id: i64,
+    req: &CreateRequest,
+    adapter: &crate::plugins::AdapterPlugin,
+    prepared: &performing_prerequisite_steps::Prepared,
+    work_dir: &std::path::Path,
+) -> Result<Option<Migration>, StepError> {
+    let mut created: Vec<String> = Vec::new();
+    let step = "MigratingData";
+    let source_major = prepared.inventory.source.version_num / 10000;
+    let tools = crate::pg_tools::find(source_major, req.pg_bin.as_deref()).map_err(|e| (step, vec![], e))?;
+    let settings = migrating_data::Settings {
+        source: &prepared.source,
+        target: &prepared.target,
+        inventory: &prepared.inventory,
+        provider: &adapter.description.provider_objects,
+        overwrite: req.properties.overwrite_dbs_in_target,
+        jobs: req.jobs.max(1),
+        tools: &tools,
+        work_dir: work_dir.to_path_buf(),
     };
-    let report = validation_in_progress::run(registry, adapter, services, &ctx).await;
-    store.set_validation(id, &serde_json::to_value(&report)?)?;
-    let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
-    Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?))
+    let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
+    let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
+
+    let mut progress = Progress::default();
+    let mut copied = Vec::new();
+    for db in &req.properties.dbs_to_migrate {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        created.push(db.clone());
+        let work = migrating_data::run_database(&settings, db, &tx);
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                Some(event) = rx.recv() => progress.record(store, id, event),
+            }
+        };
+        while let Ok(event) = rx.try_recv() {
+            progress.record(store, id, event);
+        }
+        copied.push(result.map_err(|e| (step, created.clone(), e))?);
+    }
+
+    if let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
+        return Ok(Some(canceled));
+    }
+    let step = "CompletingMigration";
+    let mut verification = Vec::new();
+    for database in &copied {
+        let checked = completing_migration::run_database(&settings, database).await.map_err(|e| (step, created.clone(), e))?;
+        verification.push(checked);
+    }
+    let _ = store.merge_details(id, json!({ "verification": verification }));
+    let mismatched: Vec<String> = verification.iter().flat_map(|v| v.mismatches.iter().map(move |m| format!("{}: {} ({} rows on the source, {} on the target)", v.database, m.table, m.source_rows, m.target_rows))).collect();
+    if !mismatched.is_empty() {
+        return Err((step, created, anyhow::anyhow!("verification failed: the target differs from the source in {}", mismatched.join("; "))));
+    }
+    Ok(None)
+}
+
+/// Copy progress as `show` reports it: per database and per table.
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    databases: std::collections::BTreeMap<String, DatabaseProgress>,
+}
+
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DatabaseProgress {
+    tables_total: usize,
+    tables_done: usize,
+    rows_copied: u64,
+    bytes_copied: u64,
+    bytes_total: u64,
+    tables: Vec<migrating_data::TableCopy>,
+}
+
+impl Progress {
+    fn record(&mut self, store: &mut Store, id: i64, event: migrating_data::Progress) {
+        match event {
+            migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
+                eprintln!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)");
+                let db = self.databases.entry(database).or_default();
+                db.tables_total = tables_total;
+                db.bytes_total = bytes_total;
+            }
+            migrating_data::Progress::TableCopied { database, table } => {
+                eprintln!("{database}: copied {}.{}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds);
+                let db = self.databases.entry(database).or_default();
+                db.tables_done += 1;
+                db.rows_copied += table.rows;
+                db.bytes_copied += table.bytes;
+                db.tables.push(table);
+            }
+        }
+        // Progress is advisory: a store hiccup must not fail the copy.
+        if let Ok(value) = serde_json::to_value(&*self) {
+            let _ = store.merge_details(id, json!({ "progress": value }));
+        }
+    }
+}
+
+/// Best effort: drops what this migration created on the target.
+async fn drop_databases(target: &ConnSpec, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let Ok((client, _)) = target.connect("postgres").await else { return };
+    for name in names {
+        if let Err(e) = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", migrating_data::quote_ident(name))).await {
+            tracing::warn!("could not drop database {name} on the target after the failure: {e}");
+        }
+    }
 }
 
 /// Moves the migration on; `Some(migration)` when it was canceled from another shell in the

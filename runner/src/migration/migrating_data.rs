@@ -1,0 +1,324 @@
+//! MigratingData: per database, the target database and the roles first, then the schema
+//! before the data with the server's own tooling (pg_dump pre-data at one exported
+//! snapshot), then every table streamed `COPY … TO STDOUT (FORMAT binary)` →
+//! `COPY … FROM STDIN (FORMAT binary)` by parallel workers, biggest first, all reading at
+//! that same snapshot, then the large objects. The snapshot's coordinator connection stays
+//! open for CompletingMigration, which verifies against it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::{mpsc, Mutex};
+use tokio_postgres::Client;
+
+use crate::connect::ConnSpec;
+use crate::inventory::Inventory;
+use crate::pg_tools::{self, PgTools};
+use crate::plugin_host::ProviderObjectNames;
+
+/// `"name"`, always quoted: safe for every identifier, however odd.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Does `name` match one of the adapter's provider object names (`*` suffix = prefix)?
+pub fn is_provider_object(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableCopy {
+    pub schema: String,
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// What the data step leaves for CompletingMigration.
+pub struct CopiedDatabase {
+    pub name: String,
+    /// Holds the exported snapshot open: the source as of the copy.
+    pub coordinator: Client,
+    pub snapshot: String,
+    pub tables: Vec<TableCopy>,
+    pub large_objects: u64,
+    pub dump_dir: PathBuf,
+}
+
+/// Progress the step reports while it works.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase", tag = "event")]
+pub enum Progress {
+    DatabaseStarted { database: String, tables_total: usize, bytes_total: u64 },
+    TableCopied { database: String, table: TableCopy },
+}
+
+pub struct Settings<'a> {
+    pub source: &'a ConnSpec,
+    pub target: &'a ConnSpec,
+    pub inventory: &'a Inventory,
+    pub provider: &'a ProviderObjectNames,
+    pub overwrite: bool,
+    pub jobs: usize,
+    pub tools: &'a PgTools,
+    pub work_dir: PathBuf,
+}
+
+/// Creates the roles the migrated objects need that the target lacks (no passwords: they
+/// cannot be read from the source without superuser; set them afterwards).
+pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
+    let (target, _) = s.target.connect("postgres").await?;
+    let target_info = &s.inventory.target;
+    let may_superuser = target_info.roles.iter().any(|r| r.name == target_info.current_user && r.superuser);
+    let wanted: Vec<_> = s
+        .inventory
+        .source
+        .roles
+        .iter()
+        .filter(|r| !r.name.starts_with("pg_") && !is_provider_object(&s.provider.roles, &r.name))
+        .collect();
+    let mut created = Vec::new();
+    for role in &wanted {
+        if target_info.roles.iter().any(|t| t.name == role.name) {
+            continue;
+        }
+        let flag = |on: bool, name: &str| if on { name.to_string() } else { format!("NO{name}") };
+        let sql = format!(
+            "CREATE ROLE {} WITH {} {} {} {} {} {}",
+            quote_ident(&role.name),
+            flag(role.can_login, "LOGIN"),
+            flag(role.create_db, "CREATEDB"),
+            flag(role.create_role, "CREATEROLE"),
+            flag(role.replication && may_superuser, "REPLICATION"),
+            flag(role.bypass_rls && may_superuser, "BYPASSRLS"),
+            flag(role.superuser && may_superuser, "SUPERUSER"),
+        );
+        target.batch_execute(&sql).await.with_context(|| format!("creating role {} on the {}", role.name, s.target.describe()))?;
+        created.push(role.name.clone());
+    }
+    for role in &wanted {
+        for parent in &role.member_of {
+            if parent.starts_with("pg_") || is_provider_object(&s.provider.roles, parent) {
+                continue;
+            }
+            let sql = format!("GRANT {} TO {}", quote_ident(parent), quote_ident(&role.name));
+            if let Err(e) = target.batch_execute(&sql).await {
+                tracing::warn!("granting role {parent} to {} on the target: {e}", role.name);
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Creates the target database with the source's encoding, locale and owner, replacing an
+/// existing one only when the user asked for it (validation has passed by now).
+pub async fn create_target_database(s: &Settings<'_>, name: &str) -> Result<()> {
+    let summary = s.inventory.source.databases.iter().find(|d| d.name == name).with_context(|| format!("database {name:?} does not exist on the {}", s.source.describe()))?;
+    let (target, _) = s.target.connect("postgres").await?;
+    let exists = target.query_opt("select 1 from pg_database where datname = $1", &[&name]).await?.is_some();
+    if exists {
+        if !s.overwrite {
+            bail!("database {name:?} already exists on the {}; set OverwriteDBsInTarget to replace it", s.target.describe());
+        }
+        let force = if s.inventory.target.version_num >= 130000 { " WITH (FORCE)" } else { "" };
+        target
+            .batch_execute(&format!("DROP DATABASE {}{force}", quote_ident(name)))
+            .await
+            .with_context(|| format!("dropping database {name:?} on the {} to replace it", s.target.describe()))?;
+    }
+    let mut sql = format!(
+        "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
+        quote_ident(name),
+        quote_literal(&summary.encoding),
+        quote_literal(&summary.collate),
+        quote_literal(&summary.ctype)
+    );
+    if s.inventory.target.version_num >= 150000 && summary.locale_provider == "icu" {
+        sql.push_str(&format!(" LOCALE_PROVIDER = icu ICU_LOCALE = {}", quote_literal(summary.icu_locale.as_deref().unwrap_or("und"))));
+    }
+    if s.inventory.target.roles.iter().any(|r| r.name == summary.owner) || s.inventory.source.roles.iter().any(|r| r.name == summary.owner && !is_provider_object(&s.provider.roles, &r.name)) {
+        sql.push_str(&format!(" OWNER = {}", quote_ident(&summary.owner)));
+    }
+    target.batch_execute(&sql).await.with_context(|| format!("creating database {name:?} on the {}", s.target.describe()))?;
+    Ok(())
+}
+
+/// Opens the coordinator's transaction and exports its snapshot.
+pub async fn export_snapshot(source: &ConnSpec, db: &str) -> Result<(Client, String)> {
+    let (client, _) = source.connect(db).await?;
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+    let snapshot: String = client.query_one("select pg_export_snapshot()", &[]).await?.get(0);
+    Ok((client, snapshot))
+}
+
+/// pg_dump of one section at the snapshot, restored into the target database.
+pub fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<()> {
+    let file = dump_dir.join(format!("{section}.dump"));
+    let mut dump = s.tools.command("pg_dump", s.source, db);
+    dump.args(["--format=custom", "--no-sync", &format!("--section={section}"), &format!("--snapshot={snapshot}"), "--file"]).arg(&file);
+    for schema in &s.provider.schemas {
+        dump.arg(format!("--exclude-schema={schema}"));
+    }
+    pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe()))?;
+    let mut restore = s.tools.command("pg_restore", s.target, db);
+    restore.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
+    if section == "post-data" && s.jobs > 1 {
+        restore.arg(format!("--jobs={}", s.jobs));
+    } else {
+        restore.arg("--single-transaction");
+    }
+    restore.arg(&file);
+    pg_tools::run(restore, &format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe()))
+}
+
+struct TableJob {
+    schema: String,
+    name: String,
+    /// Non-generated columns, in order (generated ones are recomputed by the target).
+    columns: Vec<String>,
+    size: i64,
+}
+
+async fn list_tables(coordinator: &Client) -> Result<Vec<TableJob>> {
+    // Leaf tables only (a partitioned parent holds no rows), no extension members.
+    let rows = coordinator
+        .query(
+            "select n.nspname::text, c.relname::text,
+                    coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
+                              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                                and coalesce(a.attgenerated::text, '') = ''), '{}'::text[]),
+                    pg_relation_size(c.oid)
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind = 'r' and c.relpersistence <> 't'
+                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+              order by pg_relation_size(c.oid) desc, 1, 2",
+            &[],
+        )
+        .await
+        .context("listing the tables to copy")?;
+    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3) }).collect())
+}
+
+/// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
+async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<TableJob>, progress: &mpsc::UnboundedSender<Progress>) -> Result<Vec<TableCopy>> {
+    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+    let mut workers = Vec::new();
+    for _ in 0..s.jobs.max(1) {
+        let (source, target) = (s.source.clone(), s.target.clone());
+        let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
+        workers.push(tokio::spawn(async move {
+            let (src, _) = source.connect(&db).await?;
+            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&snapshot)))
+                .await
+                .context("joining the exported snapshot")?;
+            let (dst, _) = target.connect(&db).await?;
+            dst.batch_execute("SET synchronous_commit = off").await?;
+            let mut done = Vec::new();
+            loop {
+                let Some(job) = queue.lock().await.pop_front() else { break };
+                let copy = copy_table(&src, &dst, &job).await.with_context(|| format!("copying table {}.{} of database {db:?}", job.schema, job.name))?;
+                let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
+                done.push(copy);
+            }
+            src.batch_execute("COMMIT").await?;
+            anyhow::Ok(done)
+        }));
+    }
+    let mut copied = Vec::new();
+    let mut first_error = None;
+    for worker in workers {
+        match worker.await.context("a copy worker panicked")? {
+            Ok(done) => copied.extend(done),
+            Err(e) => {
+                // Stop the others: nothing more is taken from the queue.
+                queue.lock().await.clear();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(copied),
+    }
+}
+
+async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableCopy> {
+    let started = Instant::now();
+    let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
+    let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
+    let out = src.copy_out(&format!("COPY {table}{columns} TO STDOUT (FORMAT binary)")).await?;
+    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT binary)")).await?;
+    futures_util::pin_mut!(out);
+    futures_util::pin_mut!(sink);
+    let mut bytes = 0u64;
+    // Streamed chunk by chunk: memory stays bounded whatever the table's size.
+    while let Some(chunk) = out.next().await {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        sink.send(chunk).await?;
+    }
+    let rows = sink.finish().await?;
+    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), rows, bytes, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
+async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str) -> Result<u64> {
+    let oids: Vec<u32> = coordinator.query("select oid from pg_largeobject_metadata order by oid", &[]).await?.iter().map(|r| r.get(0)).collect();
+    if oids.is_empty() {
+        return Ok(0);
+    }
+    let (dst, _) = target.connect(db).await?;
+    const CHUNK: i32 = 1 << 20;
+    for oid in &oids {
+        let mut offset: i64 = 0;
+        loop {
+            let row = coordinator.query_one("select lo_get($1, $2, $3)", &[oid, &offset, &CHUNK]).await.with_context(|| format!("reading large object {oid}"))?;
+            let data: Vec<u8> = row.get(0);
+            if data.is_empty() {
+                break;
+            }
+            dst.execute("select lo_put($1, $2, $3)", &[oid, &offset, &data]).await.with_context(|| format!("writing large object {oid}"))?;
+            offset += data.len() as i64;
+            if data.len() < CHUNK as usize {
+                break;
+            }
+        }
+    }
+    Ok(oids.len() as u64)
+}
+
+/// The whole data step for one database.
+pub async fn run_database(s: &Settings<'_>, db: &str, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
+    create_target_database(s, db).await?;
+    let (coordinator, snapshot) = export_snapshot(s.source, db).await?;
+    let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
+    std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
+    {
+        let (s2, db2, snap2, dir2) = (s, db.to_string(), snapshot.clone(), dump_dir.clone());
+        tokio::task::block_in_place(|| dump_and_restore(s2, &db2, &snap2, "pre-data", &dir2))?;
+    }
+    let tables = list_tables(&coordinator).await?;
+    let _ = progress.send(Progress::DatabaseStarted {
+        database: db.to_string(),
+        tables_total: tables.len(),
+        bytes_total: tables.iter().map(|t| t.size.max(0) as u64).sum(),
+    });
+    let copied = copy_tables(s, db, &snapshot, tables, progress).await?;
+    let large_objects = copy_large_objects(&coordinator, s.target, db).await?;
+    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: copied, large_objects, dump_dir })
+}
