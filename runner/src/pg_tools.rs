@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tokio::process::Command as AsyncCommand;
+
 use anyhow::{bail, Context, Result};
 
 use crate::connect::ConnSpec;
@@ -66,8 +68,10 @@ pub fn find(source_major: u32, explicit: Option<&Path>) -> Result<PgTools> {
 impl PgTools {
     /// A command for `tool` connected to `db` on `spec`'s server: the connection goes through
     /// the environment (PGPASSWORD never appears on a command line).
-    pub fn command(&self, tool: &str, spec: &ConnSpec, db: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(tool));
+    pub fn command(&self, tool: &str, spec: &ConnSpec, db: &str) -> AsyncCommand {
+        let mut cmd = AsyncCommand::new(self.bin_dir.join(tool));
+        // A canceled migration drops this future: the tool must not outlive it.
+        cmd.kill_on_drop(true);
         cmd.env("PGHOST", &spec.host)
             .env("PGPORT", spec.port.to_string())
             .env("PGUSER", &spec.user)
@@ -95,8 +99,8 @@ impl PgTools {
 }
 
 /// Runs a tool; the error names it, the server and what it printed.
-pub fn run(mut cmd: Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot start {what}"))?;
+pub async fn run(mut cmd: AsyncCommand, what: &str) -> Result<()> {
+    let out = cmd.output().await.with_context(|| format!("cannot start {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();

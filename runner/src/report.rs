@@ -67,6 +67,34 @@ pub fn show_text(m: &Migration) -> String {
         let message = error.get("message").and_then(Value::as_str).unwrap_or("?");
         line(&mut out, "Error", &format!("in {step}: {message}"));
     }
+    if let Some(dbs) = m.details.pointer("/progress/databases").and_then(Value::as_object) {
+        for (name, p) in dbs {
+            let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+            line(
+                &mut out,
+                "Copied",
+                &format!("{name}: {}/{} tables, {} rows, {} bytes", n("tablesDone"), n("tablesTotal"), n("rowsCopied"), n("bytesCopied")),
+            );
+        }
+    }
+    if let Some(checks) = m.details.get("verification").and_then(Value::as_array) {
+        for v in checks {
+            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let mismatches = v.get("mismatches").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            line(
+                &mut out,
+                "Verified",
+                &format!(
+                    "{}: {} tables (row counts and checksums), {} mismatches, {} sequences set, {} large objects",
+                    v.get("database").and_then(Value::as_str).unwrap_or("?"),
+                    n("tablesVerified"),
+                    mismatches,
+                    n("sequencesSet"),
+                    n("largeObjects")
+                ),
+            );
+        }
+    }
     if let Some(v) = &m.validation {
         match serde_json::from_value::<ValidationReport>(v.clone()) {
             Ok(report) => out.push_str(&validation_text(&report)),

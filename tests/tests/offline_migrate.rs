@@ -102,3 +102,49 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(large_objects(&source, "pagila"), large_objects(&target, "pagila"), "large objects differ");
     assert!(!sequences(&target, "pagila").is_empty());
 }
+
+#[test]
+fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("big").unwrap();
+    // Enough rows that the copy is still running when the cancel arrives.
+    source
+        .psql("big", "create table wide (id bigint primary key, payload text); insert into wide select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["big"], "sourceType": "OnPremises"}}).to_string(),
+    );
+    let mut running = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "to-cancel", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the other shell sees MigratingData.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let show = pf.run(&["migration", "show", "--migration-name", "to-cancel", "--output", "json"]);
+        if show.code == 0 && serde_json::from_str::<Value>(&show.stdout).unwrap()["substate"] == "MigratingData" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reached MigratingData: {}", show.transcript());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let cancel = pf.run(&["migration", "update", "--migration-name", "to-cancel", "--cancel"]);
+    assert_eq!(cancel.code, 0, "{}", cancel.transcript());
+
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "Canceled exits 6: {}", String::from_utf8_lossy(&out.stderr));
+    let show: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "to-cancel", "--output", "json"]).stdout).unwrap();
+    assert_eq!(show["state"], "Canceled");
+    assert_eq!(show["details"]["droppedOnCancel"], json!(["big"]));
+    assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'big'").unwrap(), "0", "the half-copied database is gone");
+    // A canceled migration cannot be canceled again, with a clear message.
+    let again = pf.run(&["migration", "update", "--migration-name", "to-cancel", "--cancel"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("is Canceled already"), "{}", again.transcript());
+}

@@ -136,8 +136,8 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Starts two throwaway local servers, loads a sample database into the source, and runs
-/// pgferry against them: the README's first command.
+/// Starts two throwaway local servers, loads a sample database into the source, checks it
+/// for an online migration, then validates and migrates it offline: the README's first command.
 fn demo(root: &Path) -> Result<()> {
     use pgferry_tests::Cluster;
     run(Command::new(cargo()).current_dir(root).args(["build", "--release", "-p", "pgferry"]))?;
@@ -178,9 +178,11 @@ fn demo(root: &Path) -> Result<()> {
         Ok(())
     };
     let props = props.display().to_string();
-    pgferry(&["migration", "create", "--migration-name", "demo-offline", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"])?;
-    pgferry(&["migration", "create", "--migration-name", "demo-online", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--migration-mode", "Online"])?;
+    pgferry(&["migration", "create", "--migration-name", "demo-online-check", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--migration-mode", "Online"])?;
+    pgferry(&["migration", "create", "--migration-name", "demo", "--properties", &props, "--target", &target_arg, "--migration-option", "ValidateAndMigrate"])?;
     pgferry(&["migration", "list"])?;
+    let tables = target.psql("pagila", "select count(*) from pg_tables where schemaname = 'public'")?;
+    println!("\n==> the target now holds database pagila with {tables} tables");
     println!("\n==> done; the servers are stopped and removed");
     Ok(())
 }

@@ -67,7 +67,7 @@ async fn checksum(client: &Client, table: &str, extended: bool) -> Result<(i64, 
 
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
     let db = &copied.name;
-    tokio::task::block_in_place(|| dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir))?;
+    dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
     let (target, _) = s.target.connect(db).await?;
     let sequences_set = set_sequences(&copied.coordinator, &target).await?;
 

@@ -166,14 +166,14 @@ pub async fn export_snapshot(source: &ConnSpec, db: &str) -> Result<(Client, Str
 }
 
 /// pg_dump of one section at the snapshot, restored into the target database.
-pub fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<()> {
+pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<()> {
     let file = dump_dir.join(format!("{section}.dump"));
     let mut dump = s.tools.command("pg_dump", s.source, db);
     dump.args(["--format=custom", "--no-sync", &format!("--section={section}"), &format!("--snapshot={snapshot}"), "--file"]).arg(&file);
     for schema in &s.provider.schemas {
         dump.arg(format!("--exclude-schema={schema}"));
     }
-    pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe()))?;
+    pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
     let mut restore = s.tools.command("pg_restore", s.target, db);
     restore.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
     if section == "post-data" && s.jobs > 1 {
@@ -182,7 +182,7 @@ pub fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &st
         restore.arg("--single-transaction");
     }
     restore.arg(&file);
-    pg_tools::run(restore, &format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe()))
+    pg_tools::run(restore, &format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe())).await
 }
 
 struct TableJob {
@@ -217,11 +217,12 @@ async fn list_tables(coordinator: &Client) -> Result<Vec<TableJob>> {
 /// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
 async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<TableJob>, progress: &mpsc::UnboundedSender<Progress>) -> Result<Vec<TableCopy>> {
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
-    let mut workers = Vec::new();
+    // A JoinSet aborts its tasks when dropped: a canceled migration stops copying.
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1) {
         let (source, target) = (s.source.clone(), s.target.clone());
         let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let (src, _) = source.connect(&db).await?;
             src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&snapshot)))
                 .await
@@ -237,12 +238,12 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             }
             src.batch_execute("COMMIT").await?;
             anyhow::Ok(done)
-        }));
+        });
     }
     let mut copied = Vec::new();
     let mut first_error = None;
-    for worker in workers {
-        match worker.await.context("a copy worker panicked")? {
+    while let Some(worker) = workers.join_next().await {
+        match worker.context("a copy worker panicked")? {
             Ok(done) => copied.extend(done),
             Err(e) => {
                 // Stop the others: nothing more is taken from the queue.
@@ -308,10 +309,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, progress: &mpsc::Unbounded
     let (coordinator, snapshot) = export_snapshot(s.source, db).await?;
     let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
     std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
-    {
-        let (s2, db2, snap2, dir2) = (s, db.to_string(), snapshot.clone(), dump_dir.clone());
-        tokio::task::block_in_place(|| dump_and_restore(s2, &db2, &snap2, "pre-data", &dir2))?;
-    }
+    dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
     let tables = list_tables(&coordinator).await?;
     let _ = progress.send(Progress::DatabaseStarted {
         database: db.to_string(),

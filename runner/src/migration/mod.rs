@@ -238,27 +238,25 @@ async fn migrate(
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         created.push(db.clone());
         let work = migrating_data::run_database(&settings, db, &tx);
-        tokio::pin!(work);
-        let result = loop {
-            tokio::select! {
-                result = &mut work => break result,
-                Some(event) = rx.recv() => progress.record(store, id, event),
-            }
-        };
-        while let Ok(event) = rx.try_recv() {
-            progress.record(store, id, event);
+        match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+            Some(database) => copied.push(database),
+            None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
-        copied.push(result.map_err(|e| (step, created.clone(), e))?);
     }
 
     if let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
+        drop_databases(&prepared.target, &created).await;
         return Ok(Some(canceled));
     }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
     for database in &copied {
-        let checked = completing_migration::run_database(&settings, database).await.map_err(|e| (step, created.clone(), e))?;
-        verification.push(checked);
+        let (_, mut no_events) = tokio::sync::mpsc::unbounded_channel();
+        let work = completing_migration::run_database(&settings, database);
+        match watched(store, id, work, &mut no_events, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+            Some(checked) => verification.push(checked),
+            None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+        }
     }
     let _ = store.merge_details(id, json!({ "verification": verification }));
     let mismatched: Vec<String> = verification.iter().flat_map(|v| v.mismatches.iter().map(move |m| format!("{}: {} ({} rows on the source, {} on the target)", v.database, m.table, m.source_rows, m.target_rows))).collect();
@@ -309,6 +307,44 @@ impl Progress {
             let _ = store.merge_details(id, json!({ "progress": value }));
         }
     }
+}
+
+/// Runs one step's work while recording its progress events and watching, every second,
+/// for a cancel from another shell. `None`: canceled; the work was dropped, which stops its
+/// workers and kills its pg_dump/pg_restore.
+async fn watched<T>(
+    store: &mut Store,
+    id: i64,
+    work: impl std::future::Future<Output = Result<T>>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<migrating_data::Progress>,
+    progress: &mut Progress,
+) -> Result<Option<T>> {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                while let Ok(event) = events.try_recv() {
+                    progress.record(store, id, event);
+                }
+                return result.map(Some);
+            }
+            Some(event) = events.recv() => progress.record(store, id, event),
+            _ = tick.tick() => {
+                if store.get_by_id(id)?.status == Status::CANCELED {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// After a cancel: the target databases this migration created are dropped, so nothing
+/// half-copied is left looking valid.
+async fn canceled(store: &mut Store, id: i64, target: &ConnSpec, created: &[String]) -> Result<Migration> {
+    drop_databases(target, created).await;
+    store.merge_details(id, json!({ "droppedOnCancel": created }))?;
+    store.get_by_id(id)
 }
 
 /// Best effort: drops what this migration created on the target.
