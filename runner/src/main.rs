@@ -110,6 +110,9 @@ struct CreateArgs {
     /// Parallel copy workers [default: the number of cores]
     #[arg(long)]
     jobs: Option<usize>,
+    /// Copy tables bigger than this many bytes in parts, by several workers (0: never)
+    #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
+    split_tables_larger_than: u64,
     /// Directory of pg_dump/pg_restore, when the right version is not found on its own
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
@@ -286,6 +289,7 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
         }),
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         pg_bin: args.pg_bin.clone(),
+        split_bytes: args.split_tables_larger_than,
     };
     let m = migration::create(&mut store, &registry, request).await?;
     show(cli, &store, &m)?;

@@ -83,10 +83,12 @@ fn pagila_with_large_objects_moves_exactly() {
         "p.json",
         json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["pagila"], "sourceType": "OnPremises"}}).to_string(),
     );
-    let out = pf.run(&["migration", "create", "--migration-name", "pagila", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--output", "json"]);
+    let out = pf.run(&["migration", "create", "--migration-name", "pagila", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--split-tables-larger-than", "200000", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "Succeeded");
+    // The biggest tables went in block ranges (PostgreSQL 14+ TID range scans).
+    assert!(out.stderr.contains("(part from block 0)"), "no table was split: {}", out.stderr);
     let substates: Vec<&str> = doc["transitions"].as_array().unwrap().iter().map(|t| t["substate"].as_str().unwrap()).collect();
     assert_eq!(substates, ["PerformingPreRequisiteSteps", "ValidationInProgress", "MigratingData", "CompletingMigration", "Completed"]);
     let progress = &doc["details"]["progress"]["databases"]["pagila"];

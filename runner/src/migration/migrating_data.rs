@@ -43,6 +43,9 @@ pub fn is_provider_object(patterns: &[String], name: &str) -> bool {
 pub struct TableCopy {
     pub schema: String,
     pub name: String,
+    /// First block of the range, for a table copied in parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<i64>,
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -74,6 +77,8 @@ pub struct Settings<'a> {
     pub provider: &'a ProviderObjectNames,
     pub overwrite: bool,
     pub jobs: usize,
+    /// Tables bigger than this are copied in block ranges by several workers (0: never).
+    pub split_bytes: u64,
     pub tools: &'a PgTools,
     pub work_dir: PathBuf,
 }
@@ -185,33 +190,59 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     pg_tools::run(restore, &format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe())).await
 }
 
+#[derive(Clone)]
 struct TableJob {
     schema: String,
     name: String,
     /// Non-generated columns, in order (generated ones are recomputed by the target).
     columns: Vec<String>,
     size: i64,
+    /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
+    blocks: Option<(i64, Option<i64>)>,
 }
 
-async fn list_tables(coordinator: &Client) -> Result<Vec<TableJob>> {
+async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<TableJob>> {
+    // Generated columns exist from PostgreSQL 12; before that every column is copied.
+    let not_generated = if version_num >= 120000 { "and a.attgenerated = ''" } else { "" };
     // Leaf tables only (a partitioned parent holds no rows), no extension members.
-    let rows = coordinator
-        .query(
-            "select n.nspname::text, c.relname::text,
-                    coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
-                              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-                                and coalesce(a.attgenerated::text, '') = ''), '{}'::text[]),
-                    pg_relation_size(c.oid)
-               from pg_class c join pg_namespace n on n.oid = c.relnamespace
-              where c.relkind = 'r' and c.relpersistence <> 't'
-                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
-                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
-              order by pg_relation_size(c.oid) desc, 1, 2",
-            &[],
-        )
-        .await
-        .context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3) }).collect())
+    let sql = format!(
+        "select n.nspname::text, c.relname::text,
+                coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
+                          where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
+                pg_relation_size(c.oid)
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where c.relkind = 'r' and c.relpersistence <> 't'
+            and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+            and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+          order by pg_relation_size(c.oid) desc, 1, 2"
+    );
+    let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
+    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3), blocks: None }).collect())
+}
+
+/// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
+/// so that one big table keeps every worker busy; the queue stays biggest first.
+fn split_big_tables(tables: Vec<TableJob>, split_bytes: u64, jobs: usize, version_num: u32) -> Vec<TableJob> {
+    const BLOCK: i64 = 8192;
+    if version_num < 140000 || split_bytes == 0 {
+        return tables;
+    }
+    let mut out = Vec::new();
+    for t in tables {
+        let parts = ((t.size.max(0) as u64).div_ceil(split_bytes) as usize).min(jobs * 4);
+        if parts < 2 {
+            out.push(t);
+            continue;
+        }
+        let blocks = t.size / BLOCK;
+        let per = (blocks + parts as i64 - 1) / parts as i64;
+        for i in 0..parts as i64 {
+            let end = if i + 1 == parts as i64 { None } else { Some((i + 1) * per) };
+            out.push(TableJob { size: t.size / parts as i64, blocks: Some((i * per, end)), ..t.clone() });
+        }
+    }
+    out.sort_by_key(|t| std::cmp::Reverse(t.size));
+    out
 }
 
 /// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
@@ -262,7 +293,15 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     let started = Instant::now();
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
     let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
-    let out = src.copy_out(&format!("COPY {table}{columns} TO STDOUT (FORMAT binary)")).await?;
+    let source_query = match job.blocks {
+        None => format!("COPY {table}{columns} TO STDOUT (FORMAT binary)"),
+        Some((start, end)) => {
+            let list = if job.columns.is_empty() { String::new() } else { job.columns.join(", ") };
+            let upper = end.map(|e| format!(" AND ctid < '({e},0)'::tid")).unwrap_or_default();
+            format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT binary)")
+        }
+    };
+    let out = src.copy_out(&source_query).await?;
     let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT binary)")).await?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
@@ -274,7 +313,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(chunk).await?;
     }
     let rows = sink.finish().await?;
-    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), rows, bytes, seconds: started.elapsed().as_secs_f64() })
+    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), rows, bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
@@ -310,12 +349,14 @@ pub async fn run_database(s: &Settings<'_>, db: &str, progress: &mpsc::Unbounded
     let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
     std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
     dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
-    let tables = list_tables(&coordinator).await?;
+    let version = s.inventory.source.version_num;
+    let tables = list_tables(&coordinator, version).await?;
     let _ = progress.send(Progress::DatabaseStarted {
         database: db.to_string(),
         tables_total: tables.len(),
         bytes_total: tables.iter().map(|t| t.size.max(0) as u64).sum(),
     });
+    let tables = split_big_tables(tables, s.split_bytes, s.jobs, version);
     let copied = copy_tables(s, db, &snapshot, tables, progress).await?;
     let large_objects = copy_large_objects(&coordinator, s.target, db).await?;
     Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: copied, large_objects, dump_dir })

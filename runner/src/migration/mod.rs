@@ -30,6 +30,8 @@ pub struct CreateRequest {
     pub mode: Option<MigrationMode>,
     /// Parallel copy workers.
     pub jobs: usize,
+    /// Tables bigger than this are copied in parts by several workers (0: never).
+    pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
     pub pg_bin: Option<std::path::PathBuf>,
 }
@@ -226,6 +228,7 @@ async fn migrate(
         provider: &adapter.description.provider_objects,
         overwrite: req.properties.overwrite_dbs_in_target,
         jobs: req.jobs.max(1),
+        split_bytes: req.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),
     };
@@ -294,9 +297,14 @@ impl Progress {
                 db.bytes_total = bytes_total;
             }
             migrating_data::Progress::TableCopied { database, table } => {
-                eprintln!("{database}: copied {}.{}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds);
+                let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
+                eprintln!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds);
                 let db = self.databases.entry(database).or_default();
-                db.tables_done += 1;
+                // A table copied in parts is done when its last part is; count parts as tables
+                // only once, by their first block.
+                if table.part.is_none_or(|p| p == 0) {
+                    db.tables_done += 1;
+                }
                 db.rows_copied += table.rows;
                 db.bytes_copied += table.bytes;
                 db.tables.push(table);
