@@ -10,6 +10,7 @@ pub mod pg_tools;
 pub mod plugin_host;
 mod plugin_sql;
 pub mod plugins;
+pub mod progress_view;
 pub mod properties;
 pub mod report;
 pub mod store;

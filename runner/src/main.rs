@@ -290,6 +290,7 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         pg_bin: args.pg_bin.clone(),
         split_bytes: args.split_tables_larger_than,
+        observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
     };
     let m = migration::create(&mut store, &registry, request).await?;
     show(cli, &store, &m)?;

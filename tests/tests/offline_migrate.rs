@@ -87,8 +87,13 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "Succeeded");
+    // With --output json, progress comes as JSON events on stderr, one per line.
+    let events: Vec<Value> = out.stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["event"], "DatabaseStarted");
+    let copied: Vec<&Value> = events.iter().filter(|e| e["event"] == "TableCopied").collect();
+    assert!(copied.len() > 20, "{}", out.stderr);
     // The biggest tables went in block ranges (PostgreSQL 14+ TID range scans).
-    assert!(out.stderr.contains("(part from block 0)"), "no table was split: {}", out.stderr);
+    assert!(copied.iter().any(|e| e["table"]["part"] == 0), "no table was split: {}", out.stderr);
     let substates: Vec<&str> = doc["transitions"].as_array().unwrap().iter().map(|t| t["substate"].as_str().unwrap()).collect();
     assert_eq!(substates, ["PerformingPreRequisiteSteps", "ValidationInProgress", "MigratingData", "CompletingMigration", "Completed"]);
     let progress = &doc["details"]["progress"]["databases"]["pagila"];

@@ -64,7 +64,7 @@ pub struct CopiedDatabase {
 
 /// Progress the step reports while it works.
 #[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase", tag = "event")]
+#[serde(tag = "event", rename_all_fields = "camelCase")]
 pub enum Progress {
     DatabaseStarted { database: String, tables_total: usize, bytes_total: u64 },
     TableCopied { database: String, table: TableCopy },

@@ -34,6 +34,7 @@ pub struct CreateRequest {
     pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
     pub pg_bin: Option<std::path::PathBuf>,
+    pub observer: Option<Observer>,
 }
 
 /// Letters, digits and hyphens, not starting with a hyphen (as the cloud service).
@@ -110,7 +111,8 @@ fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, optio
 
 /// Runs `create` to its end state and returns the stored migration. Bad input (name,
 /// sourceType, properties) fails before anything is recorded or any server is touched.
-pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) -> Result<Migration> {
+pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateRequest) -> Result<Migration> {
+    let observer = req.observer.take();
     validate_name(&req.name)?;
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
@@ -192,7 +194,7 @@ pub async fn create(store: &mut Store, registry: &Registry, req: CreateRequest) 
         return Ok(canceled);
     }
     let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
-    let result = migrate(store, id, &req, adapter, &prepared, &work_dir).await;
+    let result = migrate(store, id, &req, adapter, &prepared, &work_dir, observer).await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match result {
         Ok(Some(canceled)) => Ok(canceled),
@@ -216,6 +218,7 @@ async fn migrate(
     adapter: &crate::plugins::AdapterPlugin,
     prepared: &performing_prerequisite_steps::Prepared,
     work_dir: &std::path::Path,
+    mut observer: Option<Observer>,
 ) -> Result<Option<Migration>, StepError> {
     let mut created: Vec<String> = Vec::new();
     let step = "MigratingData";
@@ -235,7 +238,7 @@ async fn migrate(
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
 
-    let mut progress = Progress::default();
+    let mut progress = Progress { observer: observer.take(), ..Default::default() };
     let mut copied = Vec::new();
     for db in &req.properties.dbs_to_migrate {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -269,11 +272,16 @@ async fn migrate(
     Ok(None)
 }
 
+/// Receives every progress event as it happens (the CLI draws bars, prints lines or JSON).
+pub type Observer = Box<dyn FnMut(&migrating_data::Progress) + Send>;
+
 /// Copy progress as `show` reports it: per database and per table.
 #[derive(Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Progress {
     databases: std::collections::BTreeMap<String, DatabaseProgress>,
+    #[serde(skip)]
+    observer: Option<Observer>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -289,16 +297,16 @@ struct DatabaseProgress {
 
 impl Progress {
     fn record(&mut self, store: &mut Store, id: i64, event: migrating_data::Progress) {
+        if let Some(observer) = &mut self.observer {
+            observer(&event);
+        }
         match event {
             migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
-                eprintln!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)");
                 let db = self.databases.entry(database).or_default();
                 db.tables_total = tables_total;
                 db.bytes_total = bytes_total;
             }
             migrating_data::Progress::TableCopied { database, table } => {
-                let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
-                eprintln!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds);
                 let db = self.databases.entry(database).or_default();
                 // A table copied in parts is done when its last part is; count parts as tables
                 // only once, by their first block.

@@ -1,0 +1,84 @@
+//! How `create` shows copy progress: bars on a terminal (per database: bytes, throughput,
+//! ETA, tables done), plain lines in a pipe, JSON lines with `--output json`. All on stderr,
+//! so stdout keeps the one result document.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::migration::migrating_data::Progress;
+use crate::migration::Observer;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Bars,
+    Lines,
+    Json,
+}
+
+impl View {
+    pub fn choose(json: bool) -> View {
+        if json {
+            View::Json
+        } else if std::io::stderr().is_terminal() {
+            View::Bars
+        } else {
+            View::Lines
+        }
+    }
+
+    pub fn observer(self) -> Observer {
+        match self {
+            View::Json => Box::new(|event: &Progress| {
+                if let Ok(line) = serde_json::to_string(event) {
+                    eprintln!("{line}");
+                }
+            }),
+            View::Lines => Box::new(|event: &Progress| eprintln!("{}", line(event))),
+            View::Bars => {
+                let multi = MultiProgress::new();
+                let mut bars: HashMap<String, (ProgressBar, usize, usize)> = HashMap::new();
+                let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+                    .expect("template")
+                    .progress_chars("=> ");
+                Box::new(move |event: &Progress| match event {
+                    Progress::DatabaseStarted { database, tables_total, bytes_total } => {
+                        let bar = multi.add(ProgressBar::new(*bytes_total).with_style(style.clone()).with_prefix(database.clone()));
+                        bar.set_message(format!("0/{tables_total} tables"));
+                        bars.insert(database.clone(), (bar, 0, *tables_total));
+                    }
+                    Progress::TableCopied { database, table } => {
+                        if let Some((bar, done, total)) = bars.get_mut(database) {
+                            if table.part.is_none_or(|p| p == 0) {
+                                *done += 1;
+                            }
+                            // COPY's binary stream is not the on-disk size: grow the bar if needed.
+                            let pos = bar.position() + table.bytes;
+                            if pos > bar.length().unwrap_or(0) {
+                                bar.set_length(pos);
+                            }
+                            bar.set_position(pos);
+                            bar.set_message(format!("{done}/{total} tables, last {}.{}", table.schema, table.name));
+                            if done == total {
+                                bar.finish_with_message(format!("{total}/{total} tables copied"));
+                            }
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn line(event: &Progress) -> String {
+    match event {
+        Progress::DatabaseStarted { database, tables_total, bytes_total } => {
+            format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
+        }
+        Progress::TableCopied { database, table } => {
+            let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
+            format!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds)
+        }
+    }
+}
