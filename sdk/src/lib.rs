@@ -1,9 +1,11 @@
 //! The pgferry plugin SDK.
 //!
 //! A validation rule is a struct implementing [`Rule`]; a source adapter is a struct
-//! implementing [`SourceAdapter`]. One macro exports them as a WebAssembly component:
+//! implementing [`SourceAdapter`] (or, for the usual managed or self-managed server,
+//! [`provider::ProviderAdapter`], which describes it as data). One macro exports them as a
+//! WebAssembly component:
 //!
-//! ```ignore
+//! ```
 //! use pgferry_sdk::*;
 //!
 //! #[derive(Default)]
@@ -14,11 +16,17 @@
 //!         RuleDescriptor::database("no-huge-databases", "Databases stay under the size limit")
 //!     }
 //!     fn check(&self, cx: &Context) -> Result<Vec<Finding>, String> {
-//!         Ok(vec![])
+//!         let Some(db) = cx.source().database(cx.database_name()) else { return Ok(vec![]) };
+//!         Ok(if db.size_bytes > 1 << 40 {
+//!             vec![error("database-too-big", "over 1 TiB").on(&db.name).fix("Ask the platform team.")]
+//!         } else {
+//!             vec![]
+//!         })
 //!     }
 //! }
 //!
 //! export_rules!(NoHugeDatabases);
+//! # fn main() {}
 //! ```
 //!
 //! Build with `cargo build --target wasm32-wasip2`; test natively with [`testing::Fixture`].
@@ -29,7 +37,8 @@ extern crate self as pgferry_sdk;
 mod context;
 mod findings;
 mod inventory;
-pub use inventory::quote_ident;
+pub use inventory::{normalize_locale, quote_ident, version_cmp};
+pub mod provider;
 pub mod testing;
 
 pub use context::{Context, Host};
@@ -88,7 +97,9 @@ pub trait Rule {
     fn check(&self, cx: &Context) -> Result<Vec<Finding>, String>;
 }
 
-/// A source type. Implement it on a `Default` struct and export it with [`export_adapter!`].
+/// A source type. Implement it on a `Default` struct and export it with [`export_adapter!`];
+/// a source that differs from the others only in data implements
+/// [`provider::ProviderAdapter`] instead, which implements this.
 pub trait SourceAdapter {
     fn info(&self) -> AdapterInfo;
 
@@ -149,6 +160,11 @@ pub mod __private {
 }
 
 /// Exports one or more [`Rule`] types (each `Default`) as the plugin's rule set.
+///
+/// For native tests it also defines `__PgferryRuleSet` in the calling module:
+/// `__PgferryRuleSet::descriptors()` lists the exported rules' descriptors (e.g. to check a
+/// README documents every rule) and `__PgferryRuleSet::run(id, ctx, &fixture)` runs one of
+/// them by id, as the runner would.
 #[macro_export]
 macro_rules! export_rules {
     ($($rule:ty),+ $(,)?) => {
@@ -156,6 +172,13 @@ macro_rules! export_rules {
         pub struct __PgferryRuleSet;
 
         impl __PgferryRuleSet {
+            /// The descriptors of the exported rules, in the order `export_rules!` lists them.
+            pub fn descriptors() -> ::std::vec::Vec<$crate::RuleDescriptor> {
+                ::std::vec![$(
+                    $crate::Rule::describe(&<$rule as ::core::default::Default>::default())
+                ),+]
+            }
+
             /// Runs the rule `rule_id` against `host` (the component's imports, or a fixture).
             pub fn run(
                 rule_id: &str,
@@ -175,9 +198,7 @@ macro_rules! export_rules {
 
         impl $crate::__private::RulesGuest for __PgferryRuleSet {
             fn describe() -> ::std::vec::Vec<$crate::RuleDescriptor> {
-                ::std::vec![$(
-                    $crate::Rule::describe(&<$rule as ::core::default::Default>::default())
-                ),+]
+                Self::descriptors()
             }
             fn check(
                 rule_id: ::std::string::String,
@@ -192,7 +213,8 @@ macro_rules! export_rules {
     };
 }
 
-/// Exports a [`SourceAdapter`] type (which must be `Default`) as the plugin's adapter.
+/// Exports a [`SourceAdapter`] type (which must be `Default`) as the plugin's adapter; a
+/// [`provider::ProviderAdapter`] is one.
 #[macro_export]
 macro_rules! export_adapter {
     ($adapter:ty) => {

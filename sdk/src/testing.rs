@@ -1,9 +1,35 @@
-//! Running rules and adapters natively, without building wasm, against an inventory fixture.
+//! Running rules and adapters natively, without building wasm, against an inventory fixture,
+//! and asserting on their findings.
 //!
-//! ```ignore
+//! ```
+//! use pgferry_sdk::testing::{assert_absent, assert_fires, set_setting, Fixture};
+//! use pgferry_sdk::*;
+//!
+//! #[derive(Default)]
+//! struct WalLevel;
+//!
+//! impl Rule for WalLevel {
+//!     fn describe(&self) -> RuleDescriptor {
+//!         RuleDescriptor::instance("wal-level", "wal_level is logical").only_in(MigrationMode::Online)
+//!     }
+//!     fn check(&self, cx: &Context) -> Result<Vec<Finding>, String> {
+//!         let level = cx.source().setting("wal_level").unwrap_or("unknown");
+//!         Ok(if level == "logical" {
+//!             vec![]
+//!         } else {
+//!             vec![error("wal-level-not-logical", format!("wal_level is `{level}`")).on("wal_level").fix("…")]
+//!         })
+//!     }
+//! }
+//!
 //! let mut fx = Fixture::new();
-//! fx.source.settings.push(setting("wal_level", "replica"));
-//! let findings = fx.check::<MyRules>("wal-level", fx.context(MigrationMode::Online, None));
+//! set_setting(&mut fx.source, "wal_level", "replica");
+//! let findings = fx.check(&WalLevel, fx.context(MigrationMode::Online, None)).unwrap();
+//! let f = assert_fires(&findings, "wal-level-not-logical", Severity::Error, "wal_level");
+//! assert!(f.message.contains("`replica`"));
+//!
+//! set_setting(&mut fx.source, "wal_level", "logical");
+//! assert_absent(&fx.check(&WalLevel, fx.context(MigrationMode::Online, None)).unwrap(), "wal-level-not-logical");
 //! ```
 
 use std::collections::HashMap;
@@ -118,6 +144,42 @@ pub fn setting(name: &str, value: &str) -> Setting {
     Setting { name: name.into(), value: value.into(), unit: String::new() }
 }
 
+/// Sets a setting of `server`, replacing any earlier value, and returns it (unitless) so that
+/// a test can give it a pg_settings unit: `set_setting(&mut fx.source, "work_mem", "4096").unit = "kB".into()`.
+pub fn set_setting<'s>(server: &'s mut ServerInfo, name: &str, value: &str) -> &'s mut Setting {
+    server.settings.retain(|s| s.name != name);
+    server.settings.push(setting(name, value));
+    server.settings.last_mut().unwrap()
+}
+
+/// The findings' codes, in order.
+pub fn codes(findings: &[Finding]) -> Vec<&str> {
+    findings.iter().map(|f| f.code.as_str()).collect()
+}
+
+/// Asserts that `findings` has one with this code, severity and object, and a remediation
+/// (every finding should say what to do), and returns the first such finding.
+#[track_caller]
+pub fn assert_fires<'f>(findings: &'f [Finding], code: &str, severity: Severity, object: &str) -> &'f Finding {
+    findings
+        .iter()
+        .find(|f| f.code == code && f.severity == severity && f.object.as_deref() == Some(object) && f.remediation.is_some())
+        .unwrap_or_else(|| panic!("expected {severity:?} `{code}` on `{object}` with a remediation in {findings:#?}"))
+}
+
+/// Asserts that no finding has this code.
+#[track_caller]
+pub fn assert_absent(findings: &[Finding], code: &str) {
+    assert!(!findings.iter().any(|f| f.code == code), "unexpected `{code}` in {findings:#?}");
+}
+
+/// Asserts that a plugin's documentation (e.g. `include_str!("../README.md")`) mentions a
+/// rule id or finding code, written as code: `` `code` ``.
+#[track_caller]
+pub fn assert_documented(doc: &str, id: &str) {
+    assert!(doc.contains(&format!("`{id}`")), "the documentation does not mention `{id}`");
+}
+
 /// A server as `initdb` leaves it: superuser `postgres`, plpgsql, default settings.
 pub fn server(side: Side, version_num: u32) -> ServerInfo {
     ServerInfo {
@@ -213,5 +275,49 @@ pub fn table(schema: &str, name: &str) -> TableInfo {
             identity: false,
             collation: None,
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings() -> Vec<Finding> {
+        vec![
+            warning("a", "no fix").on("x"),
+            error("b", "fixed").on("y").fix("do this"),
+            warning("a", "fixed").on("x").fix("do that"),
+        ]
+    }
+
+    #[test]
+    fn assert_fires_returns_the_match_with_a_remediation() {
+        let f = findings();
+        assert_eq!(codes(&f), ["a", "b", "a"]);
+        assert_eq!(assert_fires(&f, "a", Severity::Warning, "x").message, "fixed");
+        assert_absent(&f, "c");
+        assert_documented("codes: `a`, `b`", "b");
+    }
+
+    #[test]
+    #[should_panic(expected = "expected Severity::Error `a` on `x`")]
+    fn assert_fires_checks_the_severity() {
+        assert_fires(&findings(), "a", Severity::Error, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "unexpected `b`")]
+    fn assert_absent_fails_on_the_code() {
+        assert_absent(&findings(), "b");
+    }
+
+    #[test]
+    fn set_setting_replaces() {
+        let mut s = server(Side::Source, 150000);
+        set_setting(&mut s, "wal_level", "logical");
+        set_setting(&mut s, "work_mem", "4").unit = "MB".into();
+        assert_eq!(s.settings.iter().filter(|s| s.name == "wal_level").count(), 1);
+        assert_eq!(s.setting("wal_level"), Some("logical"));
+        assert_eq!(s.setting_quantity("work_mem", "kB"), Some(4 << 20));
     }
 }

@@ -14,12 +14,9 @@
 //!
 //! A setting or role the inventory does not know yields no finding.
 
+use pgferry_sdk::provider::*;
 use pgferry_sdk::*;
 
-const IDS: &[&str] = &["AWS_RDS", "AWS"];
-const DISPLAY_NAME: &str = "Amazon RDS for PostgreSQL";
-const ADMIN_ROLE: &str = "rds_superuser";
-const REPLICATION_ROLE: &str = "rds_replication";
 const LOGICAL_SETTING: &str = "rds.logical_replication";
 const LOGICAL_FIX: &str = "Set rds.logical_replication = 1 in the DB parameter group and reboot the instance: \
     the default parameter group cannot be changed, so attach a custom one if needed, e.g. \
@@ -30,77 +27,32 @@ const LOGICAL_FIX: &str = "Set rds.logical_replication = 1 in the DB parameter g
 #[derive(Default)]
 pub struct AwsRds;
 
-impl SourceAdapter for AwsRds {
-    fn info(&self) -> AdapterInfo {
-        AdapterInfo {
-            ids: IDS.iter().map(|s| s.to_string()).collect(),
-            display_name: DISPLAY_NAME.into(),
-            // RDS accepts plaintext unless rds.force_ssl is on; encrypted is the sane default.
-            allowed_ssl_modes: vec![SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
-            preferred_ssl_mode: SslMode::Require,
-            // rds.logical_replication and rds_replication decide these, not wal_level and REPLICATION.
-            owned_codes: strings(&["wal-level-not-logical", "replication-privilege-missing"]),
-        }
-    }
-
-    fn provider_objects(&self) -> ProviderObjectNames {
-        ProviderObjectNames {
-            databases: strings(&["rdsadmin"]),
-            roles: strings(&["rdsadmin", "rds_*", "rdsrepladmin", "rdstopmgr"]),
-            schemas: vec![],
-            extensions: vec![],
-        }
-    }
-
-    fn replication_roles(&self) -> Vec<String> {
-        strings(&[REPLICATION_ROLE])
-    }
-
-    fn readiness(&self, cx: &Context) -> Vec<Finding> {
-        let source = cx.source();
-        let mut findings = Vec::new();
-        let role = source.current_role();
-
-        if cx.is_online() {
-            if let Some(problem) = logical_replication_off(source) {
-                findings.push(
-                    error("wal-level-not-logical", format!("{problem}; online migration needs logical replication"))
-                        .on(LOGICAL_SETTING)
-                        .fix(LOGICAL_FIX),
-                );
-            }
-            if let Some(role) = role.filter(|r| !r.superuser && !r.replication && !source.is_member_of(&r.name, REPLICATION_ROLE)) {
-                findings.push(
-                    error("replication-privilege-missing", format!("role `{}` is not a member of {REPLICATION_ROLE}, so it cannot create a logical replication slot", role.name))
-                        .on(role.name.clone())
-                        .fix(format!("As the master user, run `GRANT {REPLICATION_ROLE} TO {};`", quote_ident(&role.name))),
-                );
-            }
-        }
-
-        if let Some(role) = role.filter(|r| !r.superuser && !source.is_member_of(&r.name, ADMIN_ROLE)) {
-            findings.push(
-                warning("admin-privilege-missing", format!("role `{}` is not a member of {ADMIN_ROLE}; the schema dump may fail on objects it cannot read", role.name))
-                    .on(role.name.clone())
-                    .fix(format!("Connect as the master user, or run `GRANT {ADMIN_ROLE} TO {};` as the master user.", quote_ident(&role.name))),
-            );
-        }
-        findings
-    }
-}
-
-/// Says why logical replication is off, if it is. The provider's parameter decides; a server
-/// that does not report it is judged by `wal_level`; a server reporting neither, not at all.
-fn logical_replication_off(source: &ServerInfo) -> Option<String> {
-    if let Some(value) = source.setting(LOGICAL_SETTING) {
-        return (!matches!(value.to_ascii_lowercase().as_str(), "on" | "1" | "true")).then(|| format!("{LOGICAL_SETTING} is `{value}`"));
-    }
-    let level = source.setting("wal_level")?;
-    (level != "logical").then(|| format!("wal_level is `{level}`"))
-}
-
-fn strings(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+impl ProviderAdapter for AwsRds {
+    // adapter-aws-aurora repeats this but for ids, display name and LOGICAL_FIX: keep the two in step.
+    const PROVIDER: Provider = Provider {
+        ids: &["AWS_RDS", "AWS"],
+        display_name: "Amazon RDS for PostgreSQL",
+        // RDS accepts plaintext unless rds.force_ssl is on; encrypted is the sane default.
+        ssl_modes: ALL_SSL_MODES,
+        preferred_ssl_mode: SslMode::Require,
+        // rds.logical_replication and rds_replication decide these, not wal_level and REPLICATION.
+        owned_codes: &[WAL_LEVEL_NOT_LOGICAL, REPLICATION_PRIVILEGE_MISSING],
+        objects: Objects { databases: &["rdsadmin"], roles: &["rdsadmin", "rds_*", "rdsrepladmin", "rdstopmgr"], ..Objects::NONE },
+        logical: Logical {
+            switch: Switch::Setting { name: LOGICAL_SETTING, on: &["on", "1", "true"] },
+            needs: "logical replication",
+            fix: LOGICAL_FIX,
+        },
+        replication: Replication {
+            roles: &["rds_replication"],
+            missing: "is not a member of rds_replication, so it cannot create a logical replication slot",
+            fix: "As the master user, run `GRANT rds_replication TO {role};`",
+        },
+        admin: Admin {
+            role: AdminRole::MemberOf("rds_superuser"),
+            fix: "Connect as the master user, or run `GRANT rds_superuser TO {role};` as the master user.",
+        },
+    };
 }
 
 export_adapter!(AwsRds);
@@ -108,11 +60,7 @@ export_adapter!(AwsRds);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgferry_sdk::testing::{role, setting, Fixture};
-
-    fn codes(findings: &[Finding]) -> Vec<&str> {
-        findings.iter().map(|f| f.code.as_str()).collect()
-    }
+    use pgferry_sdk::testing::{codes, role, set_setting, setting, Fixture};
 
     /// An RDS source as the master user `master` sees it: member of rds_superuser, which is a
     /// member of rds_replication, logical replication off.
@@ -126,11 +74,6 @@ mod tests {
         fx.source.current_user = "master".into();
         fx.source.settings.push(setting(LOGICAL_SETTING, "off"));
         fx
-    }
-
-    fn set(fx: &mut Fixture, name: &str, value: &str) {
-        fx.source.settings.retain(|s| s.name != name);
-        fx.source.settings.push(setting(name, value));
     }
 
     fn online(fx: &Fixture) -> Vec<Finding> {
@@ -166,7 +109,7 @@ mod tests {
         assert!(f[0].remediation.as_deref().unwrap().contains("rds.logical_replication = 1 in the DB parameter group and reboot the instance"));
         assert!(fx.readiness(&AwsRds, fx.context(MigrationMode::Offline, None)).is_empty());
 
-        set(&mut fx, LOGICAL_SETTING, "on");
+        set_setting(&mut fx.source, LOGICAL_SETTING, "on");
         assert!(online(&fx).is_empty());
     }
 
@@ -175,14 +118,14 @@ mod tests {
         let mut fx = rds();
         fx.source.settings.retain(|s| s.name != LOGICAL_SETTING);
         assert_eq!(codes(&online(&fx)), ["wal-level-not-logical"]);
-        set(&mut fx, "wal_level", "logical");
+        set_setting(&mut fx.source, "wal_level", "logical");
         assert!(online(&fx).is_empty());
     }
 
     #[test]
     fn replication_membership() {
         let mut fx = rds();
-        set(&mut fx, LOGICAL_SETTING, "on");
+        set_setting(&mut fx.source, LOGICAL_SETTING, "on");
         fx.source.roles[2].member_of.clear(); // rds_superuser without rds_replication
         let f = online(&fx);
         assert_eq!(codes(&f), ["replication-privilege-missing"]);

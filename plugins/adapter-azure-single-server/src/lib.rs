@@ -14,25 +14,52 @@
 //!
 //! A setting or role the inventory does not know yields no finding.
 
+use pgferry_sdk::provider::*;
 use pgferry_sdk::*;
 
-const ADMIN_ROLE: &str = "azure_pg_admin";
 const LOGICAL_SETTING: &str = "azure.replication_support";
+
+const SINGLE_SERVER: Provider = Provider {
+    ids: &["PostgreSQLSingleServer"],
+    display_name: "Azure Database for PostgreSQL Single Server",
+    // Single Server enforces SSL unless the user turned that off.
+    ssl_modes: &[SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
+    preferred_ssl_mode: SslMode::Require,
+    // azure.replication_support decides this, not wal_level alone.
+    owned_codes: &[WAL_LEVEL_NOT_LOGICAL, REPLICATION_PRIVILEGE_MISSING],
+    objects: Objects {
+        databases: &["azure_maintenance", "azure_sys"],
+        roles: &["azure_superuser", "azure_pg_admin", "azuresu"],
+        ..Objects::NONE
+    },
+    logical: Logical {
+        switch: Switch::Setting { name: LOGICAL_SETTING, on: &["logical"] },
+        needs: "logical decoding",
+        // `{server}`: see `readiness`.
+        fix: "Run `az postgres server configuration set --resource-group <group> --server-name {server} \
+              --name azure.replication_support --value logical` and then restart the server with \
+              `az postgres server restart --resource-group <group> --name {server}` (or set \
+              Replication support to Logical on the portal's Replication page, which restarts it).",
+    },
+    // No role grants replication on Single Server: it takes `ALTER ROLE … WITH REPLICATION`.
+    replication: Replication {
+        roles: &[],
+        missing: "lacks the REPLICATION attribute that logical decoding needs",
+        fix: "As the server admin, run `ALTER ROLE {role} WITH REPLICATION;`",
+    },
+    admin: Admin {
+        role: AdminRole::MemberOf("azure_pg_admin"),
+        fix: "Connect as the server admin login (a member of azure_pg_admin).",
+    },
+};
 
 #[derive(Default)]
 pub struct AzureSingleServer;
 
+// Not a plain ProviderAdapter: the login and the remediation need the server's name.
 impl SourceAdapter for AzureSingleServer {
     fn info(&self) -> AdapterInfo {
-        AdapterInfo {
-            ids: vec!["PostgreSQLSingleServer".into()],
-            display_name: "Azure Database for PostgreSQL Single Server".into(),
-            // Single Server enforces SSL unless the user turned that off.
-            allowed_ssl_modes: vec![SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
-            preferred_ssl_mode: SslMode::Require,
-            // azure.replication_support decides this, not wal_level alone.
-            owned_codes: vec!["wal-level-not-logical".into(), "replication-privilege-missing".into()],
-        }
+        SINGLE_SERVER.info()
     }
 
     /// `admin` at `myserver.postgres.database.azure.com` logs in as `admin@myserver`; a user
@@ -56,55 +83,16 @@ impl SourceAdapter for AzureSingleServer {
     }
 
     fn provider_objects(&self) -> ProviderObjectNames {
-        ProviderObjectNames {
-            databases: strings(&["azure_maintenance", "azure_sys"]),
-            roles: strings(&["azure_superuser", "azure_pg_admin", "azuresu"]),
-            schemas: vec![],
-            extensions: vec![],
-        }
+        SINGLE_SERVER.provider_objects()
     }
 
-    /// No role grants replication on Single Server: it takes `ALTER ROLE … WITH REPLICATION`.
     fn replication_roles(&self) -> Vec<String> {
-        vec![]
+        SINGLE_SERVER.replication_roles()
     }
 
     fn readiness(&self, cx: &Context) -> Vec<Finding> {
-        let source = cx.source();
-        let mut findings = Vec::new();
-        let role = source.current_role();
-        let server = server_name(&source.host).unwrap_or_else(|| "<server>".into());
-
-        if cx.is_online() {
-            if let Some(problem) = logical_replication_off(source) {
-                findings.push(
-                    error("wal-level-not-logical", format!("{problem}; online migration needs logical decoding"))
-                        .on(LOGICAL_SETTING)
-                        .fix(format!(
-                            "Run `az postgres server configuration set --resource-group <group> --server-name {server} \
-                             --name azure.replication_support --value logical` and then restart the server with \
-                             `az postgres server restart --resource-group <group> --name {server}` (or set \
-                             Replication support to Logical on the portal's Replication page, which restarts it)."
-                        )),
-                );
-            }
-            if let Some(role) = role.filter(|r| !r.superuser && !r.replication) {
-                findings.push(
-                    error("replication-privilege-missing", format!("role `{}` lacks the REPLICATION attribute that logical decoding needs", role.name))
-                        .on(role.name.clone())
-                        .fix(format!("As the server admin, run `ALTER ROLE {} WITH REPLICATION;`", quote_ident(&role.name))),
-                );
-            }
-        }
-
-        if let Some(role) = role.filter(|r| !r.superuser && !source.is_member_of(&r.name, ADMIN_ROLE)) {
-            findings.push(
-                warning("admin-privilege-missing", format!("role `{}` is not a member of {ADMIN_ROLE}; the schema dump may fail on objects it cannot read", role.name))
-                    .on(role.name.clone())
-                    .fix("Connect as the server admin login (a member of azure_pg_admin)."),
-            );
-        }
-        findings
+        let server = server_name(&cx.source().host).unwrap_or_else(|| "<server>".into());
+        SINGLE_SERVER.readiness_with(cx, &[("server", &server)])
     }
 }
 
@@ -119,30 +107,12 @@ fn server_name(host: &str) -> Option<String> {
     usable.then(|| label.to_ascii_lowercase())
 }
 
-/// Says why logical decoding is off, if it is. The provider's parameter decides; a server
-/// that does not report it is judged by `wal_level`; a server reporting neither, not at all.
-fn logical_replication_off(source: &ServerInfo) -> Option<String> {
-    if let Some(value) = source.setting(LOGICAL_SETTING) {
-        return (!value.eq_ignore_ascii_case("logical")).then(|| format!("{LOGICAL_SETTING} is `{value}`"));
-    }
-    let level = source.setting("wal_level")?;
-    (level != "logical").then(|| format!("wal_level is `{level}`"))
-}
-
-fn strings(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
 export_adapter!(AzureSingleServer);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgferry_sdk::testing::{role, setting, Fixture};
-
-    fn codes(findings: &[Finding]) -> Vec<&str> {
-        findings.iter().map(|f| f.code.as_str()).collect()
-    }
+    use pgferry_sdk::testing::{codes, role, set_setting, setting, Fixture};
 
     fn details(host: &str, user: &str) -> ConnectionDetails {
         ConnectionDetails { host: host.into(), port: 5432, user: user.into() }
@@ -160,11 +130,6 @@ mod tests {
         fx.source.current_user = "admin".into();
         fx.source.settings.push(setting(LOGICAL_SETTING, "OFF"));
         fx
-    }
-
-    fn set(fx: &mut Fixture, name: &str, value: &str) {
-        fx.source.settings.retain(|s| s.name != name);
-        fx.source.settings.push(setting(name, value));
     }
 
     fn admin_mut(fx: &mut Fixture) -> &mut RoleInfo {
@@ -228,16 +193,16 @@ mod tests {
         assert!(fix.contains("az postgres server restart"), "{fix}");
         assert!(fx.readiness(&AzureSingleServer, fx.context(MigrationMode::Offline, None)).is_empty());
 
-        set(&mut fx, LOGICAL_SETTING, "LOGICAL");
+        set_setting(&mut fx.source, LOGICAL_SETTING, "LOGICAL");
         assert!(online(&fx).is_empty());
-        set(&mut fx, LOGICAL_SETTING, "REPLICA");
+        set_setting(&mut fx.source, LOGICAL_SETTING, "REPLICA");
         assert_eq!(codes(&online(&fx)), ["wal-level-not-logical"]);
     }
 
     #[test]
     fn replication_attribute() {
         let mut fx = single_server();
-        set(&mut fx, LOGICAL_SETTING, "logical");
+        set_setting(&mut fx.source, LOGICAL_SETTING, "logical");
         let f = online(&fx);
         assert_eq!(codes(&f), ["replication-privilege-missing"]);
         assert_eq!(f[0].remediation.as_deref(), Some("As the server admin, run `ALTER ROLE admin WITH REPLICATION;`"));

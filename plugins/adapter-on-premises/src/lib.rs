@@ -11,62 +11,14 @@
 //! A setting or role the inventory does not know yields no finding: readiness reports what
 //! it can see, it does not guess.
 
+use pgferry_sdk::provider::*;
 use pgferry_sdk::*;
 
 #[derive(Default)]
 pub struct OnPremises;
 
-impl SourceAdapter for OnPremises {
-    fn info(&self) -> AdapterInfo {
-        AdapterInfo {
-            ids: vec!["OnPremises".into()],
-            display_name: "On-premises PostgreSQL".into(),
-            allowed_ssl_modes: vec![SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull],
-            preferred_ssl_mode: SslMode::Prefer,
-            owned_codes: vec![],
-        }
-    }
-
-    fn readiness(&self, cx: &Context) -> Vec<Finding> {
-        let source = cx.source();
-        let mut findings = Vec::new();
-        let role = source.current_role();
-
-        if cx.is_online() {
-            if let Some(level) = source.setting("wal_level").filter(|l| *l != "logical") {
-                findings.push(
-                    error("wal-level-not-logical", format!("wal_level is `{level}`; online migration needs `logical` for logical replication"))
-                        .on("wal_level")
-                        .fix(
-                            "Set `wal_level = logical` in postgresql.conf (or run `ALTER SYSTEM SET wal_level = logical;`) \
-                             and restart PostgreSQL; make sure max_replication_slots and max_wal_senders leave room for one \
-                             more slot and sender per migrated database.",
-                        ),
-                );
-            }
-            if let Some(role) = role.filter(|r| !r.superuser && !r.replication) {
-                let user = quote_ident(&role.name);
-                findings.push(
-                    error("replication-privilege-missing", format!("role `{}` may not replicate (it is neither a superuser nor has REPLICATION)", role.name))
-                        .on(role.name.clone())
-                        .fix(format!(
-                            "Run `ALTER ROLE {user} WITH REPLICATION;` as a superuser. Also make sure pg_hba.conf lets {user} \
-                             connect from the runner's address to every migrated database (logical replication connections \
-                             match the database column, not the `replication` keyword), then `SELECT pg_reload_conf();`."
-                        )),
-                );
-            }
-        }
-
-        if let Some(role) = role.filter(|r| !r.superuser) {
-            findings.push(
-                warning("admin-privilege-missing", format!("role `{}` is not a superuser; the schema dump may fail on objects it cannot read", role.name))
-                    .on(role.name.clone())
-                    .fix("Connect as a superuser, or grant the role read access to every object of the migrated databases."),
-            );
-        }
-        findings
-    }
+impl ProviderAdapter for OnPremises {
+    const PROVIDER: Provider = Provider { ids: &["OnPremises"], display_name: "On-premises PostgreSQL", ..SELF_MANAGED };
 }
 
 export_adapter!(OnPremises);
@@ -74,16 +26,7 @@ export_adapter!(OnPremises);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgferry_sdk::testing::{role, setting, Fixture};
-
-    fn codes(findings: &[Finding]) -> Vec<&str> {
-        findings.iter().map(|f| f.code.as_str()).collect()
-    }
-
-    fn set(fx: &mut Fixture, name: &str, value: &str) {
-        fx.source.settings.retain(|s| s.name != name);
-        fx.source.settings.push(setting(name, value));
-    }
+    use pgferry_sdk::testing::{codes, role, set_setting, Fixture};
 
     /// A source whose runner role is the non-superuser `migrator`.
     fn with_plain_role(replication: bool) -> Fixture {
@@ -121,24 +64,24 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Error);
         assert!(f[0].remediation.as_deref().unwrap().contains("ALTER SYSTEM SET wal_level = logical"));
 
-        set(&mut fx, "wal_level", "logical");
+        set_setting(&mut fx.source, "wal_level", "logical");
         assert!(fx.readiness(&OnPremises, online).is_empty());
 
-        set(&mut fx, "wal_level", "replica");
+        set_setting(&mut fx.source, "wal_level", "replica");
         assert!(fx.readiness(&OnPremises, fx.context(MigrationMode::Offline, None)).is_empty());
     }
 
     #[test]
     fn replication_privilege() {
         let mut fx = with_plain_role(false);
-        set(&mut fx, "wal_level", "logical");
+        set_setting(&mut fx.source, "wal_level", "logical");
         let f = fx.readiness(&OnPremises, fx.context(MigrationMode::Online, None));
         assert_eq!(codes(&f), ["replication-privilege-missing", "admin-privilege-missing"]);
         let fix = f[0].remediation.as_deref().unwrap();
         assert!(fix.contains("ALTER ROLE migrator WITH REPLICATION;") && fix.contains("pg_hba.conf"));
 
         let mut fx = with_plain_role(true);
-        set(&mut fx, "wal_level", "logical");
+        set_setting(&mut fx.source, "wal_level", "logical");
         let f = fx.readiness(&OnPremises, fx.context(MigrationMode::Online, None));
         assert_eq!(codes(&f), ["admin-privilege-missing"]);
     }

@@ -15,43 +15,6 @@ const MAX_XACT_AGE_SECONDS: u64 = 600;
 /// Below this, the decoding of a moderately large transaction spills to disk.
 const MIN_DECODING_MEM: i64 = 64 << 20;
 
-fn address(server: &ServerInfo) -> String {
-    format!("{}:{}", server.host, server.port)
-}
-
-/// A setting in base units: bytes for memory, milliseconds for time. pg_settings gives a
-/// bare number and a unit such as `8kB` or `ms`; a hand-written value may carry its unit
-/// (`64MB`, `10s`); `default_unit` is pg_settings' unit for when neither says. Negative
-/// values (`-1`: unlimited or disabled) come back unscaled.
-fn setting_quantity(server: &ServerInfo, name: &str, default_unit: &str) -> Option<i64> {
-    let setting = server.settings.iter().find(|s| s.name == name)?;
-    let value = setting.value.trim();
-    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(value.len());
-    let (number, suffix) = value.split_at(split);
-    let number: i64 = number.parse().ok()?;
-    if number < 0 {
-        return Some(number);
-    }
-    let unit = [suffix.trim(), setting.unit.as_str(), default_unit].into_iter().find(|u| !u.is_empty()).unwrap_or("");
-    // pg_settings units may carry a multiplier: `8kB` for pages, `16MB` for WAL segments.
-    let split = unit.find(|c: char| !c.is_ascii_digit()).unwrap_or(unit.len());
-    let (multiplier, unit) = unit.split_at(split);
-    let multiplier: i64 = if multiplier.is_empty() { 1 } else { multiplier.parse().ok()? };
-    let scale = match unit {
-        "" | "B" | "ms" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        "s" => 1_000,
-        "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    Some(number * multiplier * scale)
-}
-
 #[derive(Default)]
 pub struct WalLevel;
 
@@ -284,7 +247,7 @@ impl Rule for SourceTransactions {
                     "prepared-transactions",
                     format!("{} prepared transactions are pending on the source; creating the replication slot waits until they end", source.prepared_xacts),
                 )
-                .on(address(source))
+                .on(source.address())
                 .fix("On the source: SELECT gid, prepared, owner, database FROM pg_prepared_xacts; then COMMIT PREPARED 'gid'; or ROLLBACK PREPARED 'gid'; for each."),
             );
         }
@@ -295,7 +258,7 @@ impl Rule for SourceTransactions {
                     "long-running-transaction",
                     format!("the oldest open transaction on the source has run for {age} s; creating the replication slot waits until it ends"),
                 )
-                .on(address(source))
+                .on(source.address())
                 .fix(format!(
                     "On the source: SELECT pid, usename, datname, xact_start, state, query FROM pg_stat_activity WHERE xact_start < now() - interval '{MAX_XACT_AGE_SECONDS} seconds'; then end them, or SELECT pg_terminate_backend(pid);"
                 )),
@@ -321,7 +284,7 @@ impl Rule for ReplicationSettings {
         let source = cx.source();
         let mut out = vec![];
         // The setting exists from PostgreSQL 13; before it, retention is unlimited anyway.
-        if setting_quantity(source, "max_slot_wal_keep_size", "MB") == Some(-1) {
+        if source.setting_quantity("max_slot_wal_keep_size", "MB") == Some(-1) {
             out.push(
                 info("slot-wal-unlimited", "max_slot_wal_keep_size is -1: the migration's replication slot retains WAL as long as the target lags, until the source's disk fills")
                     .on("max_slot_wal_keep_size")
@@ -329,7 +292,7 @@ impl Rule for ReplicationSettings {
             );
         }
         // 0 disables the timeout.
-        if let Some(ms) = setting_quantity(source, "wal_sender_timeout", "ms").filter(|&ms| ms > 0 && ms < 10_000) {
+        if let Some(ms) = source.setting_quantity("wal_sender_timeout", "ms").filter(|&ms| ms > 0 && ms < 10_000) {
             out.push(
                 warning(
                     "wal-sender-timeout-short",
@@ -340,7 +303,7 @@ impl Rule for ReplicationSettings {
             );
         }
         if let Some(bytes) =
-            setting_quantity(source, "logical_decoding_work_mem", "kB").filter(|&b| (0..MIN_DECODING_MEM).contains(&b))
+            source.setting_quantity("logical_decoding_work_mem", "kB").filter(|&b| (0..MIN_DECODING_MEM).contains(&b))
         {
             out.push(
                 info(

@@ -13,8 +13,7 @@ fn ready() -> Fixture {
 }
 
 fn set(server: &mut ServerInfo, name: &str, value: &str, unit: &str) {
-    server.settings.retain(|s| s.name != name);
-    server.settings.push(Setting { name: name.into(), value: value.into(), unit: unit.into() });
+    set_setting(server, name, value).unit = unit.into();
 }
 
 fn run(rule: &impl Rule, fx: &Fixture) -> Vec<Finding> {
@@ -24,28 +23,18 @@ fn run(rule: &impl Rule, fx: &Fixture) -> Vec<Finding> {
 
 /// Asserts a finding with this code, severity and object, and that README documents the code.
 fn fires(findings: &[Finding], code: &str, severity: Severity, object: &str) {
-    assert!(README.contains(&format!("`{code}`")), "README.md does not document `{code}`");
-    assert!(
-        findings.iter().any(|f| f.code == code
-            && f.severity == severity
-            && f.object.as_deref() == Some(object)
-            && f.remediation.is_some()),
-        "expected {severity:?} `{code}` on `{object}` in {findings:#?}"
-    );
-}
-
-fn passes(findings: &[Finding], code: &str) {
-    assert!(!findings.iter().any(|f| f.code == code), "unexpected `{code}` in {findings:#?}");
+    assert_documented(README, code);
+    assert_fires(findings, code, severity, object);
 }
 
 #[test]
 fn every_rule_is_online_only_exported_documented_and_quiet_on_a_ready_source() {
     let fx = ready();
-    let rules = <__PgferryRuleSet as pgferry_sdk::__private::RulesGuest>::describe();
+    let rules = __PgferryRuleSet::descriptors();
     assert_eq!(rules.len(), 7);
     for d in rules {
         assert_eq!(d.modes, vec![MigrationMode::Online], "{}", d.id);
-        assert!(README.contains(&format!("`{}`", d.id)), "README.md does not document rule `{}`", d.id);
+        assert_documented(README, &d.id);
         let database = (d.level == Level::Database).then_some("app");
         let findings = __PgferryRuleSet::run(&d.id, fx.context(MigrationMode::Online, database), &fx).unwrap();
         assert!(findings.is_empty(), "{}: {findings:#?}", d.id);
@@ -58,16 +47,16 @@ fn quantities_scale_by_unit() {
     set(&mut s, "shared_buffers", "16384", "8kB");
     set(&mut s, "wal_sender_timeout", "5s", "");
     set(&mut s, "max_slot_wal_keep_size", "-1", "MB");
-    assert_eq!(setting_quantity(&s, "shared_buffers", ""), Some(128 << 20));
-    assert_eq!(setting_quantity(&s, "wal_sender_timeout", "ms"), Some(5_000));
-    assert_eq!(setting_quantity(&s, "max_slot_wal_keep_size", "MB"), Some(-1));
-    assert_eq!(setting_quantity(&s, "missing", "ms"), None);
+    assert_eq!(s.setting_quantity("shared_buffers", ""), Some(128 << 20));
+    assert_eq!(s.setting_quantity("wal_sender_timeout", "ms"), Some(5_000));
+    assert_eq!(s.setting_quantity("max_slot_wal_keep_size", "MB"), Some(-1));
+    assert_eq!(s.setting_quantity("missing", "ms"), None);
 }
 
 #[test]
 fn wal_level() {
     let mut fx = ready();
-    passes(&run(&WalLevel, &fx), "wal-level-not-logical");
+    assert_absent(&run(&WalLevel, &fx), "wal-level-not-logical");
     set(&mut fx.source, "wal_level", "replica", "");
     let f = run(&WalLevel, &fx);
     fires(&f, "wal-level-not-logical", Severity::Error, "wal_level");
@@ -80,7 +69,7 @@ fn replication_slots() {
     fx.source_database_mut("b");
     fx.source_database_mut("c");
     fx.source.replication_slots_used = 7;
-    passes(&run(&ReplicationCapacity, &fx), "replication-slots-insufficient");
+    assert_absent(&run(&ReplicationCapacity, &fx), "replication-slots-insufficient");
     fx.source.replication_slots_used = 8;
     let f = run(&ReplicationCapacity, &fx);
     fires(&f, "replication-slots-insufficient", Severity::Error, "max_replication_slots");
@@ -91,7 +80,7 @@ fn replication_slots() {
 fn wal_senders() {
     let mut fx = ready();
     fx.source.wal_senders_used = 9;
-    passes(&run(&ReplicationCapacity, &fx), "wal-senders-insufficient");
+    assert_absent(&run(&ReplicationCapacity, &fx), "wal-senders-insufficient");
     fx.source.wal_senders_used = 10;
     fires(&run(&ReplicationCapacity, &fx), "wal-senders-insufficient", Severity::Error, "max_wal_senders");
 }
@@ -102,18 +91,18 @@ fn wal_senders_below_slots() {
     set(&mut fx.source, "max_wal_senders", "5", "");
     fires(&run(&ReplicationCapacity, &fx), "wal-senders-below-slots", Severity::Warning, "max_wal_senders");
     set(&mut fx.source, "max_wal_senders", "10", "");
-    passes(&run(&ReplicationCapacity, &fx), "wal-senders-below-slots");
+    assert_absent(&run(&ReplicationCapacity, &fx), "wal-senders-below-slots");
 }
 
 #[test]
 fn replication_privilege() {
     let mut fx = ready();
-    passes(&run(&ReplicationPrivilege, &fx), "replication-privilege-missing");
+    assert_absent(&run(&ReplicationPrivilege, &fx), "replication-privilege-missing");
     fx.source.current_user = "migrator".into();
     fx.source.roles.push(role("migrator", false));
     fires(&run(&ReplicationPrivilege, &fx), "replication-privilege-missing", Severity::Error, "migrator");
     fx.source.roles[1].replication = true;
-    passes(&run(&ReplicationPrivilege, &fx), "replication-privilege-missing");
+    assert_absent(&run(&ReplicationPrivilege, &fx), "replication-privilege-missing");
 }
 
 #[test]
@@ -131,7 +120,7 @@ fn replica_identity_missing() {
     let mut full = keyless("audit", false);
     full.replica_identity = ReplicaIdentity::Full;
     fx.source_database_mut("app").tables = vec![table("public", "keyed"), parent, scratch, full];
-    passes(&run(&TableReplicaIdentity, &fx), "replica-identity-missing");
+    assert_absent(&run(&TableReplicaIdentity, &fx), "replica-identity-missing");
 
     fx.source_database_mut("app").tables.extend([keyless("Log", false), keyless("codes", true)]);
     let f = run(&TableReplicaIdentity, &fx);
@@ -147,7 +136,7 @@ fn replica_identity_missing() {
 fn replica_identity_full() {
     let mut fx = ready();
     fx.source_database_mut("app").tables = vec![table("public", "t")];
-    passes(&run(&TableReplicaIdentity, &fx), "replica-identity-full");
+    assert_absent(&run(&TableReplicaIdentity, &fx), "replica-identity-full");
     fx.source_database_mut("app").tables[0].replica_identity = ReplicaIdentity::Full;
     let f = run(&TableReplicaIdentity, &fx);
     fires(&f, "replica-identity-full", Severity::Info, "public.t");
@@ -158,7 +147,7 @@ fn replica_identity_full() {
 fn unlogged_tables() {
     let mut fx = ready();
     fx.source_database_mut("app").tables = vec![table("public", "cache")];
-    passes(&run(&UnreplicatedObjects, &fx), "unlogged-table");
+    assert_absent(&run(&UnreplicatedObjects, &fx), "unlogged-table");
     fx.source_database_mut("app").tables[0].unlogged = true;
     fires(&run(&UnreplicatedObjects, &fx), "unlogged-table", Severity::Warning, "public.cache");
 }
@@ -166,7 +155,7 @@ fn unlogged_tables() {
 #[test]
 fn large_objects() {
     let mut fx = ready();
-    passes(&run(&UnreplicatedObjects, &fx), "large-objects");
+    assert_absent(&run(&UnreplicatedObjects, &fx), "large-objects");
     fx.source_database_mut("app").large_object_count = 12;
     let f = run(&UnreplicatedObjects, &fx);
     fires(&f, "large-objects", Severity::Warning, "app");
@@ -177,7 +166,7 @@ fn large_objects() {
 fn materialized_views() {
     let mut fx = ready();
     let mut mv = table("reports", "daily");
-    passes(&run(&UnreplicatedObjects, &fx), "materialized-view");
+    assert_absent(&run(&UnreplicatedObjects, &fx), "materialized-view");
     mv.kind = RelationKind::MaterializedView;
     fx.source_database_mut("app").tables = vec![mv];
     fires(&run(&UnreplicatedObjects, &fx), "materialized-view", Severity::Info, "reports.daily");
@@ -186,7 +175,7 @@ fn materialized_views() {
 #[test]
 fn prepared_transactions() {
     let mut fx = ready();
-    passes(&run(&SourceTransactions, &fx), "prepared-transactions");
+    assert_absent(&run(&SourceTransactions, &fx), "prepared-transactions");
     fx.source.prepared_xacts = 2;
     fires(&run(&SourceTransactions, &fx), "prepared-transactions", Severity::Error, "127.0.0.1:5432");
 }
@@ -195,7 +184,7 @@ fn prepared_transactions() {
 fn long_running_transaction() {
     let mut fx = ready();
     fx.source.oldest_xact_age_seconds = 600;
-    passes(&run(&SourceTransactions, &fx), "long-running-transaction");
+    assert_absent(&run(&SourceTransactions, &fx), "long-running-transaction");
     fx.source.oldest_xact_age_seconds = 601;
     fires(&run(&SourceTransactions, &fx), "long-running-transaction", Severity::Warning, "127.0.0.1:5432");
 }
@@ -204,7 +193,7 @@ fn long_running_transaction() {
 fn slot_wal_unlimited() {
     let mut fx = ready();
     set(&mut fx.source, "max_slot_wal_keep_size", "10240", "MB");
-    passes(&run(&ReplicationSettings, &fx), "slot-wal-unlimited");
+    assert_absent(&run(&ReplicationSettings, &fx), "slot-wal-unlimited");
     set(&mut fx.source, "max_slot_wal_keep_size", "-1", "MB");
     fires(&run(&ReplicationSettings, &fx), "slot-wal-unlimited", Severity::Info, "max_slot_wal_keep_size");
 }
@@ -214,7 +203,7 @@ fn wal_sender_timeout() {
     let mut fx = ready();
     for ok in ["60000", "10s", "0"] {
         set(&mut fx.source, "wal_sender_timeout", ok, "ms");
-        passes(&run(&ReplicationSettings, &fx), "wal-sender-timeout-short");
+        assert_absent(&run(&ReplicationSettings, &fx), "wal-sender-timeout-short");
     }
     set(&mut fx.source, "wal_sender_timeout", "5000", "ms");
     fires(&run(&ReplicationSettings, &fx), "wal-sender-timeout-short", Severity::Warning, "wal_sender_timeout");
@@ -226,7 +215,7 @@ fn wal_sender_timeout() {
 fn logical_decoding_work_mem() {
     let mut fx = ready();
     set(&mut fx.source, "logical_decoding_work_mem", "65536", "kB");
-    passes(&run(&ReplicationSettings, &fx), "logical-decoding-work-mem-low");
+    assert_absent(&run(&ReplicationSettings, &fx), "logical-decoding-work-mem-low");
     set(&mut fx.source, "logical_decoding_work_mem", "4096", "kB");
     let f = run(&ReplicationSettings, &fx);
     fires(&f, "logical-decoding-work-mem-low", Severity::Info, "logical_decoding_work_mem");

@@ -5,8 +5,6 @@
 //! `source-databases`; the rules here have nothing to say about it. Codes and remediations
 //! are documented in README.md.
 
-use std::cmp::Ordering;
-
 use pgferry_sdk::*;
 
 #[cfg(test)]
@@ -15,46 +13,6 @@ mod tests;
 /// `a, "b" ,c` → `["a", "b", "c"]`, as a comma-separated GUC list.
 fn guc_list(value: &str) -> Vec<String> {
     value.split(',').map(|s| s.trim().trim_matches('"').to_ascii_lowercase()).filter(|s| !s.is_empty()).collect()
-}
-
-/// Compares version strings by their numeric parts: `1.10` > `1.9`, `3.4.0` = `3.4`.
-fn version_cmp(a: &str, b: &str) -> Ordering {
-    let parts = |v: &str| {
-        let mut n: Vec<u64> =
-            v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
-        while n.last() == Some(&0) {
-            n.pop();
-        }
-        n
-    };
-    parts(a).cmp(&parts(b))
-}
-
-/// glibc's normalised locale name: `en_US.UTF-8`, `en_US.utf8` and `en_US.UTF8` are one locale.
-fn normalize_locale(locale: &str) -> String {
-    let (base, modifier) = locale.split_once('@').map_or((locale, None), |(b, m)| (b, Some(m)));
-    let mut out = match base.split_once('.') {
-        Some((lang, codeset)) => {
-            let codeset: String = codeset.chars().filter(char::is_ascii_alphanumeric).collect();
-            format!("{lang}.{}", codeset.to_ascii_lowercase())
-        }
-        None => base.to_string(),
-    };
-    if let Some(m) = modifier {
-        out.push('@');
-        out.push_str(m);
-    }
-    out
-}
-
-/// Whether the target's operating system provides a libc locale.
-fn libc_locale_available(target: &ServerInfo, locale: &str) -> bool {
-    let wanted = normalize_locale(locale);
-    ["C", "POSIX", "C.UTF-8"].iter().any(|l| normalize_locale(l) == wanted)
-        || target.collations.iter().filter(|c| c.provider == "libc").any(|c| {
-            normalize_locale(&c.name) == wanted || c.collate.as_deref().is_some_and(|l| normalize_locale(l) == wanted)
-        })
-        || target.databases.iter().any(|d| normalize_locale(&d.collate) == wanted)
 }
 
 fn collation_name(c: &CollationInfo) -> String {
@@ -211,7 +169,7 @@ impl Rule for Collations {
             // A user-defined collation only needs its locale; a built-in one must exist by name.
             let present = match c.provider.as_str() {
                 "libc" => {
-                    c.collate.as_deref().is_some_and(|l| libc_locale_available(target, l))
+                    c.collate.as_deref().is_some_and(|l| target.has_locale(l))
                         || (!user_defined
                             && target.collations.iter().any(|t| t.name == c.name && t.provider == c.provider))
                 }

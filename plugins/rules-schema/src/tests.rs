@@ -11,18 +11,8 @@ fn run(rule: &impl Rule, fx: &Fixture) -> Vec<Finding> {
 
 /// Asserts a finding with this code, severity and object, and that README documents the code.
 fn fires(findings: &[Finding], code: &str, severity: Severity, object: &str) {
-    assert!(README.contains(&format!("`{code}`")), "README.md does not document `{code}`");
-    assert!(
-        findings.iter().any(|f| f.code == code
-            && f.severity == severity
-            && f.object.as_deref() == Some(object)
-            && f.remediation.is_some()),
-        "expected {severity:?} `{code}` on `{object}` in {findings:#?}"
-    );
-}
-
-fn passes(findings: &[Finding], code: &str) {
-    assert!(!findings.iter().any(|f| f.code == code), "unexpected `{code}` in {findings:#?}");
+    assert_documented(README, code);
+    assert_fires(findings, code, severity, object);
 }
 
 fn extension(name: &str, version: &str, schema: &str) -> ExtensionInfo {
@@ -58,11 +48,11 @@ fn with_extension(name: &str, version: &str) -> Fixture {
 fn every_rule_is_exported_documented_and_quiet_on_a_default_fixture() {
     let mut fx = Fixture::new();
     fx.target.collations = vec![collation("pg_catalog", "C", "libc", "C")];
-    let rules = <__PgferryRuleSet as pgferry_sdk::__private::RulesGuest>::describe();
+    let rules = __PgferryRuleSet::descriptors();
     assert_eq!(rules.len(), 8);
     for d in rules {
         assert_eq!(d.level, Level::Database, "{}", d.id);
-        assert!(README.contains(&format!("`{}`", d.id)), "README.md does not document rule `{}`", d.id);
+        assert_documented(README, &d.id);
         for mode in [MigrationMode::Offline, MigrationMode::Online] {
             let findings = __PgferryRuleSet::run(&d.id, fx.context(mode, Some("app")), &fx).unwrap();
             assert!(findings.is_empty(), "{}: {findings:#?}", d.id);
@@ -86,7 +76,7 @@ fn extension_unavailable() {
     let mut fx = with_extension("postgis", "3.4.2");
     fires(&run(&Extensions, &fx), "extension-unavailable-on-target", Severity::Error, "postgis");
     make_available(&mut fx, "postgis", "3.4.2");
-    passes(&run(&Extensions, &fx), "extension-unavailable-on-target");
+    assert_absent(&run(&Extensions, &fx), "extension-unavailable-on-target");
 }
 
 #[test]
@@ -95,14 +85,14 @@ fn extension_version_older_on_target() {
     make_available(&mut fx, "postgis", "3.3.6");
     fires(&run(&Extensions, &fx), "extension-version-older-on-target", Severity::Warning, "postgis");
     fx.target.available_extensions.last_mut().unwrap().default_version = Some("3.5.0".into());
-    passes(&run(&Extensions, &fx), "extension-version-older-on-target");
+    assert_absent(&run(&Extensions, &fx), "extension-version-older-on-target");
 }
 
 #[test]
 fn extension_allowlist() {
     let mut fx = with_extension("citext", "1.0");
     fx.source_database_mut("app").extensions.push(extension("pg_trgm", "1.0", "public"));
-    passes(&run(&Extensions, &fx), "extension-not-allowlisted");
+    assert_absent(&run(&Extensions, &fx), "extension-not-allowlisted");
     fx.target.settings.push(setting("azure.extensions", "HSTORE, pg_trgm"));
     let f = run(&Extensions, &fx);
     fires(&f, "extension-not-allowlisted", Severity::Error, "citext");
@@ -128,7 +118,7 @@ fn extension_needs_preload() {
 
     fx.target.settings.retain(|s| s.name != "shared_preload_libraries");
     fx.target.settings.push(setting("shared_preload_libraries", "pg_cron,pg_stat_statements, pg_partman_bgw"));
-    passes(&run(&Extensions, &fx), "extension-needs-preload");
+    assert_absent(&run(&Extensions, &fx), "extension-needs-preload");
 }
 
 #[test]
@@ -138,7 +128,7 @@ fn extension_in_system_schema() {
     fires(&run(&Extensions, &fx), "extension-in-system-schema", Severity::Warning, "hstore");
     fx.source_database_mut("app").extensions[1].schema = "public".into();
     // plpgsql lives in pg_catalog everywhere.
-    passes(&run(&Extensions, &fx), "extension-in-system-schema");
+    assert_absent(&run(&Extensions, &fx), "extension-in-system-schema");
 
     // So do the procedural languages and adminpack: their control files put them there
     // (found on real servers: pltcl was reported). A language extension not in the list is
@@ -148,7 +138,7 @@ fn extension_in_system_schema() {
         db.extensions.push(extension(name, "1.0", "pg_catalog"));
     }
     db.languages.push(LanguageInfo { name: "plv8".into(), trusted: true, owner: "postgres".into() });
-    passes(&run(&Extensions, &fx), "extension-in-system-schema");
+    assert_absent(&run(&Extensions, &fx), "extension-in-system-schema");
 }
 
 #[test]
@@ -170,14 +160,14 @@ fn collation_missing() {
     fires(&f, "collation-missing-on-target", Severity::Error, "pg_catalog.\"de-x-icu\"");
     assert_eq!(f.len(), 2, "en_US.UTF-8 is en_US.utf8, und-x-icu exists: {f:#?}");
     fx.target.collations.clear();
-    passes(&run(&Collations, &fx), "collation-missing-on-target");
+    assert_absent(&run(&Collations, &fx), "collation-missing-on-target");
 }
 
 #[test]
 fn user_defined_collation() {
     let mut fx = Fixture::new();
     fx.target.collations = vec![collation("pg_catalog", "und-x-icu", "icu", "und")];
-    passes(&run(&Collations, &fx), "user-defined-collation");
+    assert_absent(&run(&Collations, &fx), "user-defined-collation");
     fx.source_database_mut("app").collations_used =
         vec![collation("public", "german", "icu", "de-DE"), collation("public", "mine", "libc", "xx_XX.UTF-8")];
     let f = run(&Collations, &fx);
@@ -191,7 +181,7 @@ fn user_defined_collation() {
 #[test]
 fn user_casts() {
     let mut fx = Fixture::new();
-    passes(&run(&UserCasts, &fx), "user-defined-cast");
+    assert_absent(&run(&UserCasts, &fx), "user-defined-cast");
     fx.source_database_mut("app").user_casts.push(CastInfo {
         source_type: "text".into(),
         target_type: "public.mood".into(),
@@ -204,7 +194,7 @@ fn user_casts() {
 fn tables_with_oids() {
     let mut fx = Fixture::new();
     fx.source_database_mut("app").tables.push(table("public", "Legacy"));
-    passes(&run(&TablesWithOids, &fx), "table-with-oids");
+    assert_absent(&run(&TablesWithOids, &fx), "table-with-oids");
     fx.source_database_mut("app").tables[0].has_oids = true;
     let f = run(&TablesWithOids, &fx);
     fires(&f, "table-with-oids", Severity::Error, "public.\"Legacy\"");
@@ -239,7 +229,7 @@ fn superuser_owner_missing() {
     fx.source.roles.push(role("dba", true));
     fx.source.roles.push(role("app", false));
     fx.source_database_mut("app").owners = vec![("postgres".into(), 10), ("app".into(), 5)];
-    passes(&run(&ObjectOwners, &fx), "superuser-owner-missing-on-target");
+    assert_absent(&run(&ObjectOwners, &fx), "superuser-owner-missing-on-target");
     fx.source_database_mut("app").owners.push(("dba".into(), 3));
     let f = run(&ObjectOwners, &fx);
     fires(&f, "superuser-owner-missing-on-target", Severity::Info, "dba");
@@ -252,7 +242,7 @@ fn generated_columns() {
     let mut fx = Fixture::new();
     let mut t = table("public", "orders");
     fx.source_database_mut("app").tables.push(t.clone());
-    passes(&run(&GeneratedColumns, &fx), "generated-columns-recomputed");
+    assert_absent(&run(&GeneratedColumns, &fx), "generated-columns-recomputed");
     t.columns.push(ColumnInfo {
         name: "total".into(),
         type_name: "numeric".into(),
@@ -274,7 +264,7 @@ fn tables_without_primary_key() {
     parent.kind = RelationKind::PartitionedTable;
     parent.has_primary_key = false;
     fx.source_database_mut("app").tables = vec![table("public", "keyed"), parent];
-    passes(&run(&TablesWithoutPrimaryKey, &fx), "table-without-primary-key");
+    assert_absent(&run(&TablesWithoutPrimaryKey, &fx), "table-without-primary-key");
     let mut t = table("public", "log");
     t.has_primary_key = false;
     fx.source_database_mut("app").tables.push(t);

@@ -7,58 +7,6 @@ use pgferry_sdk::*;
 #[cfg(test)]
 mod tests;
 
-/// Major releases in order (9.5 → 8, 9.6 → 9, 10 → 10, …), so that a difference counts
-/// releases across the change of numbering at 10.
-fn major_rank(version_num: u32) -> i64 {
-    let v = i64::from(version_num);
-    if v >= 100_000 { v / 10_000 } else { v / 100 - 897 }
-}
-
-/// `9.6` or `15`.
-fn major_name(version_num: u32) -> String {
-    if version_num >= 100_000 {
-        (version_num / 10_000).to_string()
-    } else {
-        format!("{}.{}", version_num / 10_000, version_num / 100 % 100)
-    }
-}
-
-fn address(server: &ServerInfo) -> String {
-    format!("{}:{}", server.host, server.port)
-}
-
-/// glibc's normalised locale name: `en_US.UTF-8`, `en_US.utf8` and `en_US.UTF8` are one locale.
-fn normalize_locale(locale: &str) -> String {
-    let (base, modifier) = locale.split_once('@').map_or((locale, None), |(b, m)| (b, Some(m)));
-    let mut out = match base.split_once('.') {
-        Some((lang, codeset)) => {
-            let codeset: String = codeset.chars().filter(char::is_ascii_alphanumeric).collect();
-            format!("{lang}.{}", codeset.to_ascii_lowercase())
-        }
-        None => base.to_string(),
-    };
-    if let Some(m) = modifier {
-        out.push('@');
-        out.push_str(m);
-    }
-    out
-}
-
-/// Whether the target's operating system provides a libc locale: pg_collation lists the
-/// locales found at initdb (or by pg_import_system_collations), and existing databases
-/// prove theirs.
-fn libc_locale_available(target: &ServerInfo, locale: &str) -> bool {
-    let wanted = normalize_locale(locale);
-    ["C", "POSIX", "C.UTF-8"].iter().any(|l| normalize_locale(l) == wanted)
-        || target.collations.iter().filter(|c| c.provider == "libc").any(|c| {
-            normalize_locale(&c.name) == wanted || c.collate.as_deref().is_some_and(|l| normalize_locale(l) == wanted)
-        })
-        || target
-            .databases
-            .iter()
-            .any(|d| normalize_locale(&d.collate) == wanted || normalize_locale(&d.ctype) == wanted)
-}
-
 #[derive(Default)]
 pub struct ServerVersion;
 
@@ -69,48 +17,35 @@ impl Rule for ServerVersion {
 
     fn check(&self, cx: &Context) -> Result<Vec<Finding>, String> {
         let (source, target) = (cx.source(), cx.target());
-        let (s, t) = (source.version_num, target.version_num);
+        let (s, t) = (source.major_name(), target.major_name());
         let mut out = vec![];
-        if s < 90500 {
+        if source.version_num < 90500 {
             out.push(
-                error(
-                    "source-version-too-old",
-                    format!("the source runs PostgreSQL {}; pgferry migrates from 9.5 or newer", major_name(s)),
-                )
-                .on(address(source))
-                .fix("Upgrade the source in place to PostgreSQL 9.5 or newer (pg_upgrade), then migrate."),
+                error("source-version-too-old", format!("the source runs PostgreSQL {s}; pgferry migrates from 9.5 or newer"))
+                    .on(source.address())
+                    .fix("Upgrade the source in place to PostgreSQL 9.5 or newer (pg_upgrade), then migrate."),
             );
         }
-        let gap = major_rank(t) - major_rank(s);
+        // Ranks count majors across the renumbering at 10: 9.6 → 9.5 is a downgrade.
+        let gap = target.major_rank() - source.major_rank();
         if gap < 0 {
             out.push(
                 error(
                     "target-version-older",
                     format!(
-                        "the target runs PostgreSQL {} and the source {}: a dump cannot be restored into an older major version",
-                        major_name(t),
-                        major_name(s)
+                        "the target runs PostgreSQL {t} and the source {s}: a dump cannot be restored into an older major version"
                     ),
                 )
-                .on(address(target))
-                .fix(format!("Migrate to a target running PostgreSQL {} or newer.", major_name(s))),
+                .on(target.address())
+                .fix(format!("Migrate to a target running PostgreSQL {s} or newer.")),
             );
         } else if gap > 1 {
             out.push(
-                info(
-                    "target-version-newer",
-                    format!(
-                        "the target runs PostgreSQL {}, {gap} major versions above the source ({})",
-                        major_name(t),
-                        major_name(s)
-                    ),
-                )
-                .on(address(target))
-                .fix(format!(
-                    "Read the release notes of every major version after {} for removed features and changed defaults, and test the application against PostgreSQL {}.",
-                    major_name(s),
-                    major_name(t)
-                )),
+                info("target-version-newer", format!("the target runs PostgreSQL {t}, {gap} major versions above the source ({s})"))
+                    .on(target.address())
+                    .fix(format!(
+                        "Read the release notes of every major version after {s} for removed features and changed defaults, and test the application against PostgreSQL {t}."
+                    )),
             );
         }
         Ok(out)
@@ -414,7 +349,7 @@ impl Rule for EncodingLocale {
                 locales.push(("LC_CTYPE", &db.ctype));
             }
             for (what, locale) in locales {
-                if !libc_locale_available(target, locale) {
+                if !target.has_locale(locale) {
                     out.push(
                         warning("locale-missing-on-target", format!("database `{name}` has {what} `{locale}`, which the target's operating system does not provide"))
                             .on(name)
