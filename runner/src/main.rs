@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pgferry::lifecycle::{State, Status};
-use pgferry::migration::{self, CreateRequest};
+use pgferry::migration::{self, CopyOptions, CreateRequest};
 use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
 use pgferry::plugins::{self, Registry};
 use pgferry::properties::{MigrationMode, MigrationOption, Properties};
@@ -75,6 +75,18 @@ enum MigrationCommand {
         #[arg(long)]
         cancel: bool,
     },
+    /// Continue a migration whose runner was killed: finished work is kept
+    Resume {
+        #[arg(long)]
+        migration_name: String,
+        #[arg(long)]
+        target: Option<String>,
+        /// The properties file again, for its passwords (the state store never keeps them)
+        #[arg(long, value_name = "FILE")]
+        properties: Option<PathBuf>,
+        #[command(flatten)]
+        copy: CopyArgs,
+    },
     /// Whether a migration name is free on a target server
     CheckNameAvailability {
         #[arg(long)]
@@ -107,6 +119,12 @@ struct CreateArgs {
     migration_option: Option<MigrationOption>,
     #[arg(long, value_enum)]
     migration_mode: Option<ModeArg>,
+    #[command(flatten)]
+    copy: CopyArgs,
+}
+
+#[derive(Args)]
+struct CopyArgs {
     /// Parallel copy workers [default: the number of cores]
     #[arg(long)]
     jobs: Option<usize>,
@@ -237,6 +255,9 @@ async fn run(cli: Cli) -> Result<Exit> {
                 show(&cli, &store, &m)?;
                 Ok(Exit::Ok)
             }
+            MigrationCommand::Resume { migration_name, target, properties, copy } => {
+                resume(&cli, migration_name, target.as_deref(), properties.as_ref(), copy).await
+            }
             MigrationCommand::CheckNameAvailability { migration_name, target } => {
                 let store = open_store(&cli)?;
                 let endpoint = pgferry::properties::parse_endpoint(target)?;
@@ -287,13 +308,34 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
             ModeArg::Offline => MigrationMode::Offline,
             ModeArg::Online => MigrationMode::Online,
         }),
-        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-        pg_bin: args.pg_bin.clone(),
-        split_bytes: args.split_tables_larger_than,
-        observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
+        copy: args.copy.options(cli),
     };
     let m = migration::create(&mut store, &registry, request).await?;
-    show(cli, &store, &m)?;
+    finish(cli, &store, &m)
+}
+
+impl CopyArgs {
+    fn options(&self, cli: &Cli) -> CopyOptions {
+        CopyOptions {
+            jobs: self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            pg_bin: self.pg_bin.clone(),
+            split_bytes: self.split_tables_larger_than,
+            observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
+        }
+    }
+}
+
+async fn resume(cli: &Cli, name: &str, target: Option<&str>, properties: Option<&PathBuf>, copy: &CopyArgs) -> Result<Exit> {
+    let secrets = properties.map(|p| Properties::from_file(p)).transpose()?;
+    let registry = registry(cli).await?;
+    let mut store = open_store(cli)?;
+    let m = migration::resume(&mut store, &registry, name, target, secrets, copy.options(cli)).await?;
+    finish(cli, &store, &m)
+}
+
+/// Shows the migration's end state and maps it to the exit code.
+fn finish(cli: &Cli, store: &Store, m: &store::Migration) -> Result<Exit> {
+    show(cli, store, m)?;
     Ok(match m.status.state {
         State::Succeeded => Exit::Ok,
         State::ValidationFailed => Exit::ValidationFailed,

@@ -39,6 +39,7 @@ impl View {
             View::Bars => {
                 let multi = MultiProgress::new();
                 let mut bars: HashMap<String, (ProgressBar, usize, usize)> = HashMap::new();
+                let mut parts_seen: HashMap<String, usize> = HashMap::new();
                 let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
                     .expect("template")
                     .progress_chars("=> ");
@@ -49,8 +50,10 @@ impl View {
                         bars.insert(database.clone(), (bar, 0, *tables_total));
                     }
                     Progress::TableCopied { database, table } => {
+                        let parts = parts_seen.entry(format!("{database}\0{}.{}", table.schema, table.name)).or_default();
                         if let Some((bar, done, total)) = bars.get_mut(database) {
-                            if table.part.is_none_or(|p| p == 0) {
+                            *parts += 1;
+                            if *parts % table.parts == 0 {
                                 *done += 1;
                             }
                             // COPY's binary stream is not the on-disk size: grow the bar if needed.
@@ -65,6 +68,7 @@ impl View {
                             }
                         }
                     }
+                    Progress::StageReached { .. } => {}
                 })
             }
         }
@@ -73,6 +77,7 @@ impl View {
 
 fn line(event: &Progress) -> String {
     match event {
+        Progress::StageReached { database, stage } => format!("{database}: {stage:?}"),
         Progress::DatabaseStarted { database, tables_total, bytes_total } => {
             format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
         }

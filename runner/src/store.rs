@@ -165,6 +165,12 @@ impl Store {
         self.get_by_id(id)
     }
 
+    /// Records that this process now runs the migration (a resumed one).
+    pub fn claim(&mut self, id: i64, pid: u32) -> Result<()> {
+        self.conn.execute("update migration set runner_pid = ?2 where id = ?1", params![id, pid])?;
+        Ok(())
+    }
+
     pub fn set_validation(&mut self, id: i64, validation: &serde_json::Value) -> Result<()> {
         self.conn.execute("update migration set validation = ?2 where id = ?1", params![id, validation.to_string()])?;
         Ok(())

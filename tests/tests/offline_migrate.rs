@@ -155,3 +155,69 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("is Canceled already"), "{}", again.transcript());
 }
+
+#[test]
+fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql(
+            "shop",
+            "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;
+             create table customers (id serial primary key, name text); insert into customers (name) select 'c' || g from generate_series(1, 5000) g;
+             create table orders (id serial primary key, customer int references customers, total numeric); insert into orders (customer, total) select 1 + g % 5000, g from generate_series(1, 20000) g;
+             create table notes (line text); insert into notes select 'note ' || g from generate_series(1, 100) g;",
+        )
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["shop"], "sourceType": "OnPremises"}}).to_string(),
+    );
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let mut running = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "crash", "--properties", &props.display().to_string(), "--target", &target_arg, "--jobs", "2", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 once the small tables are done and the big one is not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let done_before_kill: Vec<String> = loop {
+        let show = pf.run(&["migration", "show", "--migration-name", "crash", "--output", "json"]);
+        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout) {
+            let done: Vec<String> = doc["details"]["copyState"]["shop"]["tablesDone"].as_array().map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+            if done.len() >= 2 && !done.contains(&"public.big".to_string()) {
+                running.kill().unwrap();
+                running.wait().unwrap();
+                break done;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw a partly done copy");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let show: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "crash", "--output", "json"]).stdout).unwrap();
+    assert_eq!(show["state"], "InProgress", "a killed runner leaves the migration in progress");
+
+    let out = pf.run(&["migration", "resume", "--migration-name", "crash", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Succeeded");
+    let recopied: Vec<String> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "TableCopied")
+        .map(|e| format!("{}.{}", e["table"]["schema"].as_str().unwrap(), e["table"]["name"].as_str().unwrap()))
+        .collect();
+    assert!(recopied.contains(&"public.big".to_string()), "{recopied:?}");
+    for table in &done_before_kill {
+        assert!(!recopied.contains(table), "{table} was finished before the kill and copied again");
+    }
+    assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]));
+    assert_eq!(table_digests(&source, "shop"), table_digests(&target, "shop"));
+    assert_eq!(schema(&source, "shop"), schema(&target, "shop"));
+    assert_eq!(sequences(&source, "shop"), sequences(&target, "shop"));
+}

@@ -46,6 +46,8 @@ pub struct TableCopy {
     /// First block of the range, for a table copied in parts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub part: Option<i64>,
+    /// How many parts the table was split into (1: copied whole).
+    pub parts: usize,
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -57,9 +59,35 @@ pub struct CopiedDatabase {
     /// Holds the exported snapshot open: the source as of the copy.
     pub coordinator: Client,
     pub snapshot: String,
-    pub tables: Vec<TableCopy>,
+    /// Every table of the database, `(schema, name)`: what verification checks.
+    pub tables: Vec<(String, String)>,
     pub large_objects: u64,
     pub dump_dir: PathBuf,
+}
+
+/// How far a database got, recorded in the store as it happens: the resume record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub enum Stage {
+    /// Nothing of it exists on the target yet.
+    #[default]
+    NotStarted,
+    /// The target database exists (created by this migration).
+    Created,
+    /// Pre-data is restored; tables are being copied.
+    SchemaRestored,
+    /// Every table and large object is copied.
+    DataCopied,
+    /// Post-data, sequences and verification are done.
+    Completed,
+}
+
+/// What a resumed run keeps of an interrupted one, per database.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseState {
+    pub stage: Stage,
+    /// `schema.name` of the tables copied completely (all parts).
+    pub tables_done: Vec<String>,
 }
 
 /// Progress the step reports while it works.
@@ -68,6 +96,7 @@ pub struct CopiedDatabase {
 pub enum Progress {
     DatabaseStarted { database: String, tables_total: usize, bytes_total: u64 },
     TableCopied { database: String, table: TableCopy },
+    StageReached { database: String, stage: Stage },
 }
 
 pub struct Settings<'a> {
@@ -131,12 +160,12 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
 
 /// Creates the target database with the source's encoding, locale and owner, replacing an
 /// existing one only when the user asked for it (validation has passed by now).
-pub async fn create_target_database(s: &Settings<'_>, name: &str) -> Result<()> {
+pub async fn create_target_database(s: &Settings<'_>, name: &str, ours: bool) -> Result<()> {
     let summary = s.inventory.source.databases.iter().find(|d| d.name == name).with_context(|| format!("database {name:?} does not exist on the {}", s.source.describe()))?;
     let (target, _) = s.target.connect("postgres").await?;
     let exists = target.query_opt("select 1 from pg_database where datname = $1", &[&name]).await?.is_some();
     if exists {
-        if !s.overwrite {
+        if !s.overwrite && !ours {
             bail!("database {name:?} already exists on the {}; set OverwriteDBsInTarget to replace it", s.target.describe());
         }
         let force = if s.inventory.target.version_num >= 130000 { " WITH (FORCE)" } else { "" };
@@ -181,8 +210,12 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
     let mut restore = s.tools.command("pg_restore", s.target, db);
     restore.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
-    if section == "post-data" && s.jobs > 1 {
-        restore.arg(format!("--jobs={}", s.jobs));
+    if section == "post-data" {
+        // Idempotent, so that a resumed migration can run it again.
+        restore.args(["--clean", "--if-exists"]);
+        if s.jobs > 1 {
+            restore.arg(format!("--jobs={}", s.jobs));
+        }
     } else {
         restore.arg("--single-transaction");
     }
@@ -199,6 +232,7 @@ struct TableJob {
     size: i64,
     /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
     blocks: Option<(i64, Option<i64>)>,
+    parts: usize,
 }
 
 async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<TableJob>> {
@@ -217,7 +251,7 @@ async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<Table
           order by pg_relation_size(c.oid) desc, 1, 2"
     );
     let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3), blocks: None }).collect())
+    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3), blocks: None, parts: 1 }).collect())
 }
 
 /// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
@@ -238,7 +272,7 @@ fn split_big_tables(tables: Vec<TableJob>, split_bytes: u64, jobs: usize, versio
         let per = (blocks + parts as i64 - 1) / parts as i64;
         for i in 0..parts as i64 {
             let end = if i + 1 == parts as i64 { None } else { Some((i + 1) * per) };
-            out.push(TableJob { size: t.size / parts as i64, blocks: Some((i * per, end)), ..t.clone() });
+            out.push(TableJob { size: t.size / parts as i64, blocks: Some((i * per, end)), parts, ..t.clone() });
         }
     }
     out.sort_by_key(|t| std::cmp::Reverse(t.size));
@@ -313,7 +347,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(chunk).await?;
     }
     let rows = sink.finish().await?;
-    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), rows, bytes, seconds: started.elapsed().as_secs_f64() })
+    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), parts: job.parts, rows, bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
@@ -343,21 +377,52 @@ async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str) -
 }
 
 /// The whole data step for one database.
-pub async fn run_database(s: &Settings<'_>, db: &str, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
-    create_target_database(s, db).await?;
-    let (coordinator, snapshot) = export_snapshot(s.source, db).await?;
+/// The data step for one database, from where `state` says an earlier run stopped: a
+/// database not yet restored is (re)created; tables not completely copied are truncated and
+/// copied again; what was finished is kept.
+pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
+    let stage = |stage| {
+        let _ = progress.send(Progress::StageReached { database: db.to_string(), stage });
+    };
     let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
     std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
-    dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
+    if state.stage < Stage::SchemaRestored {
+        // Created by an interrupted run of this migration: ours to replace.
+        create_target_database(s, db, state.stage == Stage::Created).await?;
+        stage(Stage::Created);
+    }
+    let (coordinator, snapshot) = export_snapshot(s.source, db).await?;
+    if state.stage < Stage::SchemaRestored {
+        dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
+        stage(Stage::SchemaRestored);
+    }
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
-    let _ = progress.send(Progress::DatabaseStarted {
-        database: db.to_string(),
-        tables_total: tables.len(),
-        bytes_total: tables.iter().map(|t| t.size.max(0) as u64).sum(),
-    });
-    let tables = split_big_tables(tables, s.split_bytes, s.jobs, version);
-    let copied = copy_tables(s, db, &snapshot, tables, progress).await?;
-    let large_objects = copy_large_objects(&coordinator, s.target, db).await?;
-    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: copied, large_objects, dump_dir })
+    let all: Vec<(String, String)> = tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    let mut large_objects = 0;
+    if state.stage < Stage::DataCopied {
+        let todo: Vec<TableJob> = tables.into_iter().filter(|t| !state.tables_done.contains(&format!("{}.{}", t.schema, t.name))).collect();
+        let _ = progress.send(Progress::DatabaseStarted {
+            database: db.to_string(),
+            tables_total: todo.len(),
+            bytes_total: todo.iter().map(|t| t.size.max(0) as u64).sum(),
+        });
+        if state.stage == Stage::SchemaRestored {
+            // An interrupted copy may have left some rows of these tables behind.
+            truncate(s.target, db, &todo).await?;
+        }
+        copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        large_objects = copy_large_objects(&coordinator, s.target, db).await?;
+        stage(Stage::DataCopied);
+    }
+    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, dump_dir })
+}
+
+async fn truncate(target: &ConnSpec, db: &str, tables: &[TableJob]) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let (client, _) = target.connect(db).await?;
+    let list: Vec<String> = tables.iter().map(|t| format!("ONLY {}.{}", quote_ident(&t.schema), quote_ident(&t.name))).collect();
+    client.batch_execute(&format!("TRUNCATE {}", list.join(", "))).await.with_context(|| format!("emptying the unfinished tables of database {db:?} on the target"))
 }

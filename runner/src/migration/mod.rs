@@ -19,6 +19,8 @@ use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
 use crate::store::{Migration, NewMigration, Store};
+use migrating_data::{DatabaseState, Stage};
+use std::collections::BTreeMap;
 use validation_in_progress::CheckState;
 
 pub struct CreateRequest {
@@ -28,6 +30,11 @@ pub struct CreateRequest {
     pub target: Option<String>,
     pub option: Option<MigrationOption>,
     pub mode: Option<MigrationMode>,
+    pub copy: CopyOptions,
+}
+
+/// How the data moves, for `create` and `resume` alike.
+pub struct CopyOptions {
     /// Parallel copy workers.
     pub jobs: usize,
     /// Tables bigger than this are copied in parts by several workers (0: never).
@@ -112,7 +119,7 @@ fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, optio
 /// Runs `create` to its end state and returns the stored migration. Bad input (name,
 /// sourceType, properties) fails before anything is recorded or any server is touched.
 pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateRequest) -> Result<Migration> {
-    let observer = req.observer.take();
+    let observer = req.copy.observer.take();
     validate_name(&req.name)?;
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
@@ -143,8 +150,69 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         databases: &props.dbs_to_migrate,
         properties: &properties,
     })?;
-    let id = migration.id;
+    drive(store, registry, migration.id, &req, adapter, source, target, BTreeMap::new(), observer).await
+}
 
+/// Continues a migration whose runner died (kill -9, reboot): the databases and tables it
+/// finished are kept, the rest is done again. Passwords come from `secrets` (the properties
+/// file again) or the environment and ~/.pgpass: the store never held them.
+pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: Option<&str>, secrets: Option<Properties>, mut copy: CopyOptions) -> Result<Migration> {
+    let observer = copy.observer.take();
+    let m = store.find(name, target)?.with_context(|| format!("no migration named {name:?} in the state store {}", store.path().display()))?;
+    if !m.status.is_active() {
+        bail!("migration {name:?} is {}; only an interrupted migration (InProgress) can be resumed", m.status.state);
+    }
+    if let Some(pid) = m.runner_pid.filter(|pid| *pid != std::process::id()) {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("migration {name:?} is still being run by process {pid} on this machine; follow it with `pgferry migration show`, or stop it with `pgferry migration update --cancel`");
+        }
+    }
+    let p = &m.properties;
+    let text = |k: &str| p.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
+    let source = parse_endpoint(&text("sourceServer").context("the stored migration has no source server")?)?;
+    let target_endpoint = parse_endpoint(&text("targetServer").context("the stored migration has no target server")?)?;
+    let properties = Properties {
+        source: Endpoint { user: text("sourceServerUserName"), ..source },
+        source_password: secrets.as_ref().and_then(|s| s.source_password.clone()),
+        target: Some(target_endpoint),
+        target_user: text("targetServerUserName"),
+        target_password: secrets.as_ref().and_then(|s| s.target_password.clone()),
+        dbs_to_migrate: m.databases.clone(),
+        overwrite_dbs_in_target: p.get("overwriteDbsInTarget").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        mode: serde_json::from_value(p["migrationMode"].clone()).ok(),
+        option: serde_json::from_value(p["migrationOption"].clone()).ok(),
+        source_type: m.source_type.clone(),
+        ssl_mode: serde_json::from_value(p["sslMode"].clone()).ok(),
+        accepted: Default::default(),
+        warnings: vec![],
+    };
+    let options = CreateRequest { name: m.name.clone(), option: properties.option, mode: properties.mode, target: None, properties, copy };
+    let adapter = registry.require_adapter(&options.properties.source_type)?;
+    let target = target_spec(&options)?;
+    let props = &options.properties;
+    let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
+    let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
+    store.claim(m.id, std::process::id())?;
+    let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
+    drive(store, registry, m.id, &options, adapter, source, target, states, observer).await
+}
+
+/// Runs a recorded migration from its current status to its end.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    store: &mut Store,
+    registry: &Registry,
+    id: i64,
+    req: &CreateRequest,
+    adapter: &crate::plugins::AdapterPlugin,
+    source: ConnSpec,
+    target: ConnSpec,
+    states: BTreeMap<String, DatabaseState>,
+    observer: Option<Observer>,
+) -> Result<Migration> {
+    let props = &req.properties;
+    let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
+    let mode = req.mode.or(props.mode).unwrap_or(MigrationMode::Offline);
     let prepared = match performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate).await {
         Ok(p) => p,
         Err(e) => return fail(store, id, "PerformingPreRequisiteSteps", e),
@@ -159,9 +227,13 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         }),
     )?;
 
-    if option != MigrationOption::Migrate {
-        if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
-            return Ok(canceled);
+    let status = store.get_by_id(id)?.status;
+    let validated = matches!(status, s if s == Status::MIGRATING || s == Status::COMPLETING);
+    if option != MigrationOption::Migrate && !validated {
+        if status != Status::VALIDATING {
+            if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
+                return Ok(canceled);
+            }
         }
         let services = Arc::new(Services {
             inventory: prepared.inventory.clone(),
@@ -190,11 +262,13 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
             return Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?));
         }
     }
-    if let Some(canceled) = advance(store, id, Status::MIGRATING)? {
-        return Ok(canceled);
+    if !validated {
+        if let Some(canceled) = advance(store, id, Status::MIGRATING)? {
+            return Ok(canceled);
+        }
     }
     let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
-    let result = migrate(store, id, &req, adapter, &prepared, &work_dir, observer).await;
+    let result = migrate(store, id, req, adapter, &prepared, &work_dir, observer, states).await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match result {
         Ok(Some(canceled)) => Ok(canceled),
@@ -219,40 +293,48 @@ async fn migrate(
     prepared: &performing_prerequisite_steps::Prepared,
     work_dir: &std::path::Path,
     mut observer: Option<Observer>,
+    states: BTreeMap<String, DatabaseState>,
 ) -> Result<Option<Migration>, StepError> {
     let mut created: Vec<String> = Vec::new();
     let step = "MigratingData";
     let source_major = prepared.inventory.source.version_num / 10000;
-    let tools = crate::pg_tools::find(source_major, req.pg_bin.as_deref()).map_err(|e| (step, vec![], e))?;
+    let tools = crate::pg_tools::find(source_major, req.copy.pg_bin.as_deref()).map_err(|e| (step, vec![], e))?;
     let settings = migrating_data::Settings {
         source: &prepared.source,
         target: &prepared.target,
         inventory: &prepared.inventory,
         provider: &adapter.description.provider_objects,
         overwrite: req.properties.overwrite_dbs_in_target,
-        jobs: req.jobs.max(1),
-        split_bytes: req.split_bytes,
+        jobs: req.copy.jobs.max(1),
+        split_bytes: req.copy.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),
     };
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
 
-    let mut progress = Progress { observer: observer.take(), ..Default::default() };
+    let mut progress = Progress { observer: observer.take(), states: states.clone(), ..Default::default() };
     let mut copied = Vec::new();
     for db in &req.properties.dbs_to_migrate {
+        let state = states.get(db).cloned().unwrap_or_default();
+        if state.stage == Stage::Completed {
+            continue;
+        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         created.push(db.clone());
-        let work = migrating_data::run_database(&settings, db, &tx);
+        let work = migrating_data::run_database(&settings, db, &state, &tx);
         match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(database) => copied.push(database),
             None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
 
-    if let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
-        drop_databases(&prepared.target, &created).await;
-        return Ok(Some(canceled));
+    let current = store.get_by_id(id).map_err(|e| (step, created.clone(), e))?.status;
+    if current != Status::COMPLETING {
+        if let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
+            drop_databases(&prepared.target, &created).await;
+            return Ok(Some(canceled));
+        }
     }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
@@ -260,7 +342,10 @@ async fn migrate(
         let (_, mut no_events) = tokio::sync::mpsc::unbounded_channel();
         let work = completing_migration::run_database(&settings, database);
         match watched(store, id, work, &mut no_events, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
-            Some(checked) => verification.push(checked),
+            Some(checked) => {
+                verification.push(checked);
+                progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
+            }
             None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
@@ -282,6 +367,12 @@ struct Progress {
     databases: std::collections::BTreeMap<String, DatabaseProgress>,
     #[serde(skip)]
     observer: Option<Observer>,
+    /// The resume record, stored beside the progress.
+    #[serde(skip)]
+    states: BTreeMap<String, DatabaseState>,
+    /// Parts copied so far of tables split into parts.
+    #[serde(skip)]
+    parts_done: BTreeMap<String, usize>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -306,21 +397,28 @@ impl Progress {
                 db.tables_total = tables_total;
                 db.bytes_total = bytes_total;
             }
+            migrating_data::Progress::StageReached { database, stage } => {
+                self.states.entry(database).or_default().stage = stage;
+            }
             migrating_data::Progress::TableCopied { database, table } => {
-                let db = self.databases.entry(database).or_default();
-                // A table copied in parts is done when its last part is; count parts as tables
-                // only once, by their first block.
-                if table.part.is_none_or(|p| p == 0) {
+                // A table copied in parts is done when all its parts are.
+                let key = format!("{}.{}", table.schema, table.name);
+                let parts = self.parts_done.entry(format!("{database}\0{key}")).or_default();
+                *parts += 1;
+                let complete = *parts == table.parts;
+                let db = self.databases.entry(database.clone()).or_default();
+                if complete {
                     db.tables_done += 1;
+                    self.states.entry(database).or_default().tables_done.push(key);
                 }
                 db.rows_copied += table.rows;
                 db.bytes_copied += table.bytes;
                 db.tables.push(table);
             }
         }
-        // Progress is advisory: a store hiccup must not fail the copy.
+        // Progress is advisory, but the resume record must not be lost.
         if let Ok(value) = serde_json::to_value(&*self) {
-            let _ = store.merge_details(id, json!({ "progress": value }));
+            let _ = store.merge_details(id, json!({ "progress": value, "copyState": self.states }));
         }
     }
 }
