@@ -78,8 +78,12 @@ impl Status {
         matches!(self.state, S::InProgress | S::WaitingForUserAction)
     }
 
-    /// Whether the lifecycle allows going from `self` to `next`.
+    /// Whether the lifecycle allows going from `self` to `next`. The one way out of an end
+    /// state is `resume` of a migration that failed while moving data: Failed → MigratingData.
     pub fn can_become(&self, next: Status) -> bool {
+        if *self == Status::FAILED && next == Status::MIGRATING {
+            return true;
+        }
         if !self.is_active() {
             return false;
         }
@@ -124,10 +128,12 @@ mod tests {
     ];
 
     #[test]
-    fn terminal_states_are_final() {
-        for from in [Status::SUCCEEDED, Status::VALIDATION_FAILED, Status::FAILED, Status::CANCELED] {
+    fn terminal_states_are_final_but_a_failed_copy_can_resume() {
+        for from in [Status::SUCCEEDED, Status::VALIDATION_FAILED, Status::CANCELED] {
             assert!(ALL.iter().all(|to| !from.can_become(*to)), "{from} must be final");
         }
+        let from_failed: Vec<Status> = ALL.into_iter().filter(|to| Status::FAILED.can_become(*to)).collect();
+        assert_eq!(from_failed, [Status::MIGRATING]);
     }
 
     #[test]

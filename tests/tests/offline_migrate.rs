@@ -221,3 +221,52 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
     assert_eq!(schema(&source, "shop"), schema(&target, "shop"));
     assert_eq!(sequences(&source, "shop"), sequences(&target, "shop"));
 }
+
+#[test]
+fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql("shop", "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["shop"], "sourceType": "OnPremises"}}).to_string(),
+    );
+    let running = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "lost", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let show = pf.run(&["migration", "show", "--migration-name", "lost", "--output", "json"]);
+        let doc: Value = serde_json::from_str(&show.stdout).unwrap_or_default();
+        if doc["details"]["copyState"]["shop"]["stage"] == "SchemaRestored" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the copy never started: {}", show.transcript());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    source.stop().unwrap();
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "Failed exits 5: {}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Failed");
+    assert_eq!(doc["error"]["step"], "MigratingData");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("public.big") && message.contains("shop"), "names the table and database: {message}");
+    assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
+
+    source.restart().unwrap();
+    let out = pf.run(&["migration", "resume", "--migration-name", "lost", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Succeeded");
+    assert_eq!(doc["details"]["resumedAfter"]["step"], "MigratingData");
+    assert_eq!(table_digests(&source, "shop"), table_digests(&target, "shop"));
+}

@@ -139,6 +139,18 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     if let Some(status) = store.name_taken(&target_server, &req.name)? {
         bail!("migration name {:?} is already taken on target {target_server} (that migration is {status}); pick another name", req.name);
     }
+    // One migration at a time per target: two copies racing for the same server's disk and
+    // connections help no one, and their databases could collide.
+    if option != MigrationOption::Validate {
+        if let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") {
+            bail!(
+                "migration {:?} is still {} on target {target_server}; wait for it, or `pgferry migration update --migration-name {} --cancel` (or `resume` it if its runner died)",
+                active.name,
+                active.status,
+                active.name
+            );
+        }
+    }
     let properties = stored_properties(props, &source, &target, option, mode);
     let migration = store.create(&NewMigration {
         name: &req.name,
@@ -159,8 +171,13 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
 pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: Option<&str>, secrets: Option<Properties>, mut copy: CopyOptions) -> Result<Migration> {
     let observer = copy.observer.take();
     let m = store.find(name, target)?.with_context(|| format!("no migration named {name:?} in the state store {}", store.path().display()))?;
-    if !m.status.is_active() {
-        bail!("migration {name:?} is {}; only an interrupted migration (InProgress) can be resumed", m.status.state);
+    let failed_step = m.error.as_ref().and_then(|e| e.get("step")).and_then(serde_json::Value::as_str).unwrap_or("");
+    let failed_copying = m.status == Status::FAILED && matches!(failed_step, "MigratingData" | "CompletingMigration");
+    if !m.status.is_active() && !failed_copying {
+        bail!(
+            "migration {name:?} is {}; only an interrupted migration (InProgress) or one that failed while moving data can be resumed",
+            m.status.state
+        );
     }
     if let Some(pid) = m.runner_pid.filter(|pid| *pid != std::process::id()) {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -193,6 +210,10 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
     let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
     let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
     store.claim(m.id, std::process::id())?;
+    if failed_copying {
+        store.merge_details(m.id, json!({ "resumedAfter": m.error }))?;
+        store.transition(m.id, Status::MIGRATING)?;
+    }
     let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
     drive(store, registry, m.id, &options, adapter, source, target, states, observer).await
 }
@@ -274,8 +295,15 @@ async fn drive(
         Ok(Some(canceled)) => Ok(canceled),
         Ok(None) => Ok(advance(store, id, Status::SUCCEEDED)?.unwrap_or(store.get_by_id(id)?)),
         Err((step, created, e)) => {
-            // Nothing half-copied may be left looking valid on the target.
-            drop_databases(&prepared.target, &created).await;
+            // Nothing half-copied may be left looking valid on the target; what could be
+            // dropped starts over on resume, what could not (target down) is resumed.
+            let dropped = drop_databases(&prepared.target, &created).await;
+            let mut states: BTreeMap<String, DatabaseState> =
+                serde_json::from_value(store.get_by_id(id)?.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
+            for db in &dropped {
+                states.remove(db);
+            }
+            store.merge_details(id, json!({ "copyState": states, "droppedOnFailure": dropped }))?;
             fail(store, id, step, e)
         }
     }
@@ -461,17 +489,20 @@ async fn canceled(store: &mut Store, id: i64, target: &ConnSpec, created: &[Stri
     store.get_by_id(id)
 }
 
-/// Best effort: drops what this migration created on the target.
-async fn drop_databases(target: &ConnSpec, names: &[String]) {
+/// Best effort: drops what this migration created on the target; returns what it dropped.
+async fn drop_databases(target: &ConnSpec, names: &[String]) -> Vec<String> {
     if names.is_empty() {
-        return;
+        return vec![];
     }
-    let Ok((client, _)) = target.connect("postgres").await else { return };
+    let Ok((client, _)) = target.connect("postgres").await else { return vec![] };
+    let mut dropped = Vec::new();
     for name in names {
-        if let Err(e) = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", migrating_data::quote_ident(name))).await {
-            tracing::warn!("could not drop database {name} on the target after the failure: {e}");
+        match client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", migrating_data::quote_ident(name))).await {
+            Ok(()) => dropped.push(name.clone()),
+            Err(e) => tracing::warn!("could not drop database {name} on the target: {e}"),
         }
     }
+    dropped
 }
 
 /// Moves the migration on; `Some(migration)` when it was canceled from another shell in the
