@@ -119,6 +119,10 @@ struct CreateArgs {
     migration_option: Option<MigrationOption>,
     #[arg(long, value_enum)]
     migration_mode: Option<ModeArg>,
+    /// Return once the migration is recorded; a detached runner carries it on
+    /// (follow it with `show`, its log is in the state directory under logs/)
+    #[arg(long)]
+    no_wait: bool,
     #[command(flatten)]
     copy: CopyArgs,
 }
@@ -292,7 +296,53 @@ fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
     Ok(())
 }
 
+/// `--no-wait`: the same command without the flag, in a detached process of its own
+/// session (it survives the shell), logging to the state directory; this one returns as
+/// soon as the migration is recorded.
+async fn create_detached(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
+    use std::os::unix::process::CommandExt;
+    let state_dir = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => store::default_state_dir()?,
+    };
+    let logs = state_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join(format!("{}.log", args.migration_name));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1).filter(|a| a != "--no-wait"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the detached runner")?;
+    let store = Store::open(&state_dir)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(m) = store.find(&args.migration_name, None)? {
+            if m.runner_pid == Some(child.id()) {
+                show(cli, &store, &m)?;
+                eprintln!("running in the background as process {} (log: {})", child.id(), log_path.display());
+                return Ok(Exit::Ok);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            // It stopped before recording anything: bad input. Say what it said.
+            eprint!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            return Ok(if status.success() { Exit::Ok } else { Exit::Error });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the detached runner (process {}) has not recorded the migration after 2 minutes; see {}", child.id(), log_path.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
+    if args.no_wait {
+        return create_detached(cli, args).await;
+    }
     let properties = Properties::from_file(&args.properties)?;
     for warning in &properties.warnings {
         eprintln!("warning: properties file {}: {warning}", args.properties.display());

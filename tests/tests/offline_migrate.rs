@@ -270,3 +270,31 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
     assert_eq!(doc["details"]["resumedAfter"]["step"], "MigratingData");
     assert_eq!(table_digests(&source, "shop"), table_digests(&target, "shop"));
 }
+
+#[test]
+fn no_wait_returns_at_once_and_a_detached_runner_finishes_the_migration() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("small").unwrap();
+    source.psql("small", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 10000) g;").unwrap();
+    let pf = Pgferry::new();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["small"], "sourceType": "OnPremises"}}).to_string(),
+    );
+    let out = pf.run(&["migration", "create", "--migration-name", "bg", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--no-wait", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert!(out.stderr.contains("running in the background"), "{}", out.transcript());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let doc = loop {
+        let doc: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "bg", "--output", "json"]).stdout).unwrap();
+        if doc["state"] != "InProgress" {
+            break doc;
+        }
+        assert!(std::time::Instant::now() < deadline, "the detached runner did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(doc["state"], "Succeeded", "{doc}");
+    assert_eq!(table_digests(&source, "small"), table_digests(&target, "small"));
+    assert!(std::fs::read_to_string(pf.dir().join("state/logs/bg.log")).unwrap().contains("small"), "the runner logged its progress");
+}
