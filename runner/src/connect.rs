@@ -201,6 +201,23 @@ impl ConnSpec {
     }
 }
 
+/// PostgreSQL's own words for an error: message, SQLSTATE, and DETAIL, HINT and CONTEXT
+/// (which, for COPY, names the row: "COPY t, line 42"). tokio-postgres' Display says only
+/// "db error".
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        let source = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
+        return format!("{e}{source}");
+    };
+    let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    for (label, part) in [("DETAIL", db.detail()), ("HINT", db.hint()), ("CONTEXT", db.where_())] {
+        if let Some(part) = part {
+            text.push_str(&format!("; {label}: {part}"));
+        }
+    }
+    text
+}
+
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)
 }

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::connect::ConnSpec;
+use crate::connect::{pg_error, ConnSpec};
 use crate::plugin_host::{BoxFuture, QueryResult, Side, SqlRunner};
 
 pub const ROW_CAP: usize = 1000;
@@ -65,14 +65,6 @@ async fn collect(client: &Client, sql: &str) -> Result<QueryResult, String> {
         }
     }
     Ok(out)
-}
-
-/// PostgreSQL's own message and SQLSTATE (tokio-postgres' Display says only "db error").
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }
 
 impl SqlRunner for PluginSql {

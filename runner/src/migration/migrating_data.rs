@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
-use crate::connect::ConnSpec;
+use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
@@ -335,18 +335,20 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
             format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT binary)")
         }
     };
-    let out = src.copy_out(&source_query).await?;
-    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT binary)")).await?;
+    let source_err = |e: tokio_postgres::Error| anyhow::anyhow!("reading from the source: {}", pg_error(&e));
+    let target_err = |e: tokio_postgres::Error| anyhow::anyhow!("writing to the target: {}", pg_error(&e));
+    let out = src.copy_out(&source_query).await.map_err(source_err)?;
+    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT binary)")).await.map_err(target_err)?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
     // Streamed chunk by chunk: memory stays bounded whatever the table's size.
     while let Some(chunk) = out.next().await {
-        let chunk = chunk?;
+        let chunk = chunk.map_err(source_err)?;
         bytes += chunk.len() as u64;
-        sink.send(chunk).await?;
+        sink.send(chunk).await.map_err(target_err)?;
     }
-    let rows = sink.finish().await?;
+    let rows = sink.finish().await.map_err(target_err)?;
     Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), parts: job.parts, rows, bytes, seconds: started.elapsed().as_secs_f64() })
 }
 
