@@ -89,7 +89,9 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(doc["state"], "Succeeded");
     // With --output json, progress comes as JSON events on stderr, one per line.
     let events: Vec<Value> = out.stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(events[0]["event"], "DatabaseStarted");
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..3], ["StageReached", "StageReached", "DatabaseStarted"], "created, schema restored, then the copy");
+    assert_eq!(kinds.last(), Some(&"StageReached"));
     let copied: Vec<&Value> = events.iter().filter(|e| e["event"] == "TableCopied").collect();
     assert!(copied.len() > 20, "{}", out.stderr);
     // The biggest tables went in block ranges (PostgreSQL 14+ TID range scans).
@@ -101,6 +103,7 @@ fn pagila_with_large_objects_moves_exactly() {
     assert!(progress["rowsCopied"].as_u64().unwrap() > 40_000, "{progress}");
     let verification = &doc["details"]["verification"][0];
     assert_eq!(verification["mismatches"], json!([]));
+    assert!(verification["objects"]["relation r"].as_i64().unwrap() >= 15, "{verification}");
     assert_eq!(verification["largeObjects"], 4);
 
     assert_eq!(schema(&source, "pagila"), schema(&target, "pagila"), "schemas differ");

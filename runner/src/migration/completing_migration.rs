@@ -24,6 +24,8 @@ pub struct TableCheck {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseVerification {
     pub database: String,
+    /// Objects per kind on the source (the target's matched, else verification failed).
+    pub objects: std::collections::BTreeMap<String, i64>,
     pub tables_verified: usize,
     pub sequences_set: usize,
     pub large_objects: u64,
@@ -33,6 +35,25 @@ pub struct DatabaseVerification {
 /// Settings that make a row's text the same on both sides, whatever their defaults.
 const STABLE_TEXT: &str = "SET datestyle = ISO, MDY; SET intervalstyle = postgres; SET timezone = 'UTC'; \
     SET extra_float_digits = 3; SET bytea_output = hex";
+
+/// User objects per kind, the same query on both sides.
+const OBJECT_COUNTS: &str = "
+    with user_ns as (select oid from pg_namespace where nspname not in ('pg_catalog', 'information_schema')
+                     and nspname not like 'pg\\_toast%' and nspname not like 'pg\\_temp%')
+    select 'relation ' || c.relkind::text, count(*) from pg_class c where c.relnamespace in (select oid from user_ns) and c.relkind <> 't' group by 1
+    union all select 'function', count(*) from pg_proc where pronamespace in (select oid from user_ns)
+    union all select 'type', count(*) from pg_type where typnamespace in (select oid from user_ns) and typtype <> 'b' and typrelid = 0
+    union all select 'constraint ' || contype::text, count(*) from pg_constraint where connamespace in (select oid from user_ns) group by 1
+    union all select 'trigger', count(*) from pg_trigger where not tgisinternal
+    union all select 'policy', count(*) from pg_policy
+    union all select 'rule', count(*) from pg_rewrite r join pg_class c on c.oid = r.ev_class where c.relnamespace in (select oid from user_ns) and r.rulename <> '_RETURN'
+    union all select 'schema', count(*) from user_ns
+    union all select 'extension', count(*) from pg_extension";
+
+async fn object_counts(client: &Client) -> Result<std::collections::BTreeMap<String, i64>> {
+    let rows = client.query(OBJECT_COUNTS, &[]).await.context("counting objects per kind")?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))).filter(|(_, n)| *n > 0).collect())
+}
 
 async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
     let rows = coordinator
@@ -86,7 +107,23 @@ pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<D
             mismatches.push(TableCheck { table: format!("{schema}.{name}"), source_rows, target_rows, source_checksum, target_checksum, matches });
         }
     }
+    let objects = object_counts(&copied.coordinator).await?;
+    let target_objects = object_counts(&target).await?;
+    let kinds: std::collections::BTreeSet<&String> = objects.keys().chain(target_objects.keys()).collect();
+    for kind in kinds {
+        let (source_n, target_n) = (objects.get(kind).copied().unwrap_or(0), target_objects.get(kind).copied().unwrap_or(0));
+        if source_n != target_n {
+            mismatches.push(TableCheck {
+                table: format!("objects of kind {kind}"),
+                source_rows: source_n,
+                target_rows: target_n,
+                source_checksum: String::new(),
+                target_checksum: String::new(),
+                matches: false,
+            });
+        }
+    }
     copied.coordinator.batch_execute("COMMIT").await?;
     let _ = std::fs::remove_dir_all(&copied.dump_dir);
-    Ok(DatabaseVerification { database: db.clone(), tables_verified: tables.len(), sequences_set, large_objects: copied.large_objects, mismatches })
+    Ok(DatabaseVerification { database: db.clone(), objects, tables_verified: tables.len(), sequences_set, large_objects: copied.large_objects, mismatches })
 }

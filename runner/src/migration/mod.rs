@@ -378,7 +378,10 @@ async fn migrate(
         }
     }
     let _ = store.merge_details(id, json!({ "verification": verification }));
-    let mismatched: Vec<String> = verification.iter().flat_map(|v| v.mismatches.iter().map(move |m| format!("{}: {} ({} rows on the source, {} on the target)", v.database, m.table, m.source_rows, m.target_rows))).collect();
+    let mismatched: Vec<String> = verification
+        .iter()
+        .flat_map(|v| v.mismatches.iter().map(move |m| format!("{}: {} ({} on the source, {} on the target{})", v.database, m.table, m.source_rows, m.target_rows, if m.source_rows == m.target_rows { ", contents differ" } else { "" })))
+        .collect();
     if !mismatched.is_empty() {
         return Err((step, created, anyhow::anyhow!("verification failed: the target differs from the source in {}", mismatched.join("; "))));
     }
