@@ -65,7 +65,8 @@ fn pagila_with_large_objects_moves_exactly() {
     source
         .psql(
             "pagila",
-            "create role lo_owner; create role lo_reader;
+            "create role lo_owner; create role lo_reader; create role app_login login password 'app-secret';
+             grant select on public.film to app_login;
              select lo_from_bytea(0, ''::bytea);
              select lo_from_bytea(0, convert_to(repeat('poster ', 10), 'UTF8'));
              select lo_from_bytea(0, decode(repeat(md5(g::text), 80000), 'hex')) from generate_series(1, 2) g;
@@ -111,6 +112,13 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(sequences(&source, "pagila"), sequences(&target, "pagila"), "sequences differ");
     assert_eq!(large_objects(&source, "pagila"), large_objects(&target, "pagila"), "large objects differ");
     assert!(!sequences(&target, "pagila").is_empty());
+    // Roles came across with their password hashes (the source connection is superuser)…
+    let hash = |c: &Cluster| c.psql("postgres", "select rolpassword from pg_authid where rolname = 'app_login'").unwrap();
+    assert!(hash(&source).starts_with("SCRAM-SHA-256$"));
+    assert_eq!(hash(&source), hash(&target));
+    // …and neither the hash nor anything else secret reached the state store.
+    let state = std::fs::read(pf.dir().join("state/state.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&state).contains(&hash(&source)));
 }
 
 #[test]

@@ -112,10 +112,16 @@ pub struct Settings<'a> {
     pub work_dir: PathBuf,
 }
 
-/// Creates the roles the migrated objects need that the target lacks (no passwords: they
-/// cannot be read from the source without superuser; set them afterwards).
+/// Creates the roles the migrated objects need that the target lacks, with their password
+/// hashes when the source lets them be read (superuser); otherwise without: set them after.
+/// The hashes go from one server to the other and nowhere else (no log, no store).
 pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
     let (target, _) = s.target.connect("postgres").await?;
+    let (source, _) = s.source.connect("postgres").await?;
+    let hashes: std::collections::HashMap<String, String> = match source.query("select rolname::text, rolpassword from pg_authid where rolpassword is not null", &[]).await {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(_) => Default::default(), // not superuser: pg_authid is not readable
+    };
     let target_info = &s.inventory.target;
     let may_superuser = target_info.roles.iter().any(|r| r.name == target_info.current_user && r.superuser);
     let wanted: Vec<_> = s
@@ -131,8 +137,9 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
             continue;
         }
         let flag = |on: bool, name: &str| if on { name.to_string() } else { format!("NO{name}") };
+        let password = hashes.get(&role.name).map(|h| format!(" PASSWORD {}", quote_literal(h))).unwrap_or_default();
         let sql = format!(
-            "CREATE ROLE {} WITH {} {} {} {} {} {}",
+            "CREATE ROLE {} WITH {} {} {} {} {} {}{password}",
             quote_ident(&role.name),
             flag(role.can_login, "LOGIN"),
             flag(role.create_db, "CREATEDB"),
