@@ -309,3 +309,31 @@ fn no_wait_returns_at_once_and_a_detached_runner_finishes_the_migration() {
     assert_eq!(table_digests(&source, "small"), table_digests(&target, "small"));
     assert!(std::fs::read_to_string(pf.dir().join("state/logs/bg.log")).unwrap().contains("small"), "the runner logged its progress");
 }
+
+#[test]
+fn verify_full_tls_source_migrates_with_pg_dump_verifying_too() {
+    let certs = pgferry_tests::test_ca_and_server_cert(&["127.0.0.1"]);
+    let source = Cluster::builder().ssl(&certs.server_cert_pem, &certs.server_key_pem).setting("log_connections", "on").start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("secure").unwrap();
+    source.psql("secure", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 1000) g;").unwrap();
+    let pf = Pgferry::new();
+    let ca = pf.write("ca.pem", &certs.ca_pem).display().to_string();
+    let props = pf.write(
+        "p.json",
+        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["secure"], "sourceType": "OnPremises", "sslMode": "VerifyFull"}}).to_string(),
+    );
+    let out = pf.run_with(
+        &["migration", "create", "--migration-name", "tls", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--output", "json"],
+        &[("PGSSLROOTCERT", &ca)],
+    );
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["details"]["sourceTls"], "VerifiedFull");
+    assert_eq!(table_digests(&source, "secure"), table_digests(&target, "secure"));
+    // Every connection pgferry and its pg_dump made to the source was encrypted.
+    let log = source.log();
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("connection authorized") && l.contains("application_name=pgferry")).collect();
+    assert!(ours.len() >= 4, "pgferry's connections are logged: {log}");
+    assert!(ours.iter().all(|l| l.contains("SSL enabled")), "{ours:#?}");
+}
