@@ -7,7 +7,12 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::migrating_data::{dump_and_restore, quote_ident, CopiedDatabase, Settings};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::migrating_data::{dump_and_restore, quote_ident, quote_literal, CopiedDatabase, Settings};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -86,27 +91,53 @@ async fn checksum(client: &Client, table: &str, extended: bool) -> Result<(i64, 
     Ok((row.get(0), row.get(1)))
 }
 
+/// Checksums every table on both sides with `jobs` workers; each reads the source at the
+/// copy's snapshot, and computes the two sides at once.
+async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[(String, String)], extended: bool) -> Result<Vec<TableCheck>> {
+    let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..s.jobs.max(1).min(tables.len().max(1)) {
+        let (source, target, queue) = (s.source.clone(), s.target.clone(), queue.clone());
+        let (db, snapshot) = (db.to_string(), snapshot.to_string());
+        workers.spawn(async move {
+            let (src, _) = source.connect(&db).await?;
+            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
+                .await
+                .context("joining the exported snapshot to verify")?;
+            let (dst, _) = target.connect(&db).await?;
+            dst.batch_execute(STABLE_TEXT).await?;
+            let mut mismatches = Vec::new();
+            loop {
+                let Some((schema, name)) = queue.lock().await.pop_front() else { break };
+                let table = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+                let (source_side, target_side) = tokio::join!(checksum(&src, &table, extended), checksum(&dst, &table, extended));
+                let ((source_rows, source_checksum), (target_rows, target_checksum)) = (source_side?, target_side?);
+                if source_rows != target_rows || source_checksum != target_checksum {
+                    mismatches.push(TableCheck { table: format!("{schema}.{name}"), source_rows, target_rows, source_checksum, target_checksum, matches: false });
+                }
+            }
+            src.batch_execute("COMMIT").await?;
+            anyhow::Ok(mismatches)
+        });
+    }
+    let mut mismatches = Vec::new();
+    while let Some(worker) = workers.join_next().await {
+        mismatches.extend(worker.context("a verification worker panicked")??);
+    }
+    mismatches.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(mismatches)
+}
+
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
     let db = &copied.name;
     dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
     let (target, _) = s.target.connect(db).await?;
     let sequences_set = set_sequences(&copied.coordinator, &target).await?;
 
-    copied.coordinator.batch_execute(STABLE_TEXT).await?;
-    target.batch_execute(STABLE_TEXT).await?;
     // hashtextextended exists from PostgreSQL 11; both sides must use the same function.
     let extended = s.inventory.source.version_num >= 110000 && s.inventory.target.version_num >= 110000;
-    let mut mismatches = Vec::new();
     let tables = &copied.tables;
-    for (schema, name) in tables {
-        let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
-        let (source_rows, source_checksum) = checksum(&copied.coordinator, &table, extended).await?;
-        let (target_rows, target_checksum) = checksum(&target, &table, extended).await?;
-        let matches = source_rows == target_rows && source_checksum == target_checksum;
-        if !matches {
-            mismatches.push(TableCheck { table: format!("{schema}.{name}"), source_rows, target_rows, source_checksum, target_checksum, matches });
-        }
-    }
+    let mut mismatches = verify_tables(s, db, &copied.snapshot, tables, extended).await?;
     let objects = object_counts(&copied.coordinator).await?;
     let target_objects = object_counts(&target).await?;
     let kinds: std::collections::BTreeSet<&String> = objects.keys().chain(target_objects.keys()).collect();

@@ -236,6 +236,9 @@ struct TableJob {
     name: String,
     /// Non-generated columns, in order (generated ones are recomputed by the target).
     columns: Vec<String>,
+    /// Main fork: what block ranges divide.
+    main_size: i64,
+    /// With TOAST: what the copy costs, so the queue order (biggest first).
     size: i64,
     /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
     blocks: Option<(i64, Option<i64>)>,
@@ -250,15 +253,15 @@ async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<Table
         "select n.nspname::text, c.relname::text,
                 coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
-                pg_relation_size(c.oid)
+                pg_relation_size(c.oid), pg_table_size(c.oid)
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
           where c.relkind = 'r' and c.relpersistence <> 't'
             and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
             and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
-          order by pg_relation_size(c.oid) desc, 1, 2"
+          order by pg_table_size(c.oid) desc, 1, 2"
     );
     let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), size: r.get(3), blocks: None, parts: 1 }).collect())
+    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), main_size: r.get(3), size: r.get(4), blocks: None, parts: 1 }).collect())
 }
 
 /// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
@@ -271,11 +274,13 @@ fn split_big_tables(tables: Vec<TableJob>, split_bytes: u64, jobs: usize, versio
     let mut out = Vec::new();
     for t in tables {
         let parts = ((t.size.max(0) as u64).div_ceil(split_bytes) as usize).min(jobs * 4);
+        let blocks = t.main_size / BLOCK;
+        // Block ranges divide the main fork; a table that is mostly TOAST has few blocks.
+        let parts = parts.min(blocks.max(1) as usize);
         if parts < 2 {
             out.push(t);
             continue;
         }
-        let blocks = t.size / BLOCK;
         let per = (blocks + parts as i64 - 1) / parts as i64;
         for i in 0..parts as i64 {
             let end = if i + 1 == parts as i64 { None } else { Some((i + 1) * per) };
@@ -349,11 +354,20 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
-    // Streamed chunk by chunk: memory stays bounded whatever the table's size.
+    // COPY OUT yields a row per chunk; sending each with a flush would cost a syscall per
+    // row. Rows are gathered into batches instead: memory stays bounded (one batch).
+    const BATCH: usize = 256 << 10;
+    let mut batch = bytes::BytesMut::with_capacity(BATCH);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(source_err)?;
         bytes += chunk.len() as u64;
-        sink.send(chunk).await.map_err(target_err)?;
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= BATCH {
+            sink.send(batch.split().freeze()).await.map_err(target_err)?;
+        }
+    }
+    if !batch.is_empty() {
+        sink.send(batch.freeze()).await.map_err(target_err)?;
     }
     let rows = sink.finish().await.map_err(target_err)?;
     Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), parts: job.parts, rows, bytes, seconds: started.elapsed().as_secs_f64() })
