@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 use crate::migration::validation_in_progress::{CheckReport, LevelReport, ValidationReport};
 use crate::store::Migration;
 
-/// The `show --output json` document.
-pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)]) -> Value {
-    json!({
+/// What `list --output json` gives per migration, and `show` starts with.
+fn summary(m: &Migration) -> serde_json::Map<String, Value> {
+    let Value::Object(map) = json!({
         "name": m.name,
         "state": m.status.state,
         "substate": m.status.substate,
@@ -23,12 +23,26 @@ pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecy
         "startedOn": m.created_at,
         "endedOn": m.ended_at,
         "durationSeconds": duration(m).num_milliseconds() as f64 / 1000.0,
-        "properties": m.properties,
-        "details": m.details,
-        "validation": m.validation,
-        "error": m.error,
-        "transitions": transitions.iter().map(|(at, s)| json!({"at": at, "state": s.state, "substate": s.substate})).collect::<Vec<_>>(),
-    })
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    map
+}
+
+/// The `show --output json` document.
+pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)]) -> Value {
+    let mut doc = summary(m);
+    doc.extend([
+        ("properties".to_string(), m.properties.clone()),
+        ("details".to_string(), m.details.clone()),
+        ("validation".to_string(), m.validation.clone().unwrap_or(Value::Null)),
+        ("error".to_string(), m.error.clone().unwrap_or(Value::Null)),
+        (
+            "transitions".to_string(),
+            transitions.iter().map(|(at, s)| json!({"at": at, "state": s.state, "substate": s.substate})).collect(),
+        ),
+    ]);
+    Value::Object(doc)
 }
 
 fn duration(m: &Migration) -> chrono::Duration {
@@ -161,24 +175,5 @@ pub fn list_text(migrations: &[Migration]) -> String {
 }
 
 pub fn list_json(migrations: &[Migration]) -> Value {
-    Value::Array(
-        migrations
-            .iter()
-            .map(|m| {
-                json!({
-                    "name": m.name,
-                    "state": m.status.state,
-                    "substate": m.status.substate,
-                    "migrationMode": m.mode,
-                    "migrationOption": m.option,
-                    "sourceServer": m.source_server,
-                    "sourceType": m.source_type,
-                    "targetServer": m.target_server,
-                    "databases": m.databases,
-                    "durationSeconds": duration(m).num_milliseconds() as f64 / 1000.0,
-                    "startedOn": m.created_at,
-                })
-            })
-            .collect(),
-    )
+    Value::Array(migrations.iter().map(|m| Value::Object(summary(m))).collect())
 }
