@@ -152,6 +152,11 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         assert!(std::time::Instant::now() < deadline, "never reached MigratingData: {}", show.transcript());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // A second migration to the same target is refused while this one copies.
+    let second = pf.run(&["migration", "create", "--migration-name", "second", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port())]);
+    assert_eq!(second.code, 1, "{}", second.transcript());
+    assert!(second.stderr.contains("\"to-cancel\" is still InProgress/MigratingData"), "{}", second.transcript());
+
     let cancel = pf.run(&["migration", "update", "--migration-name", "to-cancel", "--cancel"]);
     assert_eq!(cancel.code, 0, "{}", cancel.transcript());
 
