@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod cli;
 pub mod cluster;
+pub mod compare;
 pub mod support;
 
 pub use cli::{stabilize, CliOutput, Pgferry};
