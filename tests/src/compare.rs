@@ -44,10 +44,35 @@ pub fn raw_schema(cluster: &Cluster, db: &str) -> String {
 /// A dump without the lines that differ between any two dumps of the same schema: `--`
 /// comments, blank lines and the random key of `\restrict` / `\unrestrict`.
 pub fn normalize_schema(dump: &str) -> String {
-    dump.lines()
+    let lines: Vec<&str> = dump
+        .lines()
         .filter(|l| !l.starts_with("--") && !l.is_empty() && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    sort_inheriting_table_columns(&lines).join("\n")
+}
+
+/// The one difference a dump-based migration cannot avoid (pg_dump/pg_restore alike, only
+/// `--binary-upgrade` keeps it): a table declared with `INHERITS` gets its inherited
+/// columns first, so the column list of such a `CREATE TABLE` is compared as a set.
+fn sort_inheriting_table_columns(lines: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        out.push(lines[i].to_string());
+        if lines[i].starts_with("CREATE TABLE ") && lines[i].ends_with('(') {
+            let end = (i + 1..lines.len()).find(|&j| lines[j].starts_with(')')).unwrap_or(lines.len());
+            let mut columns: Vec<String> = lines[i + 1..end].iter().map(|l| l.trim_end_matches(',').to_string()).collect();
+            let inherits = lines.get(end + 1).is_some_and(|l| l.starts_with("INHERITS ("));
+            if inherits {
+                columns.sort();
+            }
+            out.extend(columns);
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 /// The normalised schema dump of `db` (see [`raw_schema`] and [`normalize_schema`]).
@@ -121,14 +146,20 @@ pub fn table_digests(cluster: &Cluster, db: &str, fresh_matviews: bool) -> Strin
 
 /// One line per table: `schema.name: column type, …` in the table's column order.
 /// pg_dump prints only a child table's own columns, so a child whose columns end up in
-/// another order on the target (inherited ones first) dumps the same text: this shows it.
+/// another order on the target dumps the same text: this shows it. One exception, a
+/// documented limitation shared with pg_dump/pg_restore: a table *inheriting* (not a
+/// partition) gets its inherited columns first on restore (only `--binary-upgrade`
+/// preserves the order), so for those the columns are compared by name — same names, same
+/// types, same data (pgferry copies by column name and checksums in name order).
 pub fn columns(cluster: &Cluster, db: &str) -> String {
     query(
         cluster,
         db,
         r#"select coalesce(string_agg(label || ': ' || cols, E'\n' order by label), '') from (
              select format('%I.%I', n.nspname, c.relname) as label,
-                    coalesce((select string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' order by a.attnum)
+                    coalesce((select string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                                                order by case when c.relispartition or not exists (select 1 from pg_inherits i where i.inhrelid = c.oid)
+                                                              then lpad(a.attnum::text, 6, '0') else a.attname::text end)
                                 from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), '') as cols
                from pg_class c join pg_namespace n on n.oid = c.relnamespace
               where c.relkind in ('r', 'p') and c.relpersistence <> 't'

@@ -139,7 +139,6 @@ fn chinook() {
 /// The database's own settings (`ALTER DATABASE unit SET search_path …`) must come along:
 /// an application connecting to the target would otherwise resolve names differently.
 #[test]
-#[ignore = "runner bug: database-level settings (ALTER DATABASE … SET search_path) are not migrated; see migrating_data::create_target_database"]
 fn pgcopydb_unit_schemas() {
     let corpus = require!(pgferry_tests::corpus_dir(), "{NO_CORPUS}");
     let t = Instant::now();
@@ -204,7 +203,6 @@ fn postgis_countries() {
 /// extension's own rows; pg_dump's data section carries the user's rows (those the
 /// extension's filter selects), and a migration must too.
 #[test]
-#[ignore = "runner bug: user rows of extension configuration tables are not copied (migrating_data::list_tables skips every extension member table)"]
 fn postgis_custom_projection_in_extension_config_table() {
     let t = Instant::now();
     let (source, target) = clusters();
@@ -228,7 +226,6 @@ fn postgis_custom_projection_in_extension_config_table() {
 /// order, its environment), minus the tests that need a C module. Errors inside the files
 /// are expected. The hardest test of exactness: ~1700 objects of every kind.
 #[test]
-#[ignore = "runner bug: binary COPY fails on types without binary I/O (aclitem, int8alias1); parallel post-data pg_restore deadlocks on partitioned-table FKs; inheritance children lose their column order"]
 fn postgres_regression_database() {
     let corpus = require!(pgferry_tests::corpus_dir(), "{NO_CORPUS}");
     let t = Instant::now();

@@ -81,9 +81,21 @@ async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
     Ok(rows.len())
 }
 
-/// Row count and an order-independent checksum of every row's text.
+/// Row count and an order-independent checksum of every row's text, its columns taken in
+/// name order: pg_dump may restore an inheritance child's columns in another order.
 async fn checksum(client: &Client, table: &str, extended: bool) -> Result<(i64, String)> {
-    let hash = if extended { "hashtextextended(t::text, 0)" } else { "hashtext(t::text)" };
+    let columns: Vec<String> = client
+        .query(
+            "select quote_ident(attname) from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped order by attname",
+            &[&table],
+        )
+        .await
+        .with_context(|| format!("listing the columns of {table}"))?
+        .iter()
+        .map(|r| format!("t.{}", r.get::<_, String>(0)))
+        .collect();
+    let row_text = if columns.is_empty() { "''".to_string() } else { format!("row({})::text", columns.join(", ")) };
+    let hash = if extended { format!("hashtextextended({row_text}, 0)") } else { format!("hashtext({row_text})") };
     let row = client
         .query_one(&format!("select count(*), coalesce(sum({hash}::numeric), 0)::text from only {table} t"), &[])
         .await
@@ -128,6 +140,64 @@ async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[(St
     Ok(mismatches)
 }
 
+/// Settings whose stored value is already a quoted list (pg_dump writes them verbatim).
+const LIST_SETTINGS: &[&str] = &["search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"];
+
+/// What `CREATE DATABASE` and pg_restore without `--create` leave out: the database's
+/// settings (also per role), comment, connection limit and ACL. Applied last, so that a
+/// setting such as default_transaction_read_only cannot get in the copy's way.
+async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
+    let (source, _) = s.source.connect("postgres").await?;
+    let (target, _) = s.target.connect("postgres").await?;
+    let name = quote_ident(db);
+    let settings = source
+        .query(
+            "select r.rolname::text, unnest(d.setconfig) from pg_db_role_setting d left join pg_roles r on r.oid = d.setrole
+              where d.setdatabase = (select oid from pg_database where datname = $1)",
+            &[&db],
+        )
+        .await?;
+    for row in settings {
+        let (role, setting): (Option<String>, String) = (row.get(0), row.get(1));
+        let Some((key, value)) = setting.split_once('=') else { continue };
+        let value = if LIST_SETTINGS.contains(&key) { value.to_string() } else { quote_literal(value) };
+        let sql = match role {
+            None => format!("ALTER DATABASE {name} SET {} TO {value}", quote_ident(key)),
+            Some(role) => format!("ALTER ROLE {} IN DATABASE {name} SET {} TO {value}", quote_ident(&role), quote_ident(key)),
+        };
+        target.batch_execute(&sql).await.with_context(|| format!("applying setting {key} of database {db:?} on the target"))?;
+    }
+    let props = source
+        .query_one("select shobj_description(oid, 'pg_database'), datconnlimit, datacl is not null from pg_database where datname = $1", &[&db])
+        .await?;
+    if let Some(comment) = props.get::<_, Option<String>>(0) {
+        target.batch_execute(&format!("COMMENT ON DATABASE {name} IS {}", quote_literal(&comment))).await?;
+    }
+    let limit: i32 = props.get(1);
+    if limit != -1 {
+        target.batch_execute(&format!("ALTER DATABASE {name} CONNECTION LIMIT {limit}")).await?;
+    }
+    if props.get::<_, bool>(2) {
+        let grants = source
+            .query(
+                "select case when a.grantee = 0 then 'PUBLIC' else quote_ident(pg_get_userbyid(a.grantee)) end, a.privilege_type, a.is_grantable
+                   from pg_database d, aclexplode(d.datacl) a where d.datname = $1 and a.grantee <> d.datdba",
+                &[&db],
+            )
+            .await?;
+        target.batch_execute(&format!("REVOKE ALL ON DATABASE {name} FROM PUBLIC")).await?;
+        for g in grants {
+            let (grantee, privilege, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+            let option = if grantable { " WITH GRANT OPTION" } else { "" };
+            target
+                .batch_execute(&format!("GRANT {privilege} ON DATABASE {name} TO {grantee}{option}"))
+                .await
+                .with_context(|| format!("granting {privilege} on database {db:?} to {grantee} on the target"))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
     let db = &copied.name;
     dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
@@ -155,6 +225,7 @@ pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<D
         }
     }
     copied.coordinator.batch_execute("COMMIT").await?;
+    apply_database_properties(s, db).await?;
     let _ = std::fs::remove_dir_all(&copied.dump_dir);
     Ok(DatabaseVerification { database: db.clone(), objects, tables_verified: tables.len(), sequences_set, large_objects: copied.large_objects, mismatches })
 }

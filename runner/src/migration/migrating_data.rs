@@ -215,19 +215,54 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
         dump.arg(format!("--exclude-schema={schema}"));
     }
     pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
-    let mut restore = s.tools.command("pg_restore", s.target, db);
-    restore.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
-    if section == "post-data" {
-        // Idempotent, so that a resumed migration can run it again.
-        restore.args(["--clean", "--if-exists"]);
-        if s.jobs > 1 {
-            restore.arg(format!("--jobs={}", s.jobs));
+    let restore = |list: Option<&std::path::Path>, jobs: usize| {
+        let mut cmd = s.tools.command("pg_restore", s.target, db);
+        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
+        if section == "post-data" {
+            // Idempotent, so that a resumed migration can run it again.
+            cmd.args(["--clean", "--if-exists"]);
+            if jobs > 1 {
+                cmd.arg(format!("--jobs={jobs}"));
+            }
+        } else {
+            cmd.arg("--single-transaction");
         }
-    } else {
-        restore.arg("--single-transaction");
+        if let Some(list) = list {
+            cmd.arg(format!("--use-list={}", list.display()));
+        }
+        cmd.arg(&file);
+        cmd
+    };
+    let what = format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe());
+    if section != "post-data" || s.jobs < 2 {
+        return pg_tools::run(restore(None, 1), &what).await;
     }
-    restore.arg(&file);
-    pg_tools::run(restore, &format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe())).await
+    // A foreign key on a partitioned table locks every partition, which pg_restore's
+    // parallel scheduler does not know: it deadlocks against the partitions' own keys. So:
+    // everything else in parallel, then the foreign keys one by one.
+    // A resumed run may find foreign keys of an earlier attempt; they would keep --clean
+    // from dropping the keys and indexes they depend on.
+    let (target, _) = s.target.connect(db).await?;
+    let fks = target
+        .query("select format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname) from pg_constraint where contype = 'f'", &[])
+        .await?;
+    for fk in fks {
+        target.batch_execute(fk.get::<_, &str>(0)).await.context("dropping a foreign key of an earlier attempt")?;
+    }
+    let mut list_cmd = s.tools.command("pg_restore", s.target, db);
+    list_cmd.arg("--list").arg(&file);
+    let listing = list_cmd.output().await.context("listing the post-data archive")?;
+    anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let (keys, rest): (Vec<&str>, Vec<&str>) = listing.lines().filter(|l| !l.starts_with(';')).partition(|l| {
+        // The keys, and comments on constraints (which may be on a key).
+        l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT "))
+    });
+    let (keys_file, rest_file) = (dump_dir.join(format!("{section}-keys.list")), dump_dir.join(format!("{section}-rest.list")));
+    std::fs::write(&keys_file, keys.join("\n"))?;
+    std::fs::write(&rest_file, rest.join("\n"))?;
+    pg_tools::run(restore(Some(&rest_file), s.jobs), &what).await?;
+    pg_tools::run(restore(Some(&keys_file), 1), &format!("{what} (foreign keys)")).await
 }
 
 #[derive(Clone)]
@@ -240,6 +275,8 @@ struct TableJob {
     main_size: i64,
     /// With TOAST: what the copy costs, so the queue order (biggest first).
     size: i64,
+    /// Every column's type has binary I/O (else the table is copied as text).
+    binary: bool,
     /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
     blocks: Option<(i64, Option<i64>)>,
     parts: usize,
@@ -253,7 +290,17 @@ async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<Table
         "select n.nspname::text, c.relname::text,
                 coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
-                pg_relation_size(c.oid), pg_table_size(c.oid)
+                pg_relation_size(c.oid), pg_table_size(c.oid),
+                -- Binary COPY needs send/receive functions for every column's type (through
+                -- domains and arrays); aclitem and some user types have none: those tables
+                -- go in text format.
+                coalesce((select bool_and(b.typsend <> 0 and b.typreceive <> 0)
+                            from pg_attribute a
+                            join pg_type t on t.oid = a.atttypid
+                            join pg_type d on d.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
+                            join pg_type e on e.oid = case when d.typelem <> 0 and d.typlen = -1 then d.typelem else d.oid end
+                            join pg_type b on b.oid = coalesce(nullif(e.typbasetype, 0), e.oid)
+                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), true)
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
           where c.relkind = 'r' and c.relpersistence <> 't'
             and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
@@ -261,7 +308,7 @@ async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<Table
           order by pg_table_size(c.oid) desc, 1, 2"
     );
     let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), main_size: r.get(3), size: r.get(4), blocks: None, parts: 1 }).collect())
+    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), main_size: r.get(3), size: r.get(4), binary: r.get(5), blocks: None, parts: 1 }).collect())
 }
 
 /// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
@@ -339,18 +386,19 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     let started = Instant::now();
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
     let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
+    let format = if job.binary { "binary" } else { "text" };
     let source_query = match job.blocks {
-        None => format!("COPY {table}{columns} TO STDOUT (FORMAT binary)"),
+        None => format!("COPY {table}{columns} TO STDOUT (FORMAT {format})"),
         Some((start, end)) => {
             let list = if job.columns.is_empty() { String::new() } else { job.columns.join(", ") };
             let upper = end.map(|e| format!(" AND ctid < '({e},0)'::tid")).unwrap_or_default();
-            format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT binary)")
+            format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT {format})")
         }
     };
     let source_err = |e: tokio_postgres::Error| anyhow::anyhow!("reading from the source: {}", pg_error(&e));
     let target_err = |e: tokio_postgres::Error| anyhow::anyhow!("writing to the target: {}", pg_error(&e));
     let out = src.copy_out(&source_query).await.map_err(source_err)?;
-    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT binary)")).await.map_err(target_err)?;
+    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT {format})")).await.map_err(target_err)?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
@@ -436,9 +484,47 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, pro
         }
         copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
         large_objects = copy_large_objects(&coordinator, s.target, db).await?;
+        copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);
     }
     Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, dump_dir })
+}
+
+/// Rows users added to extensions' configuration tables (a custom SRID in PostGIS's
+/// spatial_ref_sys): `CREATE EXTENSION` on the target made the defaults, these are the rest,
+/// selected by the extension's own condition as pg_dump does; its sequences follow.
+async fn copy_extension_config(coordinator: &Client, target: &ConnSpec, db: &str) -> Result<()> {
+    let configs = coordinator
+        .query(
+            "select format('%I.%I', n.nspname, c.relname), c.relkind::text, coalesce(x.cond, '')
+               from pg_extension e cross join lateral unnest(e.extconfig, e.extcondition) as x(cfg, cond)
+               join pg_class c on c.oid = x.cfg join pg_namespace n on n.oid = c.relnamespace
+              where e.extconfig is not null",
+            &[],
+        )
+        .await
+        .context("listing extension configuration tables")?;
+    if configs.is_empty() {
+        return Ok(());
+    }
+    let (dst, _) = target.connect(db).await?;
+    for row in configs {
+        let (table, kind, condition): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        if kind == "S" {
+            let state = coordinator.query_one(&format!("select last_value, is_called from {table}"), &[]).await?;
+            dst.execute("select setval($1::text::regclass, $2, $3)", &[&table, &state.get::<_, i64>(0), &state.get::<_, bool>(1)]).await?;
+            continue;
+        }
+        let out = coordinator.copy_out(&format!("COPY (SELECT * FROM ONLY {table} {condition}) TO STDOUT")).await?;
+        let sink = dst.copy_in(&format!("COPY {table} FROM STDIN")).await?;
+        futures_util::pin_mut!(out);
+        futures_util::pin_mut!(sink);
+        while let Some(chunk) = out.next().await {
+            sink.send(chunk?).await.map_err(|e| anyhow::anyhow!("copying extension configuration table {table}: {}", pg_error(&e)))?;
+        }
+        sink.finish().await.map_err(|e| anyhow::anyhow!("copying extension configuration table {table}: {}", pg_error(&e)))?;
+    }
+    Ok(())
 }
 
 async fn truncate(target: &ConnSpec, db: &str, tables: &[TableJob]) -> Result<()> {
