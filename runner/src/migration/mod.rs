@@ -500,9 +500,15 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> Vec<String> {
     let Ok((client, _)) = target.connect("postgres").await else { return vec![] };
     let mut dropped = Vec::new();
     for name in names {
-        match client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", migrating_data::quote_ident(name))).await {
+        let drop = format!("DROP DATABASE IF EXISTS {}", migrating_data::quote_ident(name));
+        // WITH (FORCE) ends other sessions from PostgreSQL 13 on; older targets get the plain form.
+        let result = match client.batch_execute(&format!("{drop} WITH (FORCE)")).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR) => client.batch_execute(&drop).await,
+            other => other,
+        };
+        match result {
             Ok(()) => dropped.push(name.clone()),
-            Err(e) => tracing::warn!("could not drop database {name} on the target: {e}"),
+            Err(e) => tracing::warn!("could not drop database {name} on the target: {}", crate::connect::pg_error(&e)),
         }
     }
     dropped
