@@ -3,52 +3,34 @@
 //! verification: the schema as pg_dump prints it, every table's rows, sequences, large
 //! objects, owners and ACLs.
 
-use pgferry_tests::{require, Cluster, Pgferry};
+use pgferry_tests::compare::{large_objects, schema, sequences};
+use pgferry_tests::{compare, require, Cluster, Pgferry};
 use serde_json::{json, Value};
 
-/// `pg_dump --schema-only` without the lines that differ between any two dumps (comments,
-/// and the random key of `\restrict`).
-fn schema(cluster: &Cluster, db: &str) -> String {
-    let out = std::process::Command::new(cluster.bin_dir().join("pg_dump"))
-        .args(["--schema-only", "--no-tablespaces", "-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres", db])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with("--") && !l.is_empty() && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect::<Vec<_>>().join("\n")
+/// The properties of a migration of `db` from `source` (extra keys merged in).
+fn properties(pf: &Pgferry, source: &Cluster, db: &str, extra: Value) -> String {
+    let mut body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises"});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    pf.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
 }
 
-/// Every table's rows, as one sorted text per table, hashed: independent of pgferry.
-fn table_digests(cluster: &Cluster, db: &str) -> String {
-    cluster
-        .psql(
-            db,
-            "do $$ declare r record; h text; begin
-               create temp table digests (tbl text, n bigint, h text);
-               for r in select c.oid::regclass as t from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                         where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
-                           and n.nspname not like 'pg_temp%' loop
-                 execute format('insert into digests select %L, count(*), md5(coalesce(string_agg(x::text, E''\\n'' order by x::text), '''')) from only %s x', r.t, r.t);
-               end loop; end $$;
-             select string_agg(tbl || ' ' || n || ' ' || h, E'\\n' order by tbl) from digests;",
-        )
-        .unwrap()
+/// Polls `show` (bounded) until `done` holds for its JSON document, which it returns.
+fn wait_for(pf: &Pgferry, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let show = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
+        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout) {
+            if done(&doc) {
+                return doc;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} never reached {what}: {}", show.transcript());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
-fn sequences(cluster: &Cluster, db: &str) -> String {
-    cluster
-        .psql(db, "select coalesce(string_agg(schemaname || '.' || sequencename || '=' || coalesce(last_value::text, 'null'), ',' order by 1), '') from pg_sequences")
-        .unwrap()
-}
-
-fn large_objects(cluster: &Cluster, db: &str) -> String {
-    cluster
-        .psql(
-            db,
-            "select coalesce(string_agg(m.oid || ':' || pg_get_userbyid(m.lomowner) || ':' || coalesce(m.lomacl::text, '') || ':' ||
-                    coalesce(obj_description(m.oid, 'pg_largeobject'), '') || ':' || md5(lo_get(m.oid)), ',' order by m.oid), '')
-               from pg_largeobject_metadata m",
-        )
-        .unwrap()
+fn table_digests(c: &Cluster, db: &str) -> String {
+    compare::table_digests(c, db, false)
 }
 
 #[test]
@@ -80,11 +62,8 @@ fn pagila_with_large_objects_moves_exactly() {
         .unwrap();
 
     let pf = Pgferry::new();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["pagila"], "sourceType": "OnPremises"}}).to_string(),
-    );
-    let out = pf.run(&["migration", "create", "--migration-name", "pagila", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--split-tables-larger-than", "200000", "--output", "json"]);
+    let props = properties(&pf, &source, "pagila", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "pagila", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--split-tables-larger-than", "200000", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "Succeeded");
@@ -131,29 +110,18 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         .psql("big", "create table wide (id bigint primary key, payload text); insert into wide select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
         .unwrap();
     let pf = Pgferry::new();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["big"], "sourceType": "OnPremises"}}).to_string(),
-    );
+    let props = properties(&pf, &source, "big", json!({}));
     let mut running = pf
         .command()
-        .args(["migration", "create", "--migration-name", "to-cancel", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1"])
+        .args(["migration", "create", "--migration-name", "to-cancel", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait (bounded) until the other shell sees MigratingData.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let show = pf.run(&["migration", "show", "--migration-name", "to-cancel", "--output", "json"]);
-        if show.code == 0 && serde_json::from_str::<Value>(&show.stdout).unwrap()["substate"] == "MigratingData" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never reached MigratingData: {}", show.transcript());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(&pf, "to-cancel", "MigratingData", |doc| doc["substate"] == "MigratingData");
     // A second migration to the same target is refused while this one copies.
-    let second = pf.run(&["migration", "create", "--migration-name", "second", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port())]);
+    let second = pf.run(&["migration", "create", "--migration-name", "second", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port())]);
     assert_eq!(second.code, 1, "{}", second.transcript());
     assert!(second.stderr.contains("\"to-cancel\" is still InProgress/MigratingData"), "{}", second.transcript());
 
@@ -187,33 +155,26 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
         )
         .unwrap();
     let pf = Pgferry::new();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["shop"], "sourceType": "OnPremises"}}).to_string(),
-    );
+    let props = properties(&pf, &source, "shop", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let mut running = pf
         .command()
-        .args(["migration", "create", "--migration-name", "crash", "--properties", &props.display().to_string(), "--target", &target_arg, "--jobs", "2", "--output", "json"])
+        .args(["migration", "create", "--migration-name", "crash", "--properties", &props, "--target", &target_arg, "--jobs", "2", "--output", "json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // Kill -9 once the small tables are done and the big one is not.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let done_before_kill: Vec<String> = loop {
-        let show = pf.run(&["migration", "show", "--migration-name", "crash", "--output", "json"]);
-        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout) {
-            let done: Vec<String> = doc["details"]["copyState"]["shop"]["tablesDone"].as_array().map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect()).unwrap_or_default();
-            if done.len() >= 2 && !done.contains(&"public.big".to_string()) {
-                running.kill().unwrap();
-                running.wait().unwrap();
-                break done;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "never saw a partly done copy");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let tables_done = |doc: &Value| -> Vec<String> {
+        doc["details"]["copyState"]["shop"]["tablesDone"].as_array().map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect()).unwrap_or_default()
     };
+    let doc = wait_for(&pf, "crash", "a partly done copy", |doc| {
+        let done = tables_done(doc);
+        done.len() >= 2 && !done.contains(&"public.big".to_string())
+    });
+    running.kill().unwrap();
+    running.wait().unwrap();
+    let done_before_kill = tables_done(&doc);
     let show: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "crash", "--output", "json"]).stdout).unwrap();
     assert_eq!(show["state"], "InProgress", "a killed runner leaves the migration in progress");
 
@@ -247,27 +208,15 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
         .psql("shop", "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
         .unwrap();
     let pf = Pgferry::new();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["shop"], "sourceType": "OnPremises"}}).to_string(),
-    );
+    let props = properties(&pf, &source, "shop", json!({}));
     let running = pf
         .command()
-        .args(["migration", "create", "--migration-name", "lost", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"])
+        .args(["migration", "create", "--migration-name", "lost", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let show = pf.run(&["migration", "show", "--migration-name", "lost", "--output", "json"]);
-        let doc: Value = serde_json::from_str(&show.stdout).unwrap_or_default();
-        if doc["details"]["copyState"]["shop"]["stage"] == "SchemaRestored" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the copy never started: {}", show.transcript());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["copyState"]["shop"]["stage"] == "SchemaRestored");
     source.stop().unwrap();
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "Failed exits 5: {}", String::from_utf8_lossy(&out.stderr));
@@ -294,22 +243,11 @@ fn no_wait_returns_at_once_and_a_detached_runner_finishes_the_migration() {
     source.create_database("small").unwrap();
     source.psql("small", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 10000) g;").unwrap();
     let pf = Pgferry::new();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["small"], "sourceType": "OnPremises"}}).to_string(),
-    );
-    let out = pf.run(&["migration", "create", "--migration-name", "bg", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--no-wait", "--output", "json"]);
+    let props = properties(&pf, &source, "small", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "bg", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--no-wait", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert!(out.stderr.contains("running in the background"), "{}", out.transcript());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let doc = loop {
-        let doc: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "bg", "--output", "json"]).stdout).unwrap();
-        if doc["state"] != "InProgress" {
-            break doc;
-        }
-        assert!(std::time::Instant::now() < deadline, "the detached runner did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let doc = wait_for(&pf, "bg", "its end", |doc| doc["state"] != "InProgress");
     assert_eq!(doc["state"], "Succeeded", "{doc}");
     assert_eq!(table_digests(&source, "small"), table_digests(&target, "small"));
     assert!(std::fs::read_to_string(pf.dir().join("state/logs/bg.log")).unwrap().contains("small"), "the runner logged its progress");
@@ -324,12 +262,9 @@ fn verify_full_tls_source_migrates_with_pg_dump_verifying_too() {
     source.psql("secure", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 1000) g;").unwrap();
     let pf = Pgferry::new();
     let ca = pf.write("ca.pem", &certs.ca_pem).display().to_string();
-    let props = pf.write(
-        "p.json",
-        json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["secure"], "sourceType": "OnPremises", "sslMode": "VerifyFull"}}).to_string(),
-    );
+    let props = properties(&pf, &source, "secure", json!({"sslMode": "VerifyFull"}));
     let out = pf.run_with(
-        &["migration", "create", "--migration-name", "tls", "--properties", &props.display().to_string(), "--target", &format!("127.0.0.1:{}", target.port()), "--output", "json"],
+        &["migration", "create", "--migration-name", "tls", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--output", "json"],
         &[("PGSSLROOTCERT", &ca)],
     );
     assert_eq!(out.code, 0, "{}", out.transcript());
