@@ -86,7 +86,7 @@ impl ConnSpec {
             .port(self.port)
             .user(&self.user)
             .dbname(dbname)
-            .application_name(&std::env::var("PGAPPNAME").unwrap_or_else(|_| "pgferry".into()))
+            .application_name(std::env::var("PGAPPNAME").unwrap_or_else(|_| "pgferry".into()))
             .connect_timeout(self.connect_timeout);
         if let Some(pw) = &self.password {
             config.password(pw.expose());

@@ -320,13 +320,12 @@ async fn create_detached(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
     let store = Store::open(&state_dir)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        if let Some(m) = store.find(&args.migration_name, None)? {
-            if m.runner_pid == Some(child.id()) {
+        if let Some(m) = store.find(&args.migration_name, None)?
+            && m.runner_pid == Some(child.id()) {
                 show(cli, &store, &m)?;
                 eprintln!("running in the background as process {} (log: {})", child.id(), log_path.display());
                 return Ok(Exit::Ok);
             }
-        }
         if let Some(status) = child.try_wait()? {
             // It stopped before recording anything: bad input. Say what it said.
             eprint!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());

@@ -53,7 +53,7 @@ impl View {
                         let parts = parts_seen.entry(format!("{database}\0{}.{}", table.schema, table.name)).or_default();
                         if let Some((bar, done, total)) = bars.get_mut(database) {
                             *parts += 1;
-                            if *parts % table.parts == 0 {
+                            if (*parts).is_multiple_of(table.parts) {
                                 *done += 1;
                             }
                             // COPY's binary stream is not the on-disk size: grow the bar if needed.

@@ -276,6 +276,7 @@ fn postgres_regression_database() {
 ///   defaults; both must come out equal.)
 /// - `CREATE DATABASE`: pg_dump 15 prints `LOCALE_PROVIDER = libc` for a 13 server too.
 /// - Function, view and rule bodies are deparsed by each server; pagila's print the same.
+///
 /// A new difference here is either a new version quirk (normalise it, with its reason) or
 /// a migration bug.
 fn normalize_cross_version(schema: &str) -> String {

@@ -19,11 +19,10 @@ fn wait_for(pf: &Pgferry, name: &str, what: &str, done: impl Fn(&Value) -> bool)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let show = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
-        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout) {
-            if done(&doc) {
+        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout)
+            && done(&doc) {
                 return doc;
             }
-        }
         assert!(std::time::Instant::now() < deadline, "{name} never reached {what}: {}", show.transcript());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -111,7 +110,7 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         .unwrap();
     let pf = Pgferry::new();
     let props = properties(&pf, &source, "big", json!({}));
-    let mut running = pf
+    let running = pf
         .command()
         .args(["migration", "create", "--migration-name", "to-cancel", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1"])
         .stdout(std::process::Stdio::piped())

@@ -141,8 +141,8 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     }
     // One migration at a time per target: two copies racing for the same server's disk and
     // connections help no one, and their databases could collide.
-    if option != MigrationOption::Validate {
-        if let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") {
+    if option != MigrationOption::Validate
+        && let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") {
             bail!(
                 "migration {:?} is still {} on target {target_server}; wait for it, or `pgferry migration update --migration-name {} --cancel` (or `resume` it if its runner died)",
                 active.name,
@@ -150,7 +150,6 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
                 active.name
             );
         }
-    }
     let properties = stored_properties(props, &source, &target, option, mode);
     let migration = store.create(&NewMigration {
         name: &req.name,
@@ -179,11 +178,10 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
             m.status.state
         );
     }
-    if let Some(pid) = m.runner_pid.filter(|pid| *pid != std::process::id()) {
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    if let Some(pid) = m.runner_pid.filter(|pid| *pid != std::process::id())
+        && std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("migration {name:?} is still being run by process {pid} on this machine; follow it with `pgferry migration show`, or stop it with `pgferry migration update --cancel`");
         }
-    }
     let p = &m.properties;
     let text = |k: &str| p.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
     let source = parse_endpoint(&text("sourceServer").context("the stored migration has no source server")?)?;
@@ -251,11 +249,10 @@ async fn drive(
     let status = store.get_by_id(id)?.status;
     let validated = matches!(status, s if s == Status::MIGRATING || s == Status::COMPLETING);
     if option != MigrationOption::Migrate && !validated {
-        if status != Status::VALIDATING {
-            if let Some(canceled) = advance(store, id, Status::VALIDATING)? {
+        if status != Status::VALIDATING
+            && let Some(canceled) = advance(store, id, Status::VALIDATING)? {
                 return Ok(canceled);
             }
-        }
         let services = Arc::new(Services {
             inventory: prepared.inventory.clone(),
             sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
@@ -283,13 +280,13 @@ async fn drive(
             return Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?));
         }
     }
-    if !validated {
-        if let Some(canceled) = advance(store, id, Status::MIGRATING)? {
+    if !validated
+        && let Some(canceled) = advance(store, id, Status::MIGRATING)? {
             return Ok(canceled);
         }
-    }
     let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
-    let result = migrate(store, id, req, adapter, &prepared, &work_dir, observer, states).await;
+    let progress = Progress { observer, states, ..Default::default() };
+    let result = migrate(store, id, req, adapter, &prepared, &work_dir, progress).await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match result {
         Ok(Some(canceled)) => Ok(canceled),
@@ -320,8 +317,7 @@ async fn migrate(
     adapter: &crate::plugins::AdapterPlugin,
     prepared: &performing_prerequisite_steps::Prepared,
     work_dir: &std::path::Path,
-    mut observer: Option<Observer>,
-    states: BTreeMap<String, DatabaseState>,
+    mut progress: Progress,
 ) -> Result<Option<Migration>, StepError> {
     let mut created: Vec<String> = Vec::new();
     let step = "MigratingData";
@@ -341,7 +337,7 @@ async fn migrate(
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
 
-    let mut progress = Progress { observer: observer.take(), states: states.clone(), ..Default::default() };
+    let states = progress.states.clone();
     let mut copied = Vec::new();
     for db in &req.properties.dbs_to_migrate {
         let state = states.get(db).cloned().unwrap_or_default();
@@ -358,12 +354,11 @@ async fn migrate(
     }
 
     let current = store.get_by_id(id).map_err(|e| (step, created.clone(), e))?.status;
-    if current != Status::COMPLETING {
-        if let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
+    if current != Status::COMPLETING
+        && let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
             drop_databases(&prepared.target, &created).await;
             return Ok(Some(canceled));
         }
-    }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
     for database in &copied {
