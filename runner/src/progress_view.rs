@@ -68,7 +68,7 @@ impl View {
                             }
                         }
                     }
-                    Progress::StageReached { .. } => {}
+                    Progress::StageReached { .. } | Progress::TableStarted { .. } => {}
                 })
             }
         }
@@ -78,6 +78,7 @@ impl View {
 fn line(event: &Progress) -> String {
     match event {
         Progress::StageReached { database, stage } => format!("{database}: {stage:?}"),
+        Progress::TableStarted { database, schema, name } => format!("{database}: copying {schema}.{name}"),
         Progress::DatabaseStarted { database, tables_total, bytes_total } => {
             format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
         }

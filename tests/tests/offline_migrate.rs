@@ -79,6 +79,7 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(substates, ["PerformingPreRequisiteSteps", "ValidationInProgress", "MigratingData", "CompletingMigration", "Completed"]);
     let progress = &doc["details"]["progress"]["databases"]["pagila"];
     assert_eq!(progress["tablesDone"], progress["tablesTotal"]);
+    assert_eq!((progress["tablesQueued"].as_u64(), progress["tablesLoading"].as_u64()), (Some(0), Some(0)), "{progress}");
     assert!(progress["rowsCopied"].as_u64().unwrap() > 40_000, "{progress}");
     let verification = &doc["details"]["verification"][0];
     assert_eq!(verification["mismatches"], json!([]));
@@ -118,7 +119,10 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         .spawn()
         .unwrap();
     // Wait (bounded) until the other shell sees MigratingData.
-    wait_for(&pf, "to-cancel", "MigratingData", |doc| doc["substate"] == "MigratingData");
+    // Another shell sees the live counters: the one table being copied.
+    let doc = wait_for(&pf, "to-cancel", "MigratingData", |doc| doc["details"]["progress"]["databases"]["big"]["tablesLoading"] == 1);
+    assert_eq!(doc["substate"], "MigratingData");
+    assert_eq!(doc["details"]["progress"]["databases"]["big"]["tablesDone"], 0);
     // A second migration to the same target is refused while this one copies.
     let second = pf.run(&["migration", "create", "--migration-name", "second", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port())]);
     assert_eq!(second.code, 1, "{}", second.transcript());

@@ -95,6 +95,8 @@ pub struct DatabaseState {
 #[serde(tag = "event", rename_all_fields = "camelCase")]
 pub enum Progress {
     DatabaseStarted { database: String, tables_total: usize, bytes_total: u64 },
+    /// A worker took (a part of) a table.
+    TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
     StageReached { database: String, stage: Stage },
 }
@@ -356,6 +358,7 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             let mut done = Vec::new();
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };
+                let _ = progress.send(Progress::TableStarted { database: db.clone(), schema: job.schema.clone(), name: job.name.clone() });
                 let copy = copy_table(&src, &dst, &job).await.with_context(|| format!("copying table {}.{} of database {db:?}", job.schema, job.name))?;
                 let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
                 done.push(copy);

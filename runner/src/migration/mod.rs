@@ -405,7 +405,12 @@ struct Progress {
 #[serde(rename_all = "camelCase")]
 struct DatabaseProgress {
     tables_total: usize,
+    /// As the cloud service's fullLoad counters: waiting, being copied, finished.
+    tables_queued: usize,
+    tables_loading: usize,
     tables_done: usize,
+    #[serde(skip)]
+    loading: std::collections::BTreeSet<String>,
     rows_copied: u64,
     bytes_copied: u64,
     bytes_total: u64,
@@ -421,10 +426,18 @@ impl Progress {
             migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
                 let db = self.databases.entry(database).or_default();
                 db.tables_total = tables_total;
+                db.tables_queued = tables_total;
                 db.bytes_total = bytes_total;
             }
             migrating_data::Progress::StageReached { database, stage } => {
                 self.states.entry(database).or_default().stage = stage;
+            }
+            migrating_data::Progress::TableStarted { database, schema, name } => {
+                let db = self.databases.entry(database).or_default();
+                if db.loading.insert(format!("{schema}.{name}")) {
+                    db.tables_queued = db.tables_queued.saturating_sub(1);
+                }
+                db.tables_loading = db.loading.len();
             }
             migrating_data::Progress::TableCopied { database, table } => {
                 // A table copied in parts is done when all its parts are.
@@ -434,6 +447,8 @@ impl Progress {
                 let complete = *parts == table.parts;
                 let db = self.databases.entry(database.clone()).or_default();
                 if complete {
+                    db.loading.remove(&key);
+                    db.tables_loading = db.loading.len();
                     db.tables_done += 1;
                     self.states.entry(database).or_default().tables_done.push(key);
                 }
