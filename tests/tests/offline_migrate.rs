@@ -280,3 +280,28 @@ fn verify_full_tls_source_migrates_with_pg_dump_verifying_too() {
     assert!(ours.len() >= 4, "pgferry's connections are logged: {log}");
     assert!(ours.iter().all(|l| l.contains("SSL enabled")), "{ours:#?}");
 }
+
+#[test]
+fn a_copy_the_target_refuses_names_the_table_and_the_row_and_leaves_nothing() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql("shop", "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
+        .unwrap();
+    // The target cuts any statement off after 700 ms: the COPY of `big` is refused partway,
+    // the way a full disk or a rejected row refuses it.
+    target.psql("postgres", "alter role postgres set statement_timeout = '700ms'").unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "shop", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "refused", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("copying table public.big of database \"shop\""), "{message}");
+    assert!(message.contains("writing to the target: canceling statement due to statement timeout"), "{message}");
+    assert!(message.contains("CONTEXT: COPY big, line "), "PostgreSQL's row position is passed on: {message}");
+    assert_eq!(doc["details"]["droppedOnFailure"], json!(["shop"]));
+    target.psql("postgres", "alter role postgres reset statement_timeout").unwrap();
+    assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
+}
