@@ -3,9 +3,11 @@
 
 pub mod completing_migration;
 pub mod migrating_data;
+mod progress;
 pub mod performing_prerequisite_steps;
 pub mod validation_in_progress;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
 use crate::store::{Migration, NewMigration, Store};
 use migrating_data::{DatabaseState, Stage};
-use std::collections::BTreeMap;
+use progress::{watched, Progress};
+pub use progress::Observer;
 use validation_in_progress::CheckState;
 
 pub struct CreateRequest {
@@ -285,7 +288,7 @@ async fn drive(
             return Ok(canceled);
         }
     let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
-    let progress = Progress { observer, states, ..Default::default() };
+    let progress = Progress::new(observer, states);
     let result = migrate(store, id, req, adapter, &prepared, &work_dir, progress).await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match result {
@@ -381,117 +384,6 @@ async fn migrate(
         return Err((step, created, anyhow::anyhow!("verification failed: the target differs from the source in {}", mismatched.join("; "))));
     }
     Ok(None)
-}
-
-/// Receives every progress event as it happens (the CLI draws bars, prints lines or JSON).
-pub type Observer = Box<dyn FnMut(&migrating_data::Progress) + Send>;
-
-/// Copy progress as `show` reports it: per database and per table.
-#[derive(Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Progress {
-    databases: std::collections::BTreeMap<String, DatabaseProgress>,
-    #[serde(skip)]
-    observer: Option<Observer>,
-    /// The resume record, stored beside the progress.
-    #[serde(skip)]
-    states: BTreeMap<String, DatabaseState>,
-    /// Parts copied so far of tables split into parts.
-    #[serde(skip)]
-    parts_done: BTreeMap<String, usize>,
-}
-
-#[derive(Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DatabaseProgress {
-    tables_total: usize,
-    /// As the cloud service's fullLoad counters: waiting, being copied, finished.
-    tables_queued: usize,
-    tables_loading: usize,
-    tables_done: usize,
-    #[serde(skip)]
-    loading: std::collections::BTreeSet<String>,
-    rows_copied: u64,
-    bytes_copied: u64,
-    bytes_total: u64,
-    tables: Vec<migrating_data::TableCopy>,
-}
-
-impl Progress {
-    fn record(&mut self, store: &mut Store, id: i64, event: migrating_data::Progress) {
-        if let Some(observer) = &mut self.observer {
-            observer(&event);
-        }
-        match event {
-            migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
-                let db = self.databases.entry(database).or_default();
-                db.tables_total = tables_total;
-                db.tables_queued = tables_total;
-                db.bytes_total = bytes_total;
-            }
-            migrating_data::Progress::StageReached { database, stage } => {
-                self.states.entry(database).or_default().stage = stage;
-            }
-            migrating_data::Progress::TableStarted { database, schema, name } => {
-                let db = self.databases.entry(database).or_default();
-                if db.loading.insert(format!("{schema}.{name}")) {
-                    db.tables_queued = db.tables_queued.saturating_sub(1);
-                }
-                db.tables_loading = db.loading.len();
-            }
-            migrating_data::Progress::TableCopied { database, table } => {
-                // A table copied in parts is done when all its parts are.
-                let key = format!("{}.{}", table.schema, table.name);
-                let parts = self.parts_done.entry(format!("{database}\0{key}")).or_default();
-                *parts += 1;
-                let complete = *parts == table.parts;
-                let db = self.databases.entry(database.clone()).or_default();
-                if complete {
-                    db.loading.remove(&key);
-                    db.tables_loading = db.loading.len();
-                    db.tables_done += 1;
-                    self.states.entry(database).or_default().tables_done.push(key);
-                }
-                db.rows_copied += table.rows;
-                db.bytes_copied += table.bytes;
-                db.tables.push(table);
-            }
-        }
-        // Progress is advisory, but the resume record must not be lost.
-        if let Ok(value) = serde_json::to_value(&*self) {
-            let _ = store.merge_details(id, json!({ "progress": value, "copyState": self.states }));
-        }
-    }
-}
-
-/// Runs one step's work while recording its progress events and watching, every second,
-/// for a cancel from another shell. `None`: canceled; the work was dropped, which stops its
-/// workers and kills its pg_dump/pg_restore.
-async fn watched<T>(
-    store: &mut Store,
-    id: i64,
-    work: impl std::future::Future<Output = Result<T>>,
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<migrating_data::Progress>,
-    progress: &mut Progress,
-) -> Result<Option<T>> {
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            result = &mut work => {
-                while let Ok(event) = events.try_recv() {
-                    progress.record(store, id, event);
-                }
-                return result.map(Some);
-            }
-            Some(event) = events.recv() => progress.record(store, id, event),
-            _ = tick.tick() => {
-                if store.get_by_id(id)?.status == Status::CANCELED {
-                    return Ok(None);
-                }
-            }
-        }
-    }
 }
 
 /// After a cancel: the target databases this migration created are dropped, so nothing
