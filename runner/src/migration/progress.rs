@@ -28,7 +28,17 @@ pub(super) struct Progress {
     /// Parts copied so far of tables split into parts.
     #[serde(skip)]
     parts_done: BTreeMap<String, usize>,
+    /// When the store last got the counters (see `record`).
+    #[serde(skip)]
+    saved_at: Option<std::time::Instant>,
+    /// Events recorded since the last save.
+    #[serde(skip)]
+    unsaved: bool,
 }
+
+/// How often the counters are written while tables stream by: the document grows with the
+/// tables, so writing it per table would cost quadratic time on a 10,000-table database.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +65,8 @@ impl Progress {
         if let Some(observer) = &mut self.observer {
             observer(&event);
         }
+        let stage_reached = matches!(event, migrating_data::Progress::StageReached { .. });
+        self.unsaved = true;
         match event {
             migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
                 let db = self.databases.entry(database).or_default();
@@ -90,10 +102,21 @@ impl Progress {
                 db.tables.push(table);
             }
         }
-        // Progress is advisory, but the resume record must not be lost.
+        // Stages are saved at once; table counters at most every SAVE_EVERY. A table done
+        // but not yet saved when the runner dies is only copied again on resume.
+        if stage_reached || self.saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) {
+            self.save(store, id);
+        }
+    }
+
+    /// Writes the counters and the resume record to the store (advisory: a store hiccup must
+    /// not fail the copy; the next save catches up).
+    pub(super) fn save(&mut self, store: &mut Store, id: i64) {
         if let Ok(value) = serde_json::to_value(&*self) {
             let _ = store.merge_details(id, json!({ "progress": value, "copyState": self.states }));
         }
+        self.saved_at = Some(std::time::Instant::now());
+        self.unsaved = false;
     }
 }
 
@@ -115,10 +138,15 @@ pub(super) async fn watched<T>(
                 while let Ok(event) = events.try_recv() {
                     progress.record(store, id, event);
                 }
+                progress.save(store, id);
                 return result.map(Some);
             }
             Some(event) = events.recv() => progress.record(store, id, event),
             _ = tick.tick() => {
+                // Counters held back by SAVE_EVERY reach the store within a tick.
+                if progress.unsaved {
+                    progress.save(store, id);
+                }
                 if store.get_by_id(id)?.status == Status::CANCELED {
                     return Ok(None);
                 }
