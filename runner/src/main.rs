@@ -169,6 +169,9 @@ enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The replication crate's TLS stack links a second rustls crypto provider; without a
+    // process default, the first config built without an explicit provider would panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
