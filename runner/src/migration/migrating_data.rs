@@ -200,10 +200,18 @@ pub async fn create_target_database(s: &Settings<'_>, name: &str, ours: bool) ->
     Ok(())
 }
 
-/// Opens the coordinator's transaction and exports its snapshot.
-pub async fn export_snapshot(source: &ConnSpec, db: &str) -> Result<(Client, String)> {
+/// Opens the coordinator's transaction and exports its snapshot. An online migration
+/// passes the snapshot its replication slot was created with: the coordinator adopts it and
+/// exports it again, so that it outlives the slot's session.
+pub async fn export_snapshot(source: &ConnSpec, db: &str, adopt: Option<&str>) -> Result<(Client, String)> {
     let (client, _) = source.connect(db).await?;
     client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+    if let Some(snapshot) = adopt {
+        client
+            .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(snapshot)))
+            .await
+            .map_err(|e| anyhow::anyhow!("adopting the replication slot's snapshot {snapshot} on the {}: {}", source.describe(), pg_error(&e)))?;
+    }
     let snapshot: String = client.query_one("select pg_export_snapshot()", &[]).await?.get(0);
     Ok((client, snapshot))
 }
@@ -450,11 +458,11 @@ async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str) -
     Ok(oids.len() as u64)
 }
 
-/// The whole data step for one database.
 /// The data step for one database, from where `state` says an earlier run stopped: a
 /// database not yet restored is (re)created; tables not completely copied are truncated and
 /// copied again; what was finished is kept.
-pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
+/// `snapshot`: the replication slot's, for an online migration (else one is exported).
+pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, snapshot: Option<&str>, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
     let stage = |stage| {
         let _ = progress.send(Progress::StageReached { database: db.to_string(), stage });
     };
@@ -465,7 +473,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, pro
         create_target_database(s, db, state.stage == Stage::Created).await?;
         stage(Stage::Created);
     }
-    let (coordinator, snapshot) = export_snapshot(s.source, db).await?;
+    let (coordinator, snapshot) = export_snapshot(s.source, db, snapshot).await?;
     if state.stage < Stage::SchemaRestored {
         dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
         stage(Stage::SchemaRestored);

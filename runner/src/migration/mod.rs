@@ -349,7 +349,7 @@ async fn migrate(
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         created.push(db.clone());
-        let work = migrating_data::run_database(&settings, db, &state, &tx);
+        let work = migrating_data::run_database(&settings, db, &state, None, &tx);
         match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(database) => copied.push(database),
             None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
