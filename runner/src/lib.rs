@@ -12,5 +12,6 @@ mod plugin_sql;
 pub mod plugins;
 pub mod progress_view;
 pub mod properties;
+pub mod replication;
 pub mod report;
 pub mod store;

@@ -72,6 +72,13 @@ enum MigrationCommand {
         target: Option<String>,
         #[arg(long, conflicts_with = "cancel", required_unless_present = "cancel")]
         cutover: bool,
+        /// With --cutover: make the source databases read-only for applications before the
+        /// fence (default_transaction_read_only, and their open sessions ended)
+        #[arg(long, requires = "cutover")]
+        read_only_source: bool,
+        /// With --cutover: return once the request is recorded, without following it
+        #[arg(long, requires = "cutover")]
+        no_wait: bool,
         #[arg(long)]
         cancel: bool,
     },
@@ -239,7 +246,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 show(&cli, &store, &m)?;
                 Ok(Exit::Ok)
             }
-            MigrationCommand::Update { migration_name, target, cutover, cancel } => {
+            MigrationCommand::Update { migration_name, target, cutover, read_only_source, no_wait, cancel } => {
                 let mut store = open_store(&cli)?;
                 let Some(m) = store.find(migration_name, target.as_deref())? else {
                     eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
@@ -252,7 +259,36 @@ async fn run(cli: Cli) -> Result<Exit> {
                             m.status
                         );
                     }
-                    bail!("cutover is not available in this build yet");
+                    if m.details.get("cutover").is_some() {
+                        bail!("the cutover of migration {migration_name:?} was already requested; follow it with `pgferry migration show`");
+                    }
+                    let request = pgferry::migration::waiting_for_cutover_trigger::Cutover {
+                        requested_at: chrono::Utc::now().to_rfc3339(),
+                        read_only_source: *read_only_source,
+                        ..Default::default()
+                    };
+                    store.merge_details(m.id, serde_json::json!({ "cutover": request }))?;
+                    // The migration's runner (another process) carries the cutover out; this
+                    // command follows it to the end, so that its exit code is the outcome.
+                    let runner_alive = |m: &pgferry::store::Migration| m.runner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                    let m = loop {
+                        let m = store.get_by_id(m.id)?;
+                        if !m.status.is_active() || *no_wait {
+                            break m;
+                        }
+                        if !runner_alive(&m) {
+                            bail!(
+                                "the cutover of migration {migration_name:?} is recorded, but no runner is following the migration (its process is gone); `pgferry migration resume --migration-name {migration_name}` carries it out"
+                            );
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    };
+                    return if *no_wait {
+                        show(&cli, &store, &m)?;
+                        Ok(Exit::Ok)
+                    } else {
+                        finish(&cli, &store, &m)
+                    };
                 }
                 debug_assert!(*cancel);
                 if !m.status.is_active() {

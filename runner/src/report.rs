@@ -91,6 +91,39 @@ pub fn show_text(m: &Migration) -> String {
             );
         }
     }
+    if let Some(dbs) = m.details.get("replicationProgress").and_then(Value::as_object) {
+        for (name, r) in dbs {
+            let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let pending = r.get("walBytesPending").and_then(Value::as_i64).map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
+            line(
+                &mut out,
+                "Replicating",
+                &format!(
+                    "{name}: {} inserts, {} updates, {} deletes applied ({} transactions), latency {:.1}s{pending}, applied up to {}",
+                    n("inserts"),
+                    n("updates"),
+                    n("deletes"),
+                    n("transactions"),
+                    r.get("latencySeconds").and_then(Value::as_f64).unwrap_or(0.0),
+                    r.get("appliedLsn").and_then(Value::as_str).unwrap_or("?"),
+                ),
+            );
+        }
+    }
+    if let Some(c) = m.details.get("cutover") {
+        let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        let fences: Vec<String> = c.get("fenceLsn").and_then(Value::as_object).map(|f| f.iter().map(|(db, lsn)| format!("{db} at {}", lsn.as_str().unwrap_or("?"))).collect()).unwrap_or_default();
+        line(&mut out, "Cutover", &format!("requested {}{}", text("requestedAt"), if c.get("readOnlySource").and_then(Value::as_bool) == Some(true) { ", source made read-only" } else { "" }));
+        if !fences.is_empty() {
+            line(&mut out, "  fence", &fences.join(", "));
+        }
+        if c.get("fenceAppliedAt").is_some() {
+            line(&mut out, "  applied", &text("fenceAppliedAt"));
+        }
+        if let Some(n) = c.get("tablesVerified").and_then(Value::as_u64) {
+            line(&mut out, "  verified", &format!("{n} tables, {} sequences set, completed {}", c.get("sequencesSet").and_then(Value::as_u64).unwrap_or(0), text("completedAt")));
+        }
+    }
     if let Some(checks) = m.details.get("verification").and_then(Value::as_array) {
         for v in checks {
             let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);

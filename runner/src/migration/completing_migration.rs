@@ -199,8 +199,15 @@ async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
 }
 
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
+    dump_and_restore(s, &copied.name, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+    verify(s, copied).await
+}
+
+/// Sequences, verification at the coordinator's snapshot, then the database's own
+/// properties. (An online migration restores post-data before streaming and comes here at
+/// cutover, with a snapshot taken after the fence.)
+pub async fn verify(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
     let db = &copied.name;
-    dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
     let (target, _) = s.target.connect(db).await?;
     let sequences_set = set_sequences(&copied.coordinator, &target).await?;
 

@@ -292,6 +292,11 @@ struct TableJob {
     parts: usize,
 }
 
+/// Every table the copy takes, `(schema, name)`: what verification checks.
+pub async fn table_names(coordinator: &Client, version_num: u32) -> Result<Vec<(String, String)>> {
+    Ok(list_tables(coordinator, version_num).await?.into_iter().map(|t| (t.schema, t.name)).collect())
+}
+
 async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<TableJob>> {
     // Generated columns exist from PostgreSQL 12; before that every column is copied.
     let not_generated = if version_num >= 120000 { "and a.attgenerated = ''" } else { "" };

@@ -6,6 +6,7 @@ pub mod migrating_data;
 mod progress;
 pub mod performing_prerequisite_steps;
 pub mod validation_in_progress;
+pub mod waiting_for_cutover_trigger;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,9 +128,6 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
     let mode = req.mode.or(props.mode).unwrap_or(MigrationMode::Offline);
-    if mode == MigrationMode::Online && option != MigrationOption::Validate {
-        bail!("Online migration is not available in this build yet: use --migration-mode Offline, or --migration-option Validate to check an online migration's prerequisites");
-    }
     if props.dbs_to_migrate.is_empty() {
         bail!("`DBsToMigrate` is empty: list the databases to migrate in the properties");
     }
@@ -250,7 +248,7 @@ async fn drive(
     )?;
 
     let status = store.get_by_id(id)?.status;
-    let validated = matches!(status, s if s == Status::MIGRATING || s == Status::COMPLETING);
+    let validated = [Status::MIGRATING, Status::WAITING_FOR_CUTOVER, Status::COMPLETING].contains(&status);
     if option != MigrationOption::Migrate && !validated {
         if status != Status::VALIDATING
             && let Some(canceled) = advance(store, id, Status::VALIDATING)? {
@@ -295,6 +293,13 @@ async fn drive(
         Ok(Some(canceled)) => Ok(canceled),
         Ok(None) => Ok(advance(store, id, Status::SUCCEEDED)?.unwrap_or(store.get_by_id(id)?)),
         Err((step, created, e)) => {
+            // An online migration's slots go first: the source must not keep WAL for it.
+            // Streaming cannot go on without them, so a resume copies again.
+            let leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &store.get_by_id(id)?).await;
+            if !leftovers.is_empty() {
+                store.merge_details(id, json!({ "cleanupFailed": leftovers }))?;
+            }
+            store.merge_details(id, json!({ "replication": {} }))?;
             // Nothing half-copied may be left looking valid on the target; what could be
             // dropped starts over on resume, what could not (target down) is resumed.
             let dropped = drop_databases(&prepared.target, &created).await;
@@ -340,6 +345,10 @@ async fn migrate(
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
 
+    let mode = req.mode.or(req.properties.mode).unwrap_or(MigrationMode::Offline);
+    if mode == MigrationMode::Online {
+        return waiting_for_cutover_trigger::run(store, id, &settings, &req.properties.dbs_to_migrate, &mut progress, &mut created).await;
+    }
     let states = progress.states.clone();
     let mut copied = Vec::new();
     for db in &req.properties.dbs_to_migrate {
@@ -352,7 +361,7 @@ async fn migrate(
         let work = migrating_data::run_database(&settings, db, &state, None, &tx);
         match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(database) => copied.push(database),
-            None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
 
@@ -372,25 +381,32 @@ async fn migrate(
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
             }
-            None => return canceled(store, id, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
     let _ = store.merge_details(id, json!({ "verification": verification }));
+    check_verification(&verification).map_err(|e| (step, created, e))?;
+    Ok(None)
+}
+
+/// Fails naming every table (or kind of object) where the target differs from the source.
+fn check_verification(verification: &[completing_migration::DatabaseVerification]) -> Result<()> {
     let mismatched: Vec<String> = verification
         .iter()
         .flat_map(|v| v.mismatches.iter().map(move |m| format!("{}: {} ({} on the source, {} on the target{})", v.database, m.table, m.source_rows, m.target_rows, if m.source_rows == m.target_rows { ", contents differ" } else { "" })))
         .collect();
     if !mismatched.is_empty() {
-        return Err((step, created, anyhow::anyhow!("verification failed: the target differs from the source in {}", mismatched.join("; "))));
+        bail!("verification failed: the target differs from the source in {}", mismatched.join("; "));
     }
-    Ok(None)
+    Ok(())
 }
 
 /// After a cancel: the target databases this migration created are dropped, so nothing
 /// half-copied is left looking valid.
-async fn canceled(store: &mut Store, id: i64, target: &ConnSpec, created: &[String]) -> Result<Migration> {
+async fn canceled(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec, created: &[String]) -> Result<Migration> {
+    let leftovers = waiting_for_cutover_trigger::clean_up(source, target, &store.get_by_id(id)?).await;
     drop_databases(target, created).await;
-    store.merge_details(id, json!({ "droppedOnCancel": created }))?;
+    store.merge_details(id, json!({ "droppedOnCancel": created, "replication": {}, "cleanupFailed": leftovers }))?;
     store.get_by_id(id)
 }
 

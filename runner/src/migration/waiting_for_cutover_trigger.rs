@@ -1,0 +1,355 @@
+//! Online migrations: the base copy reads at the snapshot of a new replication slot; then
+//! the changes made since stream to the target (MigratingData while catching up,
+//! WaitingForCutoverTrigger once caught up, changes still flowing) until the user asks for
+//! the cutover: a fence is written on the source, applied on the target, sequences are
+//! set, the slot and the publication dropped, and CompletingMigration verifies.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::completing_migration;
+use super::migrating_data::{self, quote_ident, DatabaseState, Settings, Stage};
+use super::progress::{watched, Progress};
+use super::{advance, StepError};
+use crate::connect::{pg_error, ConnSpec};
+use crate::lifecycle::Status;
+use crate::replication::apply::{self, ApplyStats};
+use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
+use crate::replication::stream::PgOutputStream;
+use crate::replication::{slot, Lsn, Names};
+use crate::store::{Migration, Store};
+
+/// What the store keeps of one database's replication: enough to clean up after a crash,
+/// and to go on streaming after one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub names: Names,
+    /// Where the slot's snapshot is; empty until the slot exists.
+    #[serde(default)]
+    pub consistent_point: String,
+    /// The base copy and post-data are done: a restart goes on streaming.
+    #[serde(default)]
+    pub base_copied: bool,
+}
+
+/// The cutover request (`migration update --cutover`) and, as it proceeds, its receipt.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cutover {
+    pub requested_at: String,
+    #[serde(default)]
+    pub read_only_source: bool,
+    /// Per database: the fence's LSN on the source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fence_lsn: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_applied_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequences_set: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables_verified: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+fn records(m: &Migration) -> BTreeMap<String, Record> {
+    serde_json::from_value(m.details.get("replication").cloned().unwrap_or_default()).unwrap_or_default()
+}
+
+pub fn cutover_of(m: &Migration) -> Option<Cutover> {
+    serde_json::from_value(m.details.get("cutover").cloned()?).ok()
+}
+
+fn save_records(store: &mut Store, id: i64, records: &BTreeMap<String, Record>) -> Result<()> {
+    store.merge_details(id, json!({ "replication": records }))
+}
+
+/// One database's apply task and its counters.
+struct Stream {
+    database: String,
+    names: Names,
+    stats: Arc<Mutex<ApplyStats>>,
+    task: JoinHandle<Result<()>>,
+    /// The source's WAL position when streaming started: reaching it is catching up.
+    goal: Lsn,
+    wal_pending: Option<i64>,
+}
+
+/// The online part of a migration, from the base copies to the end of the cutover.
+/// `Ok(Some(m))`: canceled.
+pub(super) async fn run(
+    store: &mut Store,
+    id: i64,
+    s: &Settings<'_>,
+    databases: &[String],
+    progress: &mut Progress,
+    created: &mut Vec<String>,
+) -> Result<Option<Migration>, StepError> {
+    let step = "MigratingData";
+    let err = |created: &Vec<String>| {
+        let created = created.clone();
+        move |e| (step, created, e)
+    };
+    let mut records = records(&store.get_by_id(id).map_err(err(created))?);
+    for (index, db) in databases.iter().enumerate() {
+        if records.get(db).is_some_and(|r| r.base_copied) {
+            created.push(db.clone());
+            continue;
+        }
+        // A base copy interrupted by a crash cannot go on: its snapshot died with it.
+        // Its slot and publication go, and the copy starts over (the target database,
+        // created by this migration, is replaced).
+        let restarted = records.remove(db);
+        if let Some(old) = &restarted {
+            slot::drop_slot_and_publication(s.source, db, &old.names).await.map_err(err(created))?;
+        }
+        let names = Names::new(id, index);
+        records.insert(db.clone(), Record { names: names.clone(), consistent_point: String::new(), base_copied: false });
+        // Recorded before anything exists on the source, so that cancel and failure find it.
+        save_records(store, id, &records).map_err(err(created))?;
+        let state = DatabaseState { stage: if restarted.is_some() { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
+        created.push(db.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = async {
+            slot::create_publication(s.source, db, &names, &s.provider.schemas).await?;
+            let created_slot = slot::create_slot(s.source, db, &names).await?;
+            let copied = migrating_data::run_database(s, db, &state, Some(&created_slot.snapshot), &tx).await?;
+            // The copy has adopted the snapshot: the slot's session is no longer needed.
+            drop(created_slot.session);
+            // Indexes and keys before streaming: applying UPDATEs needs them.
+            migrating_data::dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+            copied.coordinator.batch_execute("COMMIT").await?;
+            let _ = std::fs::remove_dir_all(&copied.dump_dir);
+            anyhow::Ok(created_slot.consistent_point)
+        };
+        match watched(store, id, work, &mut rx, progress).await.map_err(err(created))? {
+            Some(consistent_point) => {
+                let record = records.get_mut(db).expect("recorded above");
+                record.consistent_point = lsn_to_string(consistent_point);
+                record.base_copied = true;
+                save_records(store, id, &records).map_err(err(created))?;
+            }
+            None => return super::canceled(store, id, s.source, s.target, created).await.map(Some).map_err(err(created)),
+        }
+    }
+
+    let mut streams = Vec::new();
+    for db in databases {
+        let names = records[db].names.clone();
+        streams.push(start_stream(s, db, names).await.map_err(err(created))?);
+    }
+    let outcome = follow(store, id, s, &mut streams).await;
+    for stream in &streams {
+        stream.task.abort();
+    }
+    match outcome {
+        Err(e) => {
+            let step = if store.get_by_id(id).is_ok_and(|m| m.status == Status::WAITING_FOR_CUTOVER) { "WaitingForCutoverTrigger" } else { step };
+            Err((step, created.clone(), e))
+        }
+        Ok(Some(_)) => {
+            super::canceled(store, id, s.source, s.target, created).await.map(Some).map_err(err(created))
+        }
+        Ok(None) => {
+            // The fences are applied: everything the source committed before the request is
+            // on the target.
+            for stream in streams {
+                let _ = stream.task.await;
+            }
+            complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e))
+        }
+    }
+}
+
+async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream> {
+    let what = format!("replication slot {} (database {db:?}) on the {}", names.slot, s.source.describe());
+    let (source, _) = s.source.connect(db).await?;
+    let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let goal = parse_lsn(&goal).context("the source's WAL position does not parse")?;
+    let client = tokio::time::timeout(s.source.connect_timeout * 3, pgwire_replication::ReplicationClient::connect_gated(slot::replication_config(s.source, db, &names, 0)))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to stream from {what}: no answer"))?
+        .with_context(|| format!("connecting to stream from {what}"))?;
+    let stream = PgOutputStream::start(client, what).await?;
+    let (target, _) = s.target.connect(db).await?;
+    let stats = Arc::new(Mutex::new(ApplyStats::default()));
+    let task = tokio::spawn({
+        let (stats, origin) = (stats.clone(), names.origin.clone());
+        async move { apply::run(stream, target, &origin, stats).await }
+    });
+    Ok(Stream { database: db.to_string(), names, stats, task, goal, wal_pending: None })
+}
+
+/// Follows the streams: saves their counters, moves to WaitingForCutoverTrigger once every
+/// database caught up, writes the fences when the cutover is asked for, and returns once
+/// they are applied. `Ok(Some(_))`: canceled.
+async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream]) -> Result<Option<Migration>> {
+    let (monitor, _) = s.source.connect("postgres").await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut polled_wal = Instant::now() - Duration::from_secs(60);
+    loop {
+        tick.tick().await;
+        for stream in streams.iter_mut() {
+            if stream.task.is_finished() {
+                let outcome = (&mut stream.task).await.context("an apply task panicked")?;
+                outcome.with_context(|| format!("replicating database {:?}", stream.database))?;
+                anyhow::bail!("replicating database {:?}: the apply task stopped", stream.database);
+            }
+        }
+        if polled_wal.elapsed() >= Duration::from_secs(2) {
+            for stream in streams.iter_mut() {
+                stream.wal_pending = slot::wal_pending(&monitor, &stream.names).await.ok().flatten();
+            }
+            polled_wal = Instant::now();
+        }
+        let snapshot: BTreeMap<&str, serde_json::Value> = streams
+            .iter()
+            .map(|st| {
+                let stats = st.stats.lock().unwrap().clone();
+                let mut value = serde_json::to_value(&stats).unwrap_or_default();
+                value["walBytesPending"] = json!(st.wal_pending);
+                (st.database.as_str(), value)
+            })
+            .collect();
+        store.merge_details(id, json!({ "replicationProgress": snapshot }))?;
+
+        let m = store.get_by_id(id)?;
+        if m.status == Status::CANCELED {
+            return Ok(Some(m));
+        }
+        let caught_up = streams.iter().all(|st| st.stats.lock().unwrap().caught_up_lsn >= st.goal);
+        if m.status == Status::MIGRATING && caught_up {
+            if let Some(canceled) = advance(store, id, Status::WAITING_FOR_CUTOVER)? {
+                return Ok(Some(canceled));
+            }
+            continue;
+        }
+        let Some(mut cutover) = cutover_of(&m) else { continue };
+        if m.status != Status::WAITING_FOR_CUTOVER {
+            continue;
+        }
+        if cutover.fence_lsn.is_empty() {
+            if cutover.read_only_source {
+                for stream in streams.iter() {
+                    make_read_only(s.source, &stream.database).await?;
+                }
+            }
+            let token = format!("migration {id} cutover {}", cutover.requested_at);
+            for stream in streams.iter() {
+                let lsn = slot::emit_fence(s.source, &stream.database, &token).await?;
+                cutover.fence_lsn.insert(stream.database.clone(), lsn_to_string(lsn));
+            }
+            store.merge_details(id, json!({ "cutover": cutover }))?;
+        }
+        // Applied up to the fence: every transaction the source committed before it.
+        let applied = streams.iter().all(|st| {
+            let fence = cutover.fence_lsn.get(&st.database).and_then(|l| parse_lsn(l)).unwrap_or(Lsn::MAX);
+            st.stats.lock().unwrap().caught_up_lsn >= fence
+        });
+        if applied {
+            cutover.fence_applied_at = Some(chrono::Utc::now().to_rfc3339());
+            store.merge_details(id, json!({ "cutover": cutover }))?;
+            return Ok(None);
+        }
+    }
+}
+
+/// Makes a source database read-only for the applications before the fence, as
+/// pg_easy_replicate does: new transactions default to read-only and the sessions
+/// connected now are ended (replication connections are left alone).
+async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
+    let (client, _) = source.connect("postgres").await?;
+    client
+        .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
+        .await
+        .map_err(|e| anyhow::anyhow!("making database {db:?} read-only on the {}: {}", source.describe(), pg_error(&e)))?;
+    client
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid() and backend_type = 'client backend'",
+            &[&db],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("ending the sessions of database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
+    Ok(())
+}
+
+/// After the fences: sequences, slots, publications and origins, then CompletingMigration
+/// verifies each database at a snapshot taken now and records the receipt.
+async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[String], records: &BTreeMap<String, Record>) -> Result<Option<Migration>> {
+    let mut cutover = cutover_of(&store.get_by_id(id)?).unwrap_or_default();
+    if let Some(canceled) = advance(store, id, Status::COMPLETING)? {
+        return Ok(Some(canceled));
+    }
+    for db in databases {
+        slot::drop_slot_and_publication(s.source, db, &records[db].names).await?;
+        drop_origin(s.target, &records[db].names).await?;
+    }
+    let mut verification = Vec::new();
+    let mut tables_verified = 0;
+    let mut sequences_set = 0;
+    for db in databases {
+        let (coordinator, snapshot) = migrating_data::export_snapshot(s.source, db, None).await?;
+        let tables = migrating_data::table_names(&coordinator, s.inventory.source.version_num).await?;
+        let copied = migrating_data::CopiedDatabase {
+            name: db.clone(),
+            coordinator,
+            snapshot,
+            tables,
+            large_objects: 0,
+            dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
+        };
+        let checked = completing_migration::verify(s, &copied).await?;
+        tables_verified += checked.tables_verified;
+        sequences_set += checked.sequences_set;
+        verification.push(checked);
+    }
+    cutover.sequences_set = Some(sequences_set);
+    cutover.tables_verified = Some(tables_verified);
+    cutover.completed_at = Some(chrono::Utc::now().to_rfc3339());
+    store.merge_details(id, json!({ "verification": verification, "cutover": cutover }))?;
+    super::check_verification(&verification)?;
+    Ok(None)
+}
+
+/// Drops a replication origin on the target (idempotent). The apply session
+/// that used it may take a moment to go away after its task was stopped.
+async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
+    let (client, _) = target.connect("postgres").await?;
+    for attempt in 0..50 {
+        let result = client
+            .execute("select pg_replication_origin_drop($1) where pg_replication_origin_oid($1) is not null", &[&names.origin])
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) && attempt < 49 => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("dropping replication origin {} on the {}: {}", names.origin, target.describe(), pg_error(&e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes what an online migration left on both servers: slots and publications on the
+/// source (the source must never keep WAL for a dead migration), origins on the target.
+/// Best effort, for cancel and failure: returns what could not be removed.
+pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (db, record) in records(m) {
+        if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
+            problems.push(format!("{e:#}"));
+        }
+        if let Err(e) = drop_origin(target, &record.names).await {
+            // The database itself may be gone already (dropped with the migration).
+            tracing::debug!("{e:#}");
+        }
+    }
+    problems
+}

@@ -1,0 +1,484 @@
+//! The apply side of an online migration: changes applied to the target in source commit
+//! order, as PostgreSQL's own apply worker does (`session_replication_role = replica`, so
+//! triggers and foreign keys do not fire twice). Source transactions that arrive together
+//! are applied as one target transaction, which also records, through a replication
+//! origin, the source position it reached; the source is acknowledged only after that
+//! commit. After a crash, the origin's position says where to go on: nothing is lost,
+//! nothing applied twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use super::pgoutput::{lsn_to_string, Message, OldRow, ReplicaIdentity, Relation, Tuple, Value};
+use super::stream::{ChangeStream, Event};
+use super::{Lsn, FENCE_PREFIX};
+use crate::connect::pg_error;
+use crate::migration::migrating_data::{quote_ident, quote_literal};
+
+/// Source transactions merged into one target transaction at most; keeps a commit's
+/// latency bounded under a steady stream of small transactions.
+const MAX_BATCH_TRANSACTIONS: u64 = 500;
+/// Statements sent before their answers are read (one network round trip for all).
+const PIPELINE: usize = 30;
+
+/// What `show` reports of one database's replication.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyStats {
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub truncates: u64,
+    /// Source transactions applied.
+    pub transactions: u64,
+    /// UPDATEs and DELETEs whose row was not on the target (it has diverged: the
+    /// cutover's verification will name the table).
+    pub rows_not_found: u64,
+    /// Source position the target has committed (end of the last applied transaction).
+    #[serde(serialize_with = "serialize_lsn")]
+    pub applied_lsn: Lsn,
+    /// Source position known to be fully applied: the applied one, or the server's
+    /// position while nothing is pending.
+    #[serde(serialize_with = "serialize_lsn")]
+    pub caught_up_lsn: Lsn,
+    /// Seconds the target is behind the source: from the last applied transaction's commit
+    /// time to when it was applied; 0 while nothing is pending.
+    pub latency_seconds: f64,
+    /// The last cutover fence applied (its token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
+}
+
+fn serialize_lsn<S: serde::Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&lsn_to_string(*lsn))
+}
+
+/// Applies the stream to the target until it fails or the task is aborted.
+pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, stats: Arc<Mutex<ApplyStats>>) -> Result<()> {
+    let mut applier = Applier::start(target, origin, stats).await?;
+    let mut next: Option<Event> = None;
+    loop {
+        let event = match next.take() {
+            Some(event) => event,
+            None => stream.recv().await?.context("the source ended the replication stream")?,
+        };
+        match event {
+            Event::KeepAlive { wal_end, server_time } => {
+                applier.skew_micros = now_micros() - server_time;
+                if !applier.in_transaction && !applier.receiving {
+                    // Nothing pending: all the server sent up to here is applied.
+                    if wal_end > stream.acknowledged() {
+                        stream.acknowledge(wal_end);
+                    }
+                    let mut stats = applier.stats.lock().unwrap();
+                    stats.caught_up_lsn = stats.caught_up_lsn.max(wal_end);
+                    stats.latency_seconds = 0.0;
+                }
+            }
+            Event::Message(Message::Commit { end_lsn, commit_time, .. }) => {
+                applier.receiving = false;
+                if applier.skipping {
+                    applier.skipping = false;
+                    continue;
+                }
+                applier.batch.transactions += 1;
+                applier.batch.end = (end_lsn, commit_time);
+                // Keep the target transaction open while the next source transaction is
+                // already here; commit as soon as the stream pauses.
+                if applier.batch.transactions < MAX_BATCH_TRANSACTIONS
+                    && let Some(ready) = stream.ready() {
+                        let ready = ready?.context("the source ended the replication stream")?;
+                        let more = matches!(ready, Event::Message(Message::Begin { .. }));
+                        next = Some(ready);
+                        if more {
+                            continue;
+                        }
+                    }
+                applier.commit().await?;
+                stream.acknowledge(end_lsn);
+            }
+            Event::Message(message) => applier.handle(message).await?,
+        }
+    }
+}
+
+struct Table {
+    /// `"schema"."name"`, quoted.
+    name: String,
+    /// The stream's columns: quoted name and the target's type for the cast from text.
+    columns: Vec<(String, String)>,
+    /// Positions of the replica identity's columns (empty: FULL or NOTHING).
+    key: Vec<usize>,
+    identity: ReplicaIdentity,
+}
+
+#[derive(Default)]
+struct Batch {
+    transactions: u64,
+    /// End LSN and commit time of the last source transaction in the batch.
+    end: (Lsn, i64),
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    truncates: u64,
+    rows_not_found: u64,
+    fence: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// A statement waiting for the pipeline: statement, text parameters, kind, relation.
+type Queued = (Statement, Vec<Option<String>>, Option<Kind>, u32);
+
+type Pending<'a> = Pin<Box<dyn Future<Output = (Option<Kind>, Result<u64, tokio_postgres::Error>)> + Send + 'a>>;
+
+struct Applier {
+    client: Client,
+    stats: Arc<Mutex<ApplyStats>>,
+    tables: HashMap<u32, Table>,
+    /// Per relation, kind and shape (which columns are set or matched).
+    statements: HashMap<(u32, Kind, Vec<bool>), Statement>,
+    queued: Vec<Queued>,
+    in_transaction: bool,
+    /// Between a Begin and its Commit.
+    receiving: bool,
+    /// The current source transaction was applied before (a restart replays it).
+    skipping: bool,
+    applied: Lsn,
+    batch: Batch,
+    /// Our clock minus the source's, from keepalives (latency is measured on the source's clock).
+    skew_micros: i64,
+}
+
+/// Microseconds since 2000-01-01, PostgreSQL's epoch.
+fn now_micros() -> i64 {
+    const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.as_micros() as i64 - PG_EPOCH_UNIX_SECONDS * 1_000_000
+}
+
+impl Applier {
+    async fn start(client: Client, origin: &str, stats: Arc<Mutex<ApplyStats>>) -> Result<Applier> {
+        let hint = "online migration applies changes as PostgreSQL's apply worker does: the target user must be a superuser \
+                    (or, from PostgreSQL 15, be granted SET on session_replication_role and EXECUTE on the pg_replication_origin functions)";
+        client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(|e| anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)))?;
+        let setup = async {
+            let exists = client.query_one("select pg_replication_origin_oid($1) is not null", &[&origin]).await?.get::<_, bool>(0);
+            if !exists {
+                client.execute("select pg_replication_origin_create($1)", &[&origin]).await?;
+            }
+            client.execute("select pg_replication_origin_session_setup($1)", &[&origin]).await?;
+            let progress: Option<String> = client.query_one("select pg_replication_origin_progress($1, true)::text", &[&origin]).await?.get(0);
+            Ok::<_, tokio_postgres::Error>(progress)
+        };
+        let progress = setup.await.map_err(|e| anyhow::anyhow!("setting up replication origin {origin} on the target: {}; {hint}", pg_error(&e)))?;
+        let applied = progress.as_deref().and_then(super::pgoutput::parse_lsn).unwrap_or(0);
+        {
+            let mut s = stats.lock().unwrap();
+            s.applied_lsn = s.applied_lsn.max(applied);
+            s.caught_up_lsn = s.caught_up_lsn.max(applied);
+        }
+        Ok(Applier {
+            client,
+            stats,
+            tables: HashMap::new(),
+            statements: HashMap::new(),
+            queued: Vec::new(),
+            in_transaction: false,
+            receiving: false,
+            skipping: false,
+            applied,
+            batch: Batch::default(),
+            skew_micros: 0,
+        })
+    }
+
+    async fn handle(&mut self, message: Message) -> Result<()> {
+        match message {
+            Message::Begin { final_lsn, .. } => {
+                self.receiving = true;
+                // Committed on the target before a restart: its end is at or before ours.
+                self.skipping = final_lsn < self.applied;
+                if !self.skipping && !self.in_transaction {
+                    self.client.batch_execute("BEGIN").await.map_err(|e| anyhow::anyhow!("beginning a transaction on the target: {}", pg_error(&e)))?;
+                    self.in_transaction = true;
+                }
+            }
+            Message::Relation(relation) => {
+                self.flush().await?;
+                self.describe(relation).await?;
+            }
+            Message::Insert { relation, new } if !self.skipping => {
+                let values: Vec<&Value> = new.0.iter().collect();
+                let shape = vec![true; values.len()];
+                let statement = self.statement(relation, Kind::Insert, &shape).await?;
+                self.queue(statement, values.into_iter().map(text).collect(), Some(Kind::Insert), relation).await?;
+                self.batch.inserts += 1;
+            }
+            Message::Update { relation, old, new } if !self.skipping => {
+                // Unchanged TOAST values are not sent: those columns are left as they are.
+                let set: Vec<bool> = new.0.iter().map(|v| *v != Value::UnchangedToast).collect();
+                let (matched, mut key_values) = self.match_values(relation, old.as_ref(), &new)?;
+                let mut shape = set.clone();
+                shape.extend(matched.iter().copied());
+                let statement = self.statement(relation, Kind::Update, &shape).await?;
+                let mut params: Vec<Option<String>> = new.0.iter().zip(&set).filter(|(_, s)| **s).map(|(v, _)| text(v)).collect();
+                params.append(&mut key_values);
+                self.queue(statement, params, Some(Kind::Update), relation).await?;
+                self.batch.updates += 1;
+            }
+            Message::Delete { relation, old } if !self.skipping => {
+                let empty = Tuple(vec![]);
+                let (matched, key_values) = self.match_values(relation, Some(&old), &empty)?;
+                let statement = self.statement(relation, Kind::Delete, &matched).await?;
+                self.queue(statement, key_values, Some(Kind::Delete), relation).await?;
+                self.batch.deletes += 1;
+            }
+            Message::Truncate { relations, cascade, restart_identity } if !self.skipping => {
+                self.flush().await?;
+                let names: Vec<String> = relations.iter().map(|r| self.table(*r).map(|t| format!("ONLY {}", t.name))).collect::<Result<_>>()?;
+                let sql = format!(
+                    "TRUNCATE {}{}{}",
+                    names.join(", "),
+                    if restart_identity { " RESTART IDENTITY" } else { "" },
+                    if cascade { " CASCADE" } else { "" }
+                );
+                self.client.batch_execute(&sql).await.map_err(|e| anyhow::anyhow!("applying {sql} on the target: {}", pg_error(&e)))?;
+                self.batch.truncates += 1;
+            }
+            Message::Message { transactional: true, prefix, content, .. } if prefix == FENCE_PREFIX => {
+                self.batch.fence = Some(String::from_utf8_lossy(&content).into_owned());
+            }
+            // Changes of a transaction applied before; types (values come as text);
+            // origins and other extensions' messages: nothing to do.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn table(&self, relation: u32) -> Result<&Table> {
+        self.tables.get(&relation).with_context(|| format!("the stream sent a change for relation {relation} before describing it"))
+    }
+
+    /// Loads the target's types of a relation's columns: values are cast from their text.
+    async fn describe(&mut self, relation: Relation) -> Result<()> {
+        let name = format!("{}.{}", quote_ident(if relation.namespace.is_empty() { "pg_catalog" } else { &relation.namespace }), quote_ident(&relation.name));
+        let rows = self
+            .client
+            .query(
+                "select a.attname::text, format_type(a.atttypid, a.atttypmod) from pg_attribute a
+                  where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped",
+                &[&name],
+            )
+            .await
+            .with_context(|| format!("looking up table {name} on the target"))?;
+        if rows.is_empty() {
+            bail!("table {name} changed on the source but does not exist on the target: was it created after the migration started? (DDL is not replicated)");
+        }
+        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut columns = Vec::new();
+        for column in &relation.columns {
+            let ty = types.get(&column.name).with_context(|| {
+                format!("column {:?} of table {name} is on the source but not on the target (DDL is not replicated: apply it on the target too)", column.name)
+            })?;
+            columns.push((quote_ident(&column.name), ty.clone()));
+        }
+        let key = relation.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
+        self.statements.retain(|(r, _, _), _| *r != relation.oid);
+        self.tables.insert(relation.oid, Table { name, columns, key, identity: relation.replica_identity });
+        Ok(())
+    }
+
+    /// Which columns identify the row, and their values: the key columns (from the old key
+    /// tuple, or the new row when the key did not change); with REPLICA IDENTITY FULL,
+    /// every column of the old row (unchanged TOAST values cannot be matched, and need not).
+    fn match_values(&self, relation: u32, old: Option<&OldRow>, new: &Tuple) -> Result<(Vec<bool>, Vec<Option<String>>)> {
+        let table = self.table(relation)?;
+        let row = match old {
+            Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
+            None => new,
+        };
+        let by_all = table.identity == ReplicaIdentity::Full || matches!(old, Some(OldRow::Full(_)));
+        if !by_all && table.key.is_empty() {
+            bail!(
+                "table {} has no replica identity on the source (REPLICA IDENTITY NOTHING, or no primary key): its UPDATEs and DELETEs cannot be applied; give it a primary key or REPLICA IDENTITY FULL",
+                table.name
+            );
+        }
+        let matched: Vec<bool> = (0..table.columns.len())
+            .map(|i| {
+                let value = row.0.get(i);
+                if by_all { value.is_some_and(|v| *v != Value::UnchangedToast) } else { table.key.contains(&i) }
+            })
+            .collect();
+        let values = matched.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| row.0.get(i).map(text).unwrap_or(None)).collect();
+        Ok((matched, values))
+    }
+
+    /// The prepared statement for a relation, kind and shape (prepared once, then reused).
+    async fn statement(&mut self, relation: u32, kind: Kind, shape: &[bool]) -> Result<Statement> {
+        let key = (relation, kind, shape.to_vec());
+        if let Some(statement) = self.statements.get(&key) {
+            return Ok(statement.clone());
+        }
+        self.flush().await?;
+        let table = self.table(relation)?;
+        let cast = |n: usize, ty: &str| format!("${n}::text::{ty}");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let sql = match kind {
+            Kind::Insert => {
+                let names: Vec<&str> = table.columns.iter().map(|(c, _)| c.as_str()).collect();
+                let values: Vec<String> = table.columns.iter().map(|(_, ty)| cast(next(), ty)).collect();
+                format!("INSERT INTO {} ({}) VALUES ({})", table.name, names.join(", "), values.join(", "))
+            }
+            Kind::Update | Kind::Delete => {
+                let width = table.columns.len();
+                let (set_shape, match_shape) = if kind == Kind::Update { shape.split_at(width) } else { (&[][..], shape) };
+                let sets: Vec<String> = table.columns.iter().zip(set_shape).filter(|(_, s)| **s).map(|((c, ty), _)| format!("{c} = {}", cast(next(), ty))).collect();
+                let by_all = table.key.is_empty() || table.identity == ReplicaIdentity::Full;
+                let conditions: Vec<String> = table
+                    .columns
+                    .iter()
+                    .zip(match_shape)
+                    .filter(|(_, m)| **m)
+                    .map(|((c, ty), _)| {
+                        let p = cast(next(), ty);
+                        // Any type, even without an equality operator (json, point): compare text.
+                        if by_all { format!("{c}::text IS NOT DISTINCT FROM ({p})::text") } else { format!("{c} = {p}") }
+                    })
+                    .collect();
+                let condition = if conditions.is_empty() { "true".to_string() } else { conditions.join(" AND ") };
+                // Without a key, duplicates are possible: touch exactly one of them.
+                let target = if by_all { format!("ctid = (SELECT ctid FROM ONLY {} WHERE {condition} LIMIT 1)", table.name) } else { condition };
+                if kind == Kind::Update {
+                    if sets.is_empty() {
+                        // Only unchanged TOAST values: the row stays as it is, but must exist.
+                        format!("SELECT 1 FROM ONLY {} WHERE {target}", table.name)
+                    } else {
+                        format!("UPDATE ONLY {} SET {} WHERE {target}", table.name, sets.join(", "))
+                    }
+                } else {
+                    format!("DELETE FROM ONLY {} WHERE {target}", table.name)
+                }
+            }
+        };
+        let types = vec![Type::TEXT; n];
+        let statement = self.client.prepare_typed(&sql, &types).await.map_err(|e| anyhow::anyhow!("preparing {sql} on the target: {}", pg_error(&e)))?;
+        self.statements.insert(key, statement.clone());
+        Ok(statement)
+    }
+
+    async fn queue(&mut self, statement: Statement, params: Vec<Option<String>>, kind: Option<Kind>, relation: u32) -> Result<()> {
+        self.queued.push((statement, params, kind, relation));
+        if self.queued.len() >= PIPELINE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued statements in order without waiting for each answer, then checks
+    /// every answer: one round trip for the lot.
+    async fn flush(&mut self) -> Result<()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let client = &self.client;
+        // join_all polls a short list in order, and tokio-postgres sends a request when it
+        // is first polled: the statements reach the server in the source's order.
+        let pending: Vec<Pending<'_>> = queued
+            .iter()
+            .map(|(statement, params, kind, _)| {
+                let params = params.iter().map(|p| p as &(dyn ToSql + Sync));
+                let kind = *kind;
+                Box::pin(async move { (kind, client.execute_raw(statement, params).await) }) as Pending<'_>
+            })
+            .collect();
+        debug_assert!(pending.len() <= PIPELINE);
+        let results = futures_util::future::join_all(pending).await;
+        for ((kind, result), (_, _, _, relation)) in results.into_iter().zip(&queued) {
+            let table = self.tables.get(relation).map(|t| t.name.as_str()).unwrap_or("?");
+            let rows = result.map_err(|e| anyhow::anyhow!("applying a change to table {table} on the target: {}", pg_error(&e)))?;
+            if rows == 0 && matches!(kind, Some(Kind::Update | Kind::Delete)) {
+                self.batch.rows_not_found += 1;
+                tracing::warn!("a replicated {} found no row in table {table} on the target", if kind == Some(Kind::Update) { "UPDATE" } else { "DELETE" });
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the batch with the source position it reached, then counts it.
+    async fn commit(&mut self) -> Result<()> {
+        self.flush().await?;
+        let (end, commit_time) = self.batch.end;
+        if self.in_transaction {
+            let sql = format!(
+                "SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz); COMMIT",
+                quote_literal(&lsn_to_string(end)),
+                quote_literal(&pg_timestamp(commit_time))
+            );
+            self.client.batch_execute(&sql).await.map_err(|e| anyhow::anyhow!("committing applied changes on the target: {}", pg_error(&e)))?;
+            self.in_transaction = false;
+        }
+        self.applied = end;
+        let batch = std::mem::take(&mut self.batch);
+        let mut stats = self.stats.lock().unwrap();
+        stats.inserts += batch.inserts;
+        stats.updates += batch.updates;
+        stats.deletes += batch.deletes;
+        stats.truncates += batch.truncates;
+        stats.rows_not_found += batch.rows_not_found;
+        stats.transactions += batch.transactions;
+        stats.applied_lsn = end;
+        stats.caught_up_lsn = stats.caught_up_lsn.max(end);
+        stats.latency_seconds = ((now_micros() - self.skew_micros - commit_time) as f64 / 1e6).max(0.0);
+        if batch.fence.is_some() {
+            stats.fence = batch.fence;
+        }
+        Ok(())
+    }
+}
+
+/// A value as the text its type's input function reads (None: NULL).
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::Text(bytes) | Value::Binary(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::Null | Value::UnchangedToast => None,
+    }
+}
+
+/// A commit time (µs since 2000-01-01 UTC) as timestamptz text.
+fn pg_timestamp(micros: i64) -> String {
+    let epoch = chrono::DateTime::from_timestamp(946_684_800, 0).unwrap_or_default();
+    (epoch + chrono::Duration::microseconds(micros)).format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_become_postgres_timestamps() {
+        assert_eq!(pg_timestamp(0), "2000-01-01 00:00:00.000000+00");
+        assert_eq!(pg_timestamp(86_400_000_001), "2000-01-02 00:00:00.000001+00");
+    }
+}

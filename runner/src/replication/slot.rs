@@ -1,0 +1,157 @@
+//! The source side of an online migration: a publication of the migrated tables and a
+//! logical replication slot (pgoutput) created with an exported snapshot, which the base
+//! copy reads at, so that nothing is missed or doubled between the copy and the stream.
+//! Both are dropped at cutover, on cancel and on failure: a dead slot keeps WAL forever.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, TlsConfig};
+
+use super::{Lsn, Names};
+use crate::connect::{pg_error, ConnSpec};
+use crate::migration::migrating_data::{quote_ident, quote_literal};
+use crate::properties::SslMode;
+
+/// How long slot creation may wait for the transactions open on the source to end.
+const SLOT_CREATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Settings of the replication session, from the same connection spec as every other
+/// connection to the source (libpq environment, ~/.pgpass and TLS included).
+pub fn replication_config(source: &ConnSpec, db: &str, names: &Names, start: Lsn) -> ReplicationConfig {
+    let password = source.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+    let ca = source.root_cert.clone();
+    let tls = match source.ssl_mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::disabled() },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCA => TlsConfig::verify_ca(ca),
+        // A host given as an IP address still needs a server name to check against.
+        SslMode::VerifyFull => TlsConfig::verify_full(ca).with_sni_hostname(source.host.clone()),
+    };
+    ReplicationConfig::new(source.host.clone(), source.user.clone(), password, db, names.slot.clone(), names.publication.clone())
+        .with_port(source.port)
+        .with_tls(tls)
+        .with_start_lsn(WireLsn(start))
+        .with_status_interval(Duration::from_millis(500))
+        .with_application_name(format!("pgferry {}", names.slot))
+}
+
+/// Publishes the tables the base copy copies: permanent leaf tables outside the provider's
+/// schemas and extensions (partitions are published as themselves, as they are copied).
+pub async fn create_publication(source: &ConnSpec, db: &str, names: &Names, provider_schemas: &[String]) -> Result<usize> {
+    let (client, _) = source.connect(db).await?;
+    let tables: Vec<String> = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind = 'r' and c.relpersistence = 'p'
+                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+                and n.nspname::text <> all($1::text[])
+                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+              order by 1",
+            &[&provider_schemas],
+        )
+        .await
+        .context("listing the tables to publish")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sql = format!("CREATE PUBLICATION {}", quote_ident(&names.publication));
+    if !tables.is_empty() {
+        sql.push_str(&format!(" FOR TABLE {}", tables.join(", ")));
+    }
+    client.batch_execute(&sql).await.map_err(|e| {
+        anyhow::anyhow!(
+            "creating publication {} in database {db:?} on the {}: {}; the source user needs to own the tables (or be a superuser)",
+            names.publication,
+            source.describe(),
+            pg_error(&e)
+        )
+    })?;
+    Ok(tables.len())
+}
+
+/// A replication session that has just created the slot; the snapshot it exported lives
+/// until the session's next command, so keep it until the copy has adopted the snapshot.
+pub struct CreatedSlot {
+    pub session: ReplicationClient,
+    pub snapshot: String,
+    /// Changes committed after this are streamed; before it, the snapshot has them.
+    pub consistent_point: Lsn,
+}
+
+pub async fn create_slot(source: &ConnSpec, db: &str, names: &Names) -> Result<CreatedSlot> {
+    let what = || format!("replication slot {} for database {db:?} on the {}", names.slot, source.describe());
+    let mut session = tokio::time::timeout(source.connect_timeout * 3, ReplicationClient::connect_gated(replication_config(source, db, names, 0)))
+        .await
+        .map_err(|_| anyhow::anyhow!("opening a replication connection for {}: no answer; check pg_hba.conf allows a replication connection to this database", what()))?
+        .map_err(|e| anyhow::anyhow!("opening a replication connection for {}: {e}; the source user needs the REPLICATION attribute (or the provider's replication role) and pg_hba.conf must allow it", what()))?;
+    // EXPORT_SNAPSHOT is the spelling every supported version accepts (PostgreSQL 15 added
+    // an option list, keeping this one).
+    let command = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT", names.slot);
+    let rows = tokio::time::timeout(SLOT_CREATION_TIMEOUT, session.simple_query(&command))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "creating {}: still waiting after {:?} for transactions open on the source to end (a slot's snapshot needs them finished); end them (see pg_stat_activity) and retry",
+                what(),
+                SLOT_CREATION_TIMEOUT
+            )
+        })?
+        .with_context(|| format!("creating {}", what()))?;
+    let row = rows.first().with_context(|| format!("creating {}: the server returned no row", what()))?;
+    let text = |i: usize| row.get(i).and_then(|v| v.as_ref()).map(|b| String::from_utf8_lossy(b).into_owned());
+    let consistent_point = text(1).and_then(|s| super::pgoutput::parse_lsn(&s)).with_context(|| format!("creating {}: no consistent point in the answer", what()))?;
+    let snapshot = text(2).with_context(|| format!("creating {}: no exported snapshot in the answer", what()))?;
+    Ok(CreatedSlot { session, snapshot, consistent_point })
+}
+
+/// Drops the slot and the publication when they exist (idempotent: cancel, failure and
+/// cutover all call it). A slot still held by a walsender (a runner that died a moment
+/// ago) is released first.
+pub async fn drop_slot_and_publication(source: &ConnSpec, db: &str, names: &Names) -> Result<()> {
+    let (client, _) = source.connect(db).await?;
+    for attempt in 0..20 {
+        let row = client.query_opt("select active_pid from pg_replication_slots where slot_name = $1", &[&names.slot]).await?;
+        let Some(row) = row else { break };
+        if let Some(pid) = row.get::<_, Option<i32>>(0) {
+            client.execute("select pg_terminate_backend($1)", &[&pid]).await?;
+            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            continue;
+        }
+        match client.execute("select pg_drop_replication_slot($1)", &[&names.slot]).await {
+            Ok(_) => break,
+            // Taken again between the check and the drop: look again.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => continue,
+            Err(e) => anyhow::bail!("dropping replication slot {} on the {}: {}", names.slot, source.describe(), pg_error(&e)),
+        }
+    }
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&names.publication)))
+        .await
+        .map_err(|e| anyhow::anyhow!("dropping publication {} in database {db:?} on the {}: {}", names.publication, source.describe(), pg_error(&e)))?;
+    Ok(())
+}
+
+/// Bytes of WAL the source keeps for the slot that the target has not confirmed yet.
+pub async fn wal_pending(source: &tokio_postgres::Client, names: &Names) -> Result<Option<i64>> {
+    let row = source
+        .query_opt(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 from pg_replication_slots where slot_name = $1",
+            &[&names.slot],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// Writes the cutover fence into the source's WAL for one database: a transactional
+/// logical message carrying the migration's token. Returns its LSN.
+pub async fn emit_fence(source: &ConnSpec, db: &str, token: &str) -> Result<Lsn> {
+    let (client, _) = source.connect(db).await?;
+    let row = client
+        .query_one(&format!("select pg_logical_emit_message(true, {}, $1::text)::text", quote_literal(super::FENCE_PREFIX)), &[&token])
+        .await
+        .map_err(|e| anyhow::anyhow!("writing the cutover fence in database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
+    let lsn: String = row.get(0);
+    super::pgoutput::parse_lsn(&lsn).with_context(|| format!("the fence's LSN {lsn:?} does not parse"))
+}

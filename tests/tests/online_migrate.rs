@@ -1,0 +1,193 @@
+//! Online migration end to end: a pgbench write load runs on the source during the whole
+//! migration; the target must end an exact copy (every table's rows, every sequence), and
+//! nothing of the migration may be left on the source.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgferry_tests::compare::{self, sequences};
+use pgferry_tests::{Cluster, Pgferry};
+use serde_json::{json, Value};
+
+fn source_cluster() -> Cluster {
+    Cluster::builder().setting("wal_level", "logical").setting("max_replication_slots", "10").setting("max_wal_senders", "10").start().unwrap()
+}
+
+fn properties(pf: &Pgferry, source: &Cluster, db: &str) -> String {
+    let body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises", "MigrationMode": "Online"});
+    pf.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
+}
+
+fn pgbench(source: &Cluster) -> Command {
+    let mut cmd = Command::new(source.bin_dir().join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &source.port().to_string(), "-U", "postgres"]);
+    cmd
+}
+
+/// Loads pgbench's tables plus tables that exercise what pgbench does not: TOASTed values
+/// left unchanged by an UPDATE, a table without a key (REPLICA IDENTITY FULL), and a
+/// ledger of increments whose sum shows whether a transaction was applied twice.
+fn load(source: &Cluster, db: &str) {
+    source.create_database(db).unwrap();
+    let out = pgbench(source).args(["-i", "-s", "2", "-q", db]).output().unwrap();
+    assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    source
+        .psql(
+            db,
+            "alter table pgbench_history replica identity full;
+             create table toasty (id int primary key, big text not null, n int not null default 0);
+             insert into toasty select g, (select string_agg(md5(random()::text || g || s), '') from generate_series(1, 300) s), 0 from generate_series(1, 200) g;
+             create table keyless (a int, b text);
+             alter table keyless replica identity full;
+             insert into keyless select g % 50, 'row ' || g from generate_series(1, 500) g;
+             create table ledger (id bigserial primary key, delta int not null);",
+        )
+        .unwrap();
+}
+
+/// The custom script: updates TOASTed rows without touching the TOASTed column, deletes and
+/// reinserts, works on the keyless table and appends increments to the ledger.
+const SCRIPT: &str = r"\set id random(1, 200)
+\set k random(0, 49)
+BEGIN;
+UPDATE toasty SET n = n + 1 WHERE id = :id;
+DELETE FROM keyless WHERE ctid = (SELECT ctid FROM keyless WHERE a = :k LIMIT 1);
+INSERT INTO keyless VALUES (:k, 'again');
+UPDATE keyless SET b = b || '+' WHERE ctid = (SELECT ctid FROM keyless WHERE a = :k LIMIT 1);
+INSERT INTO ledger (delta) VALUES (1);
+END;
+";
+
+struct Load(Child);
+
+impl Load {
+    fn start(source: &Cluster, db: &str, script: &std::path::Path, seconds: u32) -> Load {
+        let child = pgbench(source)
+            .args(["-c", "4", "-j", "2", "-T", &seconds.to_string(), "-b", "tpcb-like@5", "-f"])
+            .arg(format!("{}@5", script.display()))
+            .arg(db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Load(child)
+    }
+
+    fn finish(mut self) {
+        let status = self.0.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "pgbench failed: {err}");
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn show(pf: &Pgferry, name: &str) -> Value {
+    let out = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("show: {e}: {}", out.transcript()))
+}
+
+fn wait_for(pf: &Pgferry, name: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let doc = show(pf, name);
+        if done(&doc) {
+            return doc;
+        }
+        assert!(doc["state"] != "Failed", "{name} failed before {what}: {doc:#}");
+        assert!(Instant::now() < deadline, "{name} never reached {what}: {doc:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Nothing of migration `id` on the source: no slot, no publication.
+fn assert_nothing_left(source: &Cluster, db: &str) {
+    let slots = source.psql("postgres", "select count(*) from pg_replication_slots where slot_name like 'pgferry%'").unwrap();
+    assert_eq!(slots.trim(), "0", "replication slots left on the source");
+    let publications = source.psql(db, "select count(*) from pg_publication where pubname like 'pgferry%'").unwrap();
+    assert_eq!(publications.trim(), "0", "publications left on the source");
+}
+
+fn assert_same(source: &Cluster, target: &Cluster, db: &str) {
+    assert_eq!(compare::table_digests(target, db, false), compare::table_digests(source, db, false), "table contents differ");
+    assert_eq!(sequences(target, db), sequences(source, db), "sequences differ");
+    let sum = |c: &Cluster| c.psql(db, "select count(*), coalesce(sum(delta), 0) from ledger").unwrap();
+    assert_eq!(sum(target), sum(source), "the ledger's increments differ: a transaction was lost or applied twice");
+}
+
+#[test]
+fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    let pf = Pgferry::new();
+    let script = pf.write("script.sql", SCRIPT);
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("127.0.0.1:{}", target.port());
+
+    let load = Load::start(&source, "bench", &script, 25);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = pf.run(&["migration", "create", "--migration-name", "online", "--properties", &props, "--target", &target_arg, "--no-wait", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc = wait_for(&pf, "online", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    // Changes keep flowing while it waits.
+    let applied = |d: &Value| d["details"]["replicationProgress"]["bench"]["transactions"].as_u64().unwrap_or(0);
+    let before = applied(&doc);
+    let doc = wait_for(&pf, "online", "more applied transactions", Duration::from_secs(30), |d| applied(d) > before + 20);
+    let progress = &doc["details"]["replicationProgress"]["bench"];
+    assert!(progress["inserts"].as_u64().unwrap() > 0 && progress["updates"].as_u64().unwrap() > 0 && progress["deletes"].as_u64().unwrap() > 0, "{progress:#}");
+    assert!(progress["latencySeconds"].as_f64().unwrap() < 5.0, "{progress:#}");
+    assert!(progress.get("walBytesPending").is_some(), "{progress:#}");
+    let text = pf.run(&["migration", "show", "--migration-name", "online"]);
+    assert!(text.stdout.contains("Replicating     bench: "), "{}", text.stdout);
+    load.finish();
+
+    let requested = Instant::now();
+    let out = pf.run(&["migration", "update", "--migration-name", "online", "--cutover", "--output", "json"]);
+    let cutover_seconds = requested.elapsed().as_secs_f64();
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Succeeded", "{doc:#}");
+    let receipt = &doc["details"]["cutover"];
+    assert!(receipt["fenceLsn"]["bench"].as_str().is_some_and(|l| l.contains('/')), "{receipt:#}");
+    assert!(receipt["fenceAppliedAt"].is_string() && receipt["completedAt"].is_string(), "{receipt:#}");
+    assert!(receipt["tablesVerified"].as_u64().unwrap() >= 7, "{receipt:#}");
+    let substates: Vec<&str> = doc["transitions"].as_array().unwrap().iter().map(|t| t["substate"].as_str().unwrap()).collect();
+    assert_eq!(substates, ["PerformingPreRequisiteSteps", "ValidationInProgress", "MigratingData", "WaitingForCutoverTrigger", "CompletingMigration", "Completed"]);
+    eprintln!("cutover took {cutover_seconds:.2} s including verification");
+
+    assert_same(&source, &target, "bench");
+    assert_nothing_left(&source, "bench");
+    let origins = target.psql("postgres", "select count(*) from pg_replication_origin").unwrap();
+    assert_eq!(origins.trim(), "0", "replication origins left on the target");
+}
+
+#[test]
+fn cancel_while_waiting_for_cutover_leaves_nothing_on_the_source() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let out = pf.run(&["migration", "create", "--migration-name", "doomed", "--properties", &props, "--target", &target_arg, "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    wait_for(&pf, "doomed", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    let slots = source.psql("postgres", "select count(*) from pg_replication_slots where slot_name like 'pgferry%'").unwrap();
+    assert_eq!(slots.trim(), "1", "the migration streams from one slot");
+
+    let out = pf.run(&["migration", "update", "--migration-name", "doomed", "--cancel"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    // The runner notices within a second, drops slot, publication and target database.
+    let doc = wait_for(&pf, "doomed", "the runner's cleanup", Duration::from_secs(30), |d| d["details"].get("droppedOnCancel").is_some());
+    assert_eq!(doc["state"], "Canceled");
+    assert_nothing_left(&source, "bench");
+    let dbs = target.psql("postgres", "select count(*) from pg_database where datname = 'bench'").unwrap();
+    assert_eq!(dbs.trim(), "0", "the canceled migration's database is still on the target");
+}
