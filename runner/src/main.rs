@@ -79,6 +79,10 @@ enum MigrationCommand {
         /// With --cutover: return once the request is recorded, without following it
         #[arg(long, requires = "cutover")]
         no_wait: bool,
+        /// The properties file again, for the passwords, when a cancel must clean up after
+        /// a runner that is gone (else PGPASSWORD / ~/.pgpass)
+        #[arg(long)]
+        properties: Option<PathBuf>,
         #[arg(long)]
         cancel: bool,
     },
@@ -246,7 +250,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 show(&cli, &store, &m)?;
                 Ok(Exit::Ok)
             }
-            MigrationCommand::Update { migration_name, target, cutover, read_only_source, no_wait, cancel } => {
+            MigrationCommand::Update { migration_name, target, cutover, read_only_source, no_wait, properties, cancel } => {
                 let mut store = open_store(&cli)?;
                 let Some(m) = store.find(migration_name, target.as_deref())? else {
                     eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
@@ -270,13 +274,12 @@ async fn run(cli: Cli) -> Result<Exit> {
                     store.merge_details(m.id, serde_json::json!({ "cutover": request }))?;
                     // The migration's runner (another process) carries the cutover out; this
                     // command follows it to the end, so that its exit code is the outcome.
-                    let runner_alive = |m: &pgferry::store::Migration| m.runner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
                     let m = loop {
                         let m = store.get_by_id(m.id)?;
                         if !m.status.is_active() || *no_wait {
                             break m;
                         }
-                        if !runner_alive(&m) {
+                        if migration::live_runner(&m).is_none() {
                             bail!(
                                 "the cutover of migration {migration_name:?} is recorded, but no runner is following the migration (its process is gone); `pgferry migration resume --migration-name {migration_name}` carries it out"
                             );
@@ -294,7 +297,9 @@ async fn run(cli: Cli) -> Result<Exit> {
                 if !m.status.is_active() {
                     bail!("migration {migration_name:?} is {} already; only InProgress or WaitingForUserAction migrations can be canceled", m.status.state);
                 }
-                let m = store.transition(m.id, Status::CANCELED)?;
+                let secrets = properties.as_ref().map(|p| Properties::from_file(p)).transpose()?;
+                let registry = registry(&cli).await?;
+                let m = migration::cancel(&mut store, &registry, &m, secrets).await?;
                 show(&cli, &store, &m)?;
                 Ok(Exit::Ok)
             }

@@ -191,3 +191,72 @@ fn cancel_while_waiting_for_cutover_leaves_nothing_on_the_source() {
     let dbs = target.psql("postgres", "select count(*) from pg_database where datname = 'bench'").unwrap();
     assert_eq!(dbs.trim(), "0", "the canceled migration's database is still on the target");
 }
+
+/// Waits until the target shows a COPY into it: the base copy is under way.
+fn wait_for_copy(target: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let copying = target.psql("postgres", "select count(*) from pg_stat_activity where query like 'COPY %FROM STDIN%'").unwrap_or_default();
+        if copying.trim() != "0" && !copying.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the base copy never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill_9(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[test]
+fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transaction_once() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    source.create_database("bench").unwrap();
+    // Big enough that the base copy takes a moment to catch it in the act.
+    let out = pgbench(&source).args(["-i", "-s", "10", "-q", "bench"]).output().unwrap();
+    assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    source.psql("bench", "alter table pgbench_history replica identity full; create table ledger (id bigserial primary key, delta int not null);").unwrap();
+    let pf = Pgferry::new();
+    let script = pf.write("ledger.sql", "INSERT INTO ledger (delta) VALUES (1);\n");
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let load = Load::start(&source, "bench", &script, 30);
+    let spawn = |args: &[&str]| pf.command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+
+    // 1. Killed during the base copy: the copy starts over with a new slot.
+    let mut runner = spawn(&["migration", "create", "--migration-name", "crashy", "--properties", &props, "--target", &target_arg, "--jobs", "2"]);
+    wait_for_copy(&target);
+    kill_9(&mut runner);
+    let doc = show(&pf, "crashy");
+    assert_eq!((doc["state"].as_str(), doc["substate"].as_str()), (Some("InProgress"), Some("MigratingData")), "{doc:#}");
+    let first_slot = source.psql("postgres", "select slot_name from pg_replication_slots").unwrap();
+    assert_eq!(first_slot.trim(), "pgferry_1_0", "the killed runner's slot stays until resume or cancel");
+
+    let mut runner = spawn(&["migration", "resume", "--migration-name", "crashy"]);
+    let applied = |d: &Value| d["details"]["replicationProgress"]["bench"]["transactions"].as_u64().unwrap_or(0);
+    wait_for(&pf, "crashy", "WaitingForCutoverTrigger after resume", Duration::from_secs(180), |d| d["substate"] == "WaitingForCutoverTrigger" && applied(d) > 50);
+    let slots = source.psql("postgres", "select count(*) from pg_replication_slots").unwrap();
+    assert_eq!(slots.trim(), "1", "the interrupted copy's slot was replaced, not added to");
+
+    // 2. Killed while applying: it goes on from the position the target committed.
+    kill_9(&mut runner);
+    let ledger = |c: &Cluster| c.psql("bench", "select count(*) from ledger").unwrap().trim().parse::<u64>().unwrap();
+    let at_kill = ledger(&target);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut runner = spawn(&["migration", "resume", "--migration-name", "crashy"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger(&target) < at_kill + 100 {
+        assert!(Instant::now() < deadline, "the resumed runner does not apply: {:#}", show(&pf, "crashy"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    load.finish();
+
+    let out = pf.run(&["migration", "update", "--migration-name", "crashy", "--cutover", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert_eq!(runner.wait().unwrap().code(), Some(0), "the resumed runner ends with the migration");
+    assert_same(&source, &target, "bench");
+    assert_nothing_left(&source, "bench");
+}

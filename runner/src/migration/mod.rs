@@ -179,10 +179,28 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
             m.status.state
         );
     }
-    if let Some(pid) = m.runner_pid.filter(|pid| *pid != std::process::id())
-        && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("migration {name:?} is still being run by process {pid} on this machine; follow it with `pgferry migration show`, or stop it with `pgferry migration update --cancel`");
-        }
+    if let Some(pid) = live_runner(&m) {
+        bail!("migration {name:?} is still being run by process {pid} on this machine; follow it with `pgferry migration show`, or stop it with `pgferry migration update --cancel`");
+    }
+    let (options, adapter, source, target) = stored_request(registry, &m, secrets, copy).await?;
+    store.claim(m.id, std::process::id())?;
+    if failed_copying {
+        store.merge_details(m.id, json!({ "resumedAfter": m.error }))?;
+        store.transition(m.id, Status::MIGRATING)?;
+    }
+    let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
+    drive(store, registry, m.id, &options, adapter, source, target, states, observer).await
+}
+
+/// The process running a migration, when it is alive on this machine (and not us).
+pub fn live_runner(m: &Migration) -> Option<u32> {
+    m.runner_pid.filter(|pid| *pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// A stored migration's request and connection specs, as `create` had them but for the
+/// passwords: those come from `secrets` (the properties file again) or the environment and
+/// ~/.pgpass, as the store never held them.
+async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Option<Properties>, copy: CopyOptions) -> Result<(CreateRequest, &'r crate::plugins::AdapterPlugin, ConnSpec, ConnSpec)> {
     let p = &m.properties;
     let text = |k: &str| p.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
     let source = parse_endpoint(&text("sourceServer").context("the stored migration has no source server")?)?;
@@ -208,13 +226,32 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
     let props = &options.properties;
     let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
     let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
-    store.claim(m.id, std::process::id())?;
-    if failed_copying {
-        store.merge_details(m.id, json!({ "resumedAfter": m.error }))?;
-        store.transition(m.id, Status::MIGRATING)?;
+    Ok((options, adapter, source, target))
+}
+
+/// `update --cancel`: the migration ends Canceled at once. A live runner notices within a
+/// second and removes what the migration made; when its runner is gone (killed), this
+/// does it: slots and publications on the source, origins and the databases the migration
+/// created on the target.
+pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secrets: Option<Properties>) -> Result<Migration> {
+    let canceled = store.transition(m.id, Status::CANCELED)?;
+    if live_runner(m).is_some() {
+        return Ok(canceled);
     }
     let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
-    drive(store, registry, m.id, &options, adapter, source, target, states, observer).await
+    let replicating = m.details.get("replication").and_then(serde_json::Value::as_object).is_some_and(|r| !r.is_empty());
+    let created: Vec<String> = m
+        .databases
+        .iter()
+        .filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created) || m.details.pointer(&format!("/replication/{}", db.replace('~', "~0").replace('/', "~1"))).is_some())
+        .cloned()
+        .collect();
+    if created.is_empty() && !replicating {
+        return Ok(canceled);
+    }
+    let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
+    let (_, _, source, target) = stored_request(registry, m, secrets, copy).await?;
+    canceled_cleanup(store, m.id, &source, &target, &created).await
 }
 
 /// Runs a recorded migration from its current status to its end.
@@ -361,7 +398,7 @@ async fn migrate(
         let work = migrating_data::run_database(&settings, db, &state, None, &tx);
         match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(database) => copied.push(database),
-            None => return canceled(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
 
@@ -381,7 +418,7 @@ async fn migrate(
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
             }
-            None => return canceled(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
     let _ = store.merge_details(id, json!({ "verification": verification }));
@@ -403,7 +440,7 @@ fn check_verification(verification: &[completing_migration::DatabaseVerification
 
 /// After a cancel: the target databases this migration created are dropped, so nothing
 /// half-copied is left looking valid.
-async fn canceled(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec, created: &[String]) -> Result<Migration> {
+async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec, created: &[String]) -> Result<Migration> {
     let leftovers = waiting_for_cutover_trigger::clean_up(source, target, &store.get_by_id(id)?).await;
     drop_databases(target, created).await;
     store.merge_details(id, json!({ "droppedOnCancel": created, "replication": {}, "cleanupFailed": leftovers }))?;

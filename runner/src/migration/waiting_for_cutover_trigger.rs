@@ -110,11 +110,13 @@ pub(super) async fn run(
         if let Some(old) = &restarted {
             slot::drop_slot_and_publication(s.source, db, &old.names).await.map_err(err(created))?;
         }
+        // Whether an earlier attempt created the target database (ours to replace).
+        let ours = restarted.is_some() || progress.states.remove(db).is_some_and(|st| st.stage >= Stage::Created);
         let names = Names::new(id, index);
         records.insert(db.clone(), Record { names: names.clone(), consistent_point: String::new(), base_copied: false });
         // Recorded before anything exists on the source, so that cancel and failure find it.
         save_records(store, id, &records).map_err(err(created))?;
-        let state = DatabaseState { stage: if restarted.is_some() { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
+        let state = DatabaseState { stage: if ours { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
         created.push(db.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let work = async {
@@ -136,7 +138,7 @@ pub(super) async fn run(
                 record.base_copied = true;
                 save_records(store, id, &records).map_err(err(created))?;
             }
-            None => return super::canceled(store, id, s.source, s.target, created).await.map(Some).map_err(err(created)),
+            None => return super::canceled_cleanup(store, id, s.source, s.target, created).await.map(Some).map_err(err(created)),
         }
     }
 
@@ -155,7 +157,7 @@ pub(super) async fn run(
             Err((step, created.clone(), e))
         }
         Ok(Some(_)) => {
-            super::canceled(store, id, s.source, s.target, created).await.map(Some).map_err(err(created))
+            super::canceled_cleanup(store, id, s.source, s.target, created).await.map(Some).map_err(err(created))
         }
         Ok(None) => {
             // The fences are applied: everything the source committed before the request is
