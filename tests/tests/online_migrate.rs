@@ -96,7 +96,13 @@ fn show(pf: &Pgferry, name: &str) -> Value {
 fn wait_for(pf: &Pgferry, name: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let doc = show(pf, name);
+        // A runner just started may not have recorded the migration yet.
+        let out = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
+        let Ok(doc) = serde_json::from_str::<Value>(&out.stdout) else {
+            assert!(Instant::now() < deadline, "{name} never appeared: {}", out.transcript());
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         if done(&doc) {
             return doc;
         }
@@ -115,7 +121,8 @@ fn assert_nothing_left(source: &Cluster, db: &str) {
 }
 
 fn assert_same(source: &Cluster, target: &Cluster, db: &str) {
-    assert_eq!(compare::table_digests(target, db, false), compare::table_digests(source, db, false), "table contents differ");
+    // Materialized views as a refresh leaves them: the target's were refreshed at cutover.
+    assert_eq!(compare::table_digests(target, db, true), compare::table_digests(source, db, true), "table contents differ");
     assert_eq!(sequences(target, db), sequences(source, db), "sequences differ");
     let sum = |c: &Cluster| c.psql(db, "select count(*), coalesce(sum(delta), 0) from ledger").unwrap();
     assert_eq!(sum(target), sum(source), "the ledger's increments differ: a transaction was lost or applied twice");
@@ -131,6 +138,7 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     let props = properties(&pf, &source, "bench");
     let target_arg = format!("127.0.0.1:{}", target.port());
 
+    source.psql("bench", "create materialized view branch_totals as select bid, sum(abalance) from pgbench_accounts group by bid").unwrap();
     let load = Load::start(&source, "bench", &script, 25);
     std::thread::sleep(Duration::from_secs(2));
     let out = pf.run(&["migration", "create", "--migration-name", "online", "--properties", &props, "--target", &target_arg, "--no-wait", "--output", "json"]);
@@ -163,6 +171,10 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     eprintln!("cutover took {cutover_seconds:.2} s including verification");
 
     assert_same(&source, &target, "bench");
+    let totals = "select * from branch_totals order by bid";
+    let fresh = source.psql("bench", &format!("begin; refresh materialized view branch_totals; {totals}; rollback")).unwrap();
+    let fresh: Vec<&str> = fresh.lines().filter(|l| l.contains('|')).collect();
+    assert_eq!(target.psql("bench", totals).unwrap().lines().collect::<Vec<_>>(), fresh, "materialized views are refreshed at cutover");
     assert_nothing_left(&source, "bench");
     let origins = target.psql("postgres", "select count(*) from pg_replication_origin").unwrap();
     assert_eq!(origins.trim(), "0", "replication origins left on the target");
@@ -259,4 +271,36 @@ fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transactio
     assert_eq!(runner.wait().unwrap().code(), Some(0), "the resumed runner ends with the migration");
     assert_same(&source, &target, "bench");
     assert_nothing_left(&source, "bench");
+}
+
+#[test]
+fn cancel_after_the_runner_died_cleans_up_by_itself() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    source.psql("bench", "create materialized view branch_totals as select bid, sum(abalance) from pgbench_accounts group by bid").unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let mut runner = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "orphan", "--properties", &props, "--target", &target_arg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pf, "orphan", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    kill_9(&mut runner);
+
+    // No runner is left to notice the cancel: the command removes what the migration made.
+    let out = pf.run(&["migration", "update", "--migration-name", "orphan", "--cancel", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Canceled");
+    assert_eq!(doc["details"]["droppedOnCancel"], json!(["bench"]), "{doc:#}");
+    assert_nothing_left(&source, "bench");
+    let dbs = target.psql("postgres", "select count(*) from pg_database where datname = 'bench'").unwrap();
+    assert_eq!(dbs.trim(), "0");
+    let origins = target.psql("postgres", "select count(*) from pg_replication_origin").unwrap();
+    assert_eq!(origins.trim(), "0", "replication origins left on the target");
 }

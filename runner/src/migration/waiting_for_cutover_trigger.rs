@@ -293,6 +293,9 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
         slot::drop_slot_and_publication(s.source, db, &records[db].names).await?;
         drop_origin(s.target, &records[db].names).await?;
     }
+    for db in databases {
+        refresh_materialized_views(s, db).await?;
+    }
     let mut verification = Vec::new();
     let mut tables_verified = 0;
     let mut sequences_set = 0;
@@ -318,6 +321,39 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
     store.merge_details(id, json!({ "verification": verification, "cutover": cutover }))?;
     super::check_verification(&verification)?;
     Ok(None)
+}
+
+/// Materialized views are not replicated: the ones populated on the source are refreshed
+/// on the target from the replicated tables, dependencies first.
+async fn refresh_materialized_views(s: &Settings<'_>, db: &str) -> Result<()> {
+    let (source, _) = s.source.connect(db).await?;
+    let populated: Vec<String> = source
+        .query("select format('%I.%I', schemaname, matviewname) from pg_matviews where ispopulated order by 1", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if populated.is_empty() {
+        return Ok(());
+    }
+    let (target, _) = s.target.connect(db).await?;
+    // A view may read another: refresh in rounds until all succeed or none does.
+    let mut pending = populated;
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for view in &pending {
+            if let Err(e) = target.batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}")).await {
+                last_error = Some(format!("refreshing materialized view {view} in database {db:?} on the target: {}", pg_error(&e)));
+                failed.push(view.clone());
+            }
+        }
+        if failed.len() == pending.len() {
+            anyhow::bail!(last_error.unwrap_or_default());
+        }
+        pending = failed;
+    }
+    Ok(())
 }
 
 /// Drops a replication origin on the target (idempotent). The apply session
