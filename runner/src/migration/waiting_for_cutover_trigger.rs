@@ -55,6 +55,9 @@ pub struct Cutover {
     pub sequences_set: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables_verified: Option<usize>,
+    /// How long the final verification took (the rest of the cutover is the switch itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
 }
@@ -296,6 +299,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
     for db in databases {
         refresh_materialized_views(s, db).await?;
     }
+    let verifying = Instant::now();
     let mut verification = Vec::new();
     let mut tables_verified = 0;
     let mut sequences_set = 0;
@@ -317,6 +321,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
     }
     cutover.sequences_set = Some(sequences_set);
     cutover.tables_verified = Some(tables_verified);
+    cutover.verification_seconds = Some(verifying.elapsed().as_secs_f64());
     cutover.completed_at = Some(chrono::Utc::now().to_rfc3339());
     store.merge_details(id, json!({ "verification": verification, "cutover": cutover }))?;
     super::check_verification(&verification)?;
