@@ -49,7 +49,8 @@ pub struct ApplyStats {
     #[serde(serialize_with = "serialize_lsn")]
     pub caught_up_lsn: Lsn,
     /// Seconds the target is behind the source: from the last applied transaction's commit
-    /// time to when it was applied; 0 while nothing is pending.
+    /// on the source to its commit on the target; 0 once the stream has been idle (nothing
+    /// pending) for a second.
     pub latency_seconds: f64,
     /// The last cutover fence applied (its token).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,7 +80,11 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
                     }
                     let mut stats = applier.stats.lock().unwrap();
                     stats.caught_up_lsn = stats.caught_up_lsn.max(wal_end);
-                    stats.latency_seconds = 0.0;
+                    // Keepalives come between transactions under load too: only a quiet
+                    // stream means the target is not behind.
+                    if applier.committed_at.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                        stats.latency_seconds = 0.0;
+                    }
                 }
             }
             Event::Message(Message::Commit { end_lsn, commit_time, .. }) => {
@@ -160,6 +165,8 @@ struct Applier {
     batch: Batch,
     /// Our clock minus the source's, from keepalives (latency is measured on the source's clock).
     skew_micros: i64,
+    /// When the last batch was committed on the target.
+    committed_at: Option<std::time::Instant>,
 }
 
 /// Microseconds since 2000-01-01, PostgreSQL's epoch.
@@ -205,6 +212,7 @@ impl Applier {
             applied,
             batch: Batch::default(),
             skew_micros: 0,
+            committed_at: None,
         })
     }
 
@@ -451,6 +459,7 @@ impl Applier {
         stats.applied_lsn = end;
         stats.caught_up_lsn = stats.caught_up_lsn.max(end);
         stats.latency_seconds = ((now_micros() - self.skew_micros - commit_time) as f64 / 1e6).max(0.0);
+        self.committed_at = Some(std::time::Instant::now());
         if batch.fence.is_some() {
             stats.fence = batch.fence;
         }

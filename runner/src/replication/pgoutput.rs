@@ -16,20 +16,55 @@ pub type Lsn = u64;
 pub enum Message {
     /// `commit_time` is in microseconds since 2000-01-01 UTC; for a transaction replayed with a
     /// replication origin it is the origin's commit time.
-    Begin { final_lsn: Lsn, commit_time: i64, xid: u32 },
-    Commit { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64 },
+    Begin {
+        final_lsn: Lsn,
+        commit_time: i64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
     /// Sent after Begin when the transaction was made under a replication origin.
-    Origin { commit_lsn: Lsn, name: String },
+    Origin {
+        commit_lsn: Lsn,
+        name: String,
+    },
     Relation(Relation),
     /// A user-defined type used by the next Relation; built-in types are only named by OID.
-    Type { oid: u32, namespace: String, name: String },
-    Insert { relation: u32, new: Tuple },
+    Type {
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: Tuple,
+    },
     /// `old` is present when the replica identity changed (`Key`) or is FULL (`Full`).
-    Update { relation: u32, old: Option<OldRow>, new: Tuple },
-    Delete { relation: u32, old: OldRow },
-    Truncate { relations: Vec<u32>, cascade: bool, restart_identity: bool },
+    Update {
+        relation: u32,
+        old: Option<OldRow>,
+        new: Tuple,
+    },
+    Delete {
+        relation: u32,
+        old: OldRow,
+    },
+    Truncate {
+        relations: Vec<u32>,
+        cascade: bool,
+        restart_identity: bool,
+    },
     /// `pg_logical_emit_message`; a non-transactional one arrives outside Begin/Commit.
-    Message { transactional: bool, lsn: Lsn, prefix: String, content: Bytes },
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Bytes,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,6 +379,7 @@ impl Reader<'_> {
 
     fn tuple(&mut self) -> Result<Tuple, DecodeError> {
         let count = self.count()?;
+        // A value takes at least one byte.
         let mut values = Vec::with_capacity(count.min(self.remaining()));
         for _ in 0..count {
             let at = self.pos;
@@ -510,7 +546,8 @@ mod tests {
     const COMMIT: &str = "4300000000000197d2e0000000000197d310000303ec31000352";
     const UPDATE: &str = "55000040414e00047400000001317400000003756e6f6e74000000056861707079";
     const UPDATE_KEY_CHANGE: &str = "55000040414b00047400000001326e6e6e4e000474000000023230740000000374776f74000000026e326e";
-    const RELATION_BIG: &str = "520000404d7075626c696300626967006400030169640000000017ffffffff00736d616c6c0000000019ffffffff006269670000000019ffffffff";
+    const RELATION_BIG: &str =
+        "520000404d7075626c696300626967006400030169640000000017ffffffff00736d616c6c0000000019ffffffff006269670000000019ffffffff";
     const UPDATE_UNCHANGED_TOAST: &str = "550000404d4e000374000000013174000000017475";
     const DELETE: &str = "44000040414b0004740000000232306e6e6e";
     const RELATION_FULL: &str = "52000040487075626c69630066756c6c5f7269006600020169640000000017ffffffff01760000000019ffffffff";
@@ -524,7 +561,8 @@ mod tests {
     const MESSAGE_NON_TRANSACTIONAL: &str = "4d000000000001981e38706766657272792e6e74000000000300ff01";
     const BEGIN_ORIGIN: &str = "4200000000019821400002b0ec8515f34000000303";
     const ORIGIN: &str = "4f0000000102345678757073747265616d00";
-    const RELATION_INDEX: &str = "520000406f7075626c69630072695f6964780069000301610000000017ffffffff01620000000019ffffffff00630000000019ffffffff";
+    const RELATION_INDEX: &str =
+        "520000406f7075626c69630072695f6964780069000301610000000017ffffffff01620000000019ffffffff00630000000019ffffffff";
     const UPDATE_INDEX_KEY: &str = "550000406f4b00037400000001317400000001786e4e0003740000000131740000000179740000000163";
     const RELATION_NOTHING: &str = "52000040757075626c69630072695f6e6f7468696e67006e000200610000000017ffffffff0062000000041300000010";
     // From a second slot read with 'binary', 'true' as well:
@@ -579,7 +617,12 @@ mod tests {
 
     #[test]
     fn relations() {
-        let basic = vec![column(true, "id", INT4, -1), column(false, "name", TEXT, -1), column(false, "note", TEXT, -1), column(false, "m", MOOD, -1)];
+        let basic = vec![
+            column(true, "id", INT4, -1),
+            column(false, "name", TEXT, -1),
+            column(false, "note", TEXT, -1),
+            column(false, "m", MOOD, -1),
+        ];
         assert_eq!(decoded(RELATION_BASIC), relation(BASIC, "basic", ReplicaIdentity::Default, basic));
         let big = vec![column(true, "id", INT4, -1), column(false, "small", TEXT, -1), column(false, "big", TEXT, -1)];
         assert_eq!(decoded(RELATION_BIG), relation(BIG, "big", ReplicaIdentity::Default, big));
@@ -678,7 +721,11 @@ mod tests {
         };
         for hex in STREAM {
             let message = decoded(hex);
-            assert_eq!(open.is_some(), !matches!(message, Message::Begin { .. } | Message::Message { transactional: false, .. }), "{message:?}");
+            assert_eq!(
+                open.is_some(),
+                !matches!(message, Message::Begin { .. } | Message::Message { transactional: false, .. }),
+                "{message:?}"
+            );
             match &message {
                 Message::Begin { final_lsn, commit_time, .. } => open = Some((*final_lsn, *commit_time)),
                 Message::Commit { flags, commit_lsn, commit_time, .. } => {
@@ -740,7 +787,10 @@ mod tests {
         // Insert whose tuple claims -1 columns; then one whose text value claims -1 bytes.
         assert_eq!(problem("49000040414effff"), ("Insert", 6, Problem::Negative { what: "column count", value: -1 }));
         assert_eq!(problem("49000040414e000174ffffffff"), ("Insert", 9, Problem::Negative { what: "value length", value: -1 }));
-        assert_eq!(problem("49000040414e00017a"), ("Insert", 8, Problem::Unexpected { expected: "column kind 'n', 'u', 't' or 'b'", found: b'z' }));
+        assert_eq!(
+            problem("49000040414e00017a"),
+            ("Insert", 8, Problem::Unexpected { expected: "column kind 'n', 'u', 't' or 'b'", found: b'z' })
+        );
         assert_eq!(problem("4900004041"), ("Insert", 5, Problem::Truncated { needed: 1, available: 0 }));
         // Type whose name is not UTF-8, then one with no NUL after it.
         assert_eq!(problem("590000403500ff00"), ("Type", 6, Problem::InvalidUtf8));
@@ -749,7 +799,10 @@ mod tests {
         // A relation count far beyond the bytes there: no giant allocation, just an error.
         assert_eq!(problem("547fffffff0000000001"), ("Truncate", 10, Problem::Truncated { needed: 4, available: 0 }));
         assert_eq!(problem("54ffffffff00"), ("Truncate", 1, Problem::Negative { what: "relation count", value: -1 }));
-        assert_eq!(problem("52000040417075626c696300620078"), ("Relation", 14, Problem::Unexpected { expected: "replica identity 'd', 'n', 'f' or 'i'", found: b'x' }));
+        assert_eq!(
+            problem("52000040417075626c696300620078"),
+            ("Relation", 14, Problem::Unexpected { expected: "replica identity 'd', 'n', 'f' or 'i'", found: b'x' })
+        );
     }
 
     #[test]
