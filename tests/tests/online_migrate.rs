@@ -304,3 +304,44 @@ fn cancel_after_the_runner_died_cleans_up_by_itself() {
     let origins = target.psql("postgres", "select count(*) from pg_replication_origin").unwrap();
     assert_eq!(origins.trim(), "0", "replication origins left on the target");
 }
+
+#[test]
+fn an_apply_failure_ends_failed_naming_the_table_and_drops_the_slot() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let out = pf.run(&["migration", "create", "--migration-name", "clash", "--properties", &props, "--target", &target_arg, "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    wait_for(&pf, "clash", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    // Someone writes to the target behind the migration's back: the next replicated insert
+    // into the ledger collides with it.
+    target.psql("bench", "insert into ledger (id, delta) values (1, 42)").unwrap();
+    source.psql("bench", "insert into ledger (delta) values (1)").unwrap();
+    let doc = wait_for(&pf, "clash", "Failed", Duration::from_secs(30), |d| d["state"] == "Failed" || d["details"].get("droppedOnFailure").is_some());
+    let message = doc["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(doc["state"], "Failed", "{doc:#}");
+    assert!(message.contains("public.ledger") || message.contains("\"ledger\""), "the error names the table: {message}");
+    assert!(message.contains("duplicate key"), "the error carries PostgreSQL's message: {message}");
+    assert_eq!(doc["error"]["step"], "WaitingForCutoverTrigger");
+    assert_nothing_left(&source, "bench");
+}
+
+#[test]
+fn a_target_user_that_cannot_apply_changes_is_refused_before_anything_is_created() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    target.psql("postgres", "create role mover login createdb createrole").unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "bench");
+    let target_arg = format!("postgresql://mover@127.0.0.1:{}/postgres", target.port());
+    let out = pf.run(&["migration", "create", "--migration-name", "weak", "--properties", &props, "--target", &target_arg, "--migration-option", "Migrate"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    assert!(out.stdout.contains("cannot apply replicated changes") && out.stdout.contains("mover"), "{}", out.transcript());
+    assert_nothing_left(&source, "bench");
+    let dbs = target.psql("postgres", "select count(*) from pg_database where datname = 'bench'").unwrap();
+    assert_eq!(dbs.trim(), "0");
+}

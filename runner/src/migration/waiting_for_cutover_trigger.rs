@@ -100,6 +100,7 @@ pub(super) async fn run(
         let created = created.clone();
         move |e| (step, created, e)
     };
+    check_apply_privileges(s.target).await.map_err(err(created))?;
     let mut records = records(&store.get_by_id(id).map_err(err(created))?);
     for (index, db) in databases.iter().enumerate() {
         if records.get(db).is_some_and(|r| r.base_copied) {
@@ -171,6 +172,19 @@ pub(super) async fn run(
             complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e))
         }
     }
+}
+
+/// Applying needs what PostgreSQL's apply worker has; found out before anything is created
+/// rather than after the base copy.
+async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
+    let (client, _) = target.connect("postgres").await?;
+    client.batch_execute("SET session_replication_role = replica; SELECT pg_replication_origin_session_is_setup()").await.map_err(|e| {
+        anyhow::anyhow!(
+            "the target user {} cannot apply replicated changes: {}; online migration applies them as PostgreSQL's apply worker does, which needs a superuser (or, from PostgreSQL 15, SET on session_replication_role and EXECUTE on the pg_replication_origin functions)",
+            target.user,
+            pg_error(&e)
+        )
+    })
 }
 
 async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream> {
