@@ -68,6 +68,9 @@ impl View {
                             }
                         }
                     }
+                    Progress::Replicating { .. } => {
+                        let _ = multi.println(line(event));
+                    }
                     Progress::StageReached { .. } | Progress::TableStarted { .. } => {}
                 })
             }
@@ -81,6 +84,10 @@ fn line(event: &Progress) -> String {
         Progress::TableStarted { database, schema, name } => format!("{database}: copying {schema}.{name}"),
         Progress::DatabaseStarted { database, tables_total, bytes_total } => {
             format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
+        }
+        Progress::Replicating { database, transactions, inserts, updates, deletes, latency_seconds, wal_bytes_pending } => {
+            let pending = wal_bytes_pending.map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
+            format!("{database}: replicating: {transactions} transactions applied ({inserts} inserts, {updates} updates, {deletes} deletes), latency {latency_seconds:.1}s{pending}")
         }
         Progress::TableCopied { database, table } => {
             let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();

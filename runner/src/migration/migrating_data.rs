@@ -99,6 +99,8 @@ pub enum Progress {
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
     StageReached { database: String, stage: Stage },
+    /// Online: changes applied so far (every few seconds while streaming).
+    Replicating { database: String, transactions: u64, inserts: u64, updates: u64, deletes: u64, latency_seconds: f64, wal_bytes_pending: Option<i64> },
 }
 
 pub struct Settings<'a> {

@@ -61,6 +61,13 @@ impl Progress {
         Progress { observer, states, ..Default::default() }
     }
 
+    /// Shows an event without recording it.
+    pub(super) fn notify(&mut self, event: &migrating_data::Progress) {
+        if let Some(observer) = &mut self.observer {
+            observer(event);
+        }
+    }
+
     pub(super) fn record(&mut self, store: &mut Store, id: i64, event: migrating_data::Progress) {
         if let Some(observer) = &mut self.observer {
             observer(&event);
@@ -68,6 +75,8 @@ impl Progress {
         let stage_reached = matches!(event, migrating_data::Progress::StageReached { .. });
         self.unsaved = true;
         match event {
+            // Online counters have their own place in the store (see waiting_for_cutover_trigger).
+            migrating_data::Progress::Replicating { .. } => {}
             migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
                 let db = self.databases.entry(database).or_default();
                 db.tables_total = tables_total;

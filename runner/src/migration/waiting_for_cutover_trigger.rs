@@ -151,7 +151,7 @@ pub(super) async fn run(
         let names = records[db].names.clone();
         streams.push(start_stream(s, db, names).await.map_err(err(created))?);
     }
-    let outcome = follow(store, id, s, &mut streams).await;
+    let outcome = follow(store, id, s, &mut streams, progress).await;
     for stream in &streams {
         stream.task.abort();
     }
@@ -209,7 +209,7 @@ async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream
 /// Follows the streams: saves their counters, moves to WaitingForCutoverTrigger once every
 /// database caught up, writes the fences when the cutover is asked for, and returns once
 /// they are applied. `Ok(Some(_))`: canceled.
-async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream]) -> Result<Option<Migration>> {
+async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream], progress: &mut Progress) -> Result<Option<Migration>> {
     let (monitor, _) = s.source.connect("postgres").await?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
@@ -222,9 +222,19 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
                 anyhow::bail!("replicating database {:?}: the apply task stopped", stream.database);
             }
         }
-        if polled_wal.elapsed() >= Duration::from_secs(2) {
+        if polled_wal.elapsed() >= Duration::from_secs(5) {
             for stream in streams.iter_mut() {
                 stream.wal_pending = slot::wal_pending(&monitor, &stream.names).await.ok().flatten();
+                let stats = stream.stats.lock().unwrap().clone();
+                progress.notify(&migrating_data::Progress::Replicating {
+                    database: stream.database.clone(),
+                    transactions: stats.transactions,
+                    inserts: stats.inserts,
+                    updates: stats.updates,
+                    deletes: stats.deletes,
+                    latency_seconds: stats.latency_seconds,
+                    wal_bytes_pending: stream.wal_pending,
+                });
             }
             polled_wal = Instant::now();
         }
