@@ -86,6 +86,10 @@ pub struct Properties {
     pub target_password: Option<Secret>,
     pub dbs_to_migrate: Vec<String>,
     pub overwrite_dbs_in_target: bool,
+    /// pgferry's own key `SetReplicaIdentity`: the user consents that an online migration
+    /// gives tables without a key a replica identity on the source (USING a unique index
+    /// when one fits, else FULL), restored when the migration ends.
+    pub set_replica_identity: bool,
     pub mode: Option<MigrationMode>,
     pub option: Option<MigrationOption>,
     pub source_type: String,
@@ -182,13 +186,15 @@ impl Properties {
                 .collect::<Result<_>>()?,
             Some(other) => bail!("`DBsToMigrate` must be a list of database names, found {other}"),
         };
-        let overwrite_dbs_in_target = match body.remove("overwritedbsintarget") {
-            None => false,
-            Some(Value::Bool(b)) => b,
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
-            Some(other) => bail!("`OverwriteDBsInTarget` must be \"true\" or \"false\", found {other}"),
+        let flag = |body: &mut serde_json::Map<String, Value>, key: &str, spelled: &str| match body.remove(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(b),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+            Some(other) => Err(anyhow::anyhow!("`{spelled}` must be \"true\" or \"false\", found {other}")),
         };
+        let overwrite_dbs_in_target = flag(&mut body, "overwritedbsintarget", "OverwriteDBsInTarget")?;
+        let set_replica_identity = flag(&mut body, "setreplicaidentity", "SetReplicaIdentity")?;
         let mode = take_string(&mut body, "migrationmode")?
             .map(|m| match m.to_ascii_lowercase().as_str() {
                 "offline" => Ok(MigrationMode::Offline),
@@ -225,6 +231,7 @@ impl Properties {
             target_password,
             dbs_to_migrate,
             overwrite_dbs_in_target,
+            set_replica_identity,
             mode,
             option,
             source_type,

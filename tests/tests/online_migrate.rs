@@ -14,7 +14,12 @@ fn source_cluster() -> Cluster {
 }
 
 fn properties(pf: &Pgferry, source: &Cluster, db: &str) -> String {
-    let body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises", "MigrationMode": "Online"});
+    properties_with(pf, source, db, json!({}))
+}
+
+fn properties_with(pf: &Pgferry, source: &Cluster, db: &str, extra: Value) -> String {
+    let mut body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises", "MigrationMode": "Online"});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     pf.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
 }
 
@@ -133,9 +138,20 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     let source = source_cluster();
     let target = Cluster::start().unwrap();
     load(&source, "bench");
+    // Two tables without a key that the user lets pgferry give a replica identity: one has
+    // a unique index on NOT NULL columns (USING INDEX), the other nothing (FULL).
+    source
+        .psql(
+            "bench",
+            "alter table pgbench_history replica identity default;
+             create table coded (code text not null, label text); create unique index coded_code on coded (code);
+             insert into coded select 'c' || g, 'label ' || g from generate_series(1, 100) g;",
+        )
+        .unwrap();
+    let identities = "select relname || ' ' || relreplident::text from pg_class where relname in ('pgbench_history', 'coded') order by 1";
     let pf = Pgferry::new();
-    let script = pf.write("script.sql", SCRIPT);
-    let props = properties(&pf, &source, "bench");
+    let script = pf.write("script.sql", format!("{SCRIPT}UPDATE coded SET label = label || '!' WHERE code = 'c' || :id % 100;\n"));
+    let props = properties_with(&pf, &source, "bench", json!({"SetReplicaIdentity": "true"}));
     let target_arg = format!("127.0.0.1:{}", target.port());
 
     source.psql("bench", "create materialized view branch_totals as select bid, sum(abalance) from pgbench_accounts group by bid").unwrap();
@@ -148,6 +164,9 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     let applied = |d: &Value| d["details"]["replicationProgress"]["bench"]["transactions"].as_u64().unwrap_or(0);
     let before = applied(&doc);
     let doc = wait_for(&pf, "online", "more applied transactions", Duration::from_secs(30), |d| applied(d) > before + 20);
+    assert_eq!(source.psql("bench", identities).unwrap(), "coded i\npgbench_history f", "identities given while migrating");
+    let validation = doc["validation"].to_string();
+    assert!(validation.contains("SetReplicaIdentity: pgferry gives it one"), "the consent turned the error into a warning: {validation}");
     let progress = &doc["details"]["replicationProgress"]["bench"];
     assert!(progress["inserts"].as_u64().unwrap() > 0 && progress["updates"].as_u64().unwrap() > 0 && progress["deletes"].as_u64().unwrap() > 0, "{progress:#}");
     assert!(progress["latencySeconds"].as_f64().unwrap() < 5.0, "{progress:#}");
@@ -176,6 +195,7 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     let fresh: Vec<&str> = fresh.lines().filter(|l| l.contains('|')).collect();
     assert_eq!(target.psql("bench", totals).unwrap().lines().collect::<Vec<_>>(), fresh, "materialized views are refreshed at cutover");
     assert_nothing_left(&source, "bench");
+    assert_eq!(source.psql("bench", identities).unwrap(), "coded d\npgbench_history d", "the replica identities are restored");
     let origins = target.psql("postgres", "select count(*) from pg_replication_origin").unwrap();
     assert_eq!(origins.trim(), "0", "replication origins left on the target");
 }

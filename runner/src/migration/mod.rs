@@ -111,6 +111,7 @@ fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, optio
         "targetServerUserName": target.user,
         "dbsToMigrate": p.dbs_to_migrate,
         "overwriteDbsInTarget": p.overwrite_dbs_in_target,
+        "setReplicaIdentity": p.set_replica_identity,
         "migrationMode": mode,
         "migrationOption": option,
         "sourceType": p.source_type,
@@ -213,6 +214,7 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
         target_password: secrets.as_ref().and_then(|s| s.target_password.clone()),
         dbs_to_migrate: m.databases.clone(),
         overwrite_dbs_in_target: p.get("overwriteDbsInTarget").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        set_replica_identity: p.get("setReplicaIdentity").and_then(serde_json::Value::as_bool).unwrap_or(false),
         mode: serde_json::from_value(p["migrationMode"].clone()).ok(),
         option: serde_json::from_value(p["migrationOption"].clone()).ok(),
         source_type: m.source_type.clone(),
@@ -311,7 +313,10 @@ async fn drive(
             dbs_to_migrate: props.dbs_to_migrate.clone(),
             overwrite_dbs_in_target: props.overwrite_dbs_in_target,
         };
-        let report = validation_in_progress::run(registry, adapter, services, &ctx).await;
+        let mut report = validation_in_progress::run(registry, adapter, services, &ctx).await;
+        if mode == MigrationMode::Online && props.set_replica_identity {
+            report.consent("replica-identity-missing", "SetReplicaIdentity: pgferry gives it one on the source (USING a unique index when one fits, else FULL) and restores it when the migration ends");
+        }
         store.set_validation(id, &serde_json::to_value(&report)?)?;
         if report.status == CheckState::Failed || option == MigrationOption::Validate {
             let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
@@ -384,7 +389,8 @@ async fn migrate(
 
     let mode = req.mode.or(req.properties.mode).unwrap_or(MigrationMode::Offline);
     if mode == MigrationMode::Online {
-        return waiting_for_cutover_trigger::run(store, id, &settings, &req.properties.dbs_to_migrate, &mut progress, &mut created).await;
+        let props = &req.properties;
+        return waiting_for_cutover_trigger::run(store, id, &settings, &props.dbs_to_migrate, props.set_replica_identity, &mut progress, &mut created).await;
     }
     let states = progress.states.clone();
     let mut copied = Vec::new();

@@ -162,3 +162,22 @@ fn state_of(findings: &[FindingReport]) -> CheckState {
 fn level_report(checks: Vec<CheckReport>) -> LevelReport {
     LevelReport { state: checks.iter().map(|c| c.state).max().unwrap_or(CheckState::Succeeded), checks }
 }
+
+impl ValidationReport {
+    /// The user consented (in the properties) to what `code`'s findings ask for, and the
+    /// runner will do it: they become warnings saying so, and the states follow.
+    pub fn consent(&mut self, code: &str, note: &str) {
+        let levels = std::iter::once(&mut self.server_level).chain(self.db_level.iter_mut().map(|d| &mut d.result));
+        for level in levels {
+            for check in &mut level.checks {
+                for f in check.findings.iter_mut().filter(|f| f.code == code && f.severity == "error") {
+                    f.severity = "warning".into();
+                    f.message = format!("{} — {note}", f.message);
+                }
+                check.state = state_of(&check.findings);
+            }
+            level.state = level.checks.iter().map(|c| c.state).max().unwrap_or(CheckState::Succeeded);
+        }
+        self.status = self.db_level.iter().map(|d| d.result.state).chain([self.server_level.state]).max().unwrap_or(CheckState::Succeeded);
+    }
+}

@@ -37,6 +37,9 @@ pub struct Record {
     /// The base copy and post-data are done: a restart goes on streaming.
     #[serde(default)]
     pub base_copied: bool,
+    /// Tables given a replica identity (SetReplicaIdentity), with their former setting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_identities_set: Vec<(String, String)>,
 }
 
 /// The cutover request (`migration update --cutover`) and, as it proceeds, its receipt.
@@ -92,6 +95,7 @@ pub(super) async fn run(
     id: i64,
     s: &Settings<'_>,
     databases: &[String],
+    set_replica_identity: bool,
     progress: &mut Progress,
     created: &mut Vec<String>,
 ) -> Result<Option<Migration>, StepError> {
@@ -117,12 +121,26 @@ pub(super) async fn run(
         // Whether an earlier attempt created the target database (ours to replace).
         let ours = restarted.is_some() || progress.states.remove(db).is_some_and(|st| st.stage >= Stage::Created);
         let names = Names::new(id, index);
-        records.insert(db.clone(), Record { names: names.clone(), consistent_point: String::new(), base_copied: false });
+        let mut record = Record { names: names.clone(), consistent_point: String::new(), base_copied: false, replica_identities_set: vec![] };
+        if let Some(old) = &restarted {
+            record.replica_identities_set = old.replica_identities_set.clone();
+        }
+        records.insert(db.clone(), record);
         // Recorded before anything exists on the source, so that cancel and failure find it.
         save_records(store, id, &records).map_err(err(created))?;
         let state = DatabaseState { stage: if ours { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
         created.push(db.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if set_replica_identity {
+            let changed = slot::set_replica_identities(s.source, db, &s.provider.schemas).await.map_err(err(created))?;
+            let record = records.get_mut(db).expect("recorded above");
+            for change in changed {
+                if !record.replica_identities_set.iter().any(|(t, _)| *t == change.0) {
+                    record.replica_identities_set.push(change);
+                }
+            }
+            save_records(store, id, &records).map_err(err(created))?;
+        }
         let work = async {
             slot::create_publication(s.source, db, &names, &s.provider.schemas).await?;
             let created_slot = slot::create_slot(s.source, db, &names).await?;
@@ -318,6 +336,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
     }
     for db in databases {
         slot::drop_slot_and_publication(s.source, db, &records[db].names).await?;
+        slot::restore_replica_identities(s.source, db, &records[db].replica_identities_set).await?;
         drop_origin(s.target, &records[db].names).await?;
     }
     for db in databases {
@@ -411,6 +430,9 @@ pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration
     let mut problems = Vec::new();
     for (db, record) in records(m) {
         if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
+            problems.push(format!("{e:#}"));
+        }
+        if let Err(e) = slot::restore_replica_identities(source, &db, &record.replica_identities_set).await {
             problems.push(format!("{e:#}"));
         }
         if let Err(e) = drop_origin(target, &record.names).await {

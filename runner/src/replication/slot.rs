@@ -71,6 +71,58 @@ pub async fn create_publication(source: &ConnSpec, db: &str, names: &Names, prov
     Ok(tables.len())
 }
 
+/// Gives the published tables that lack one a replica identity (the user consented with
+/// `SetReplicaIdentity`): USING a unique index on NOT NULL columns when there is one, else
+/// FULL. Returns each changed table with its former setting, to restore it afterwards.
+pub async fn set_replica_identities(source: &ConnSpec, db: &str, provider_schemas: &[String]) -> Result<Vec<(String, String)>> {
+    let (client, _) = source.connect(db).await?;
+    let rows = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname), c.relreplident::text,
+                    (select format('%I', i.relname) from pg_index x join pg_class i on i.oid = x.indexrelid
+                      where x.indrelid = c.oid and x.indisunique and x.indisvalid and x.indimmediate
+                        and x.indpred is null and x.indexprs is null
+                        and not exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attnum = any(x.indkey) and not a.attnotnull)
+                      order by x.indnkeyatts, i.relname limit 1)
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind = 'r' and c.relpersistence = 'p'
+                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+                and n.nspname::text <> all($1::text[])
+                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+                and (c.relreplident = 'n' or (c.relreplident = 'd' and not exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'p')))",
+            &[&provider_schemas],
+        )
+        .await
+        .context("listing the tables without a replica identity")?;
+    let mut changed = Vec::new();
+    for row in rows {
+        let (table, former, index): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        let identity = index.map(|i| format!("USING INDEX {i}")).unwrap_or_else(|| "FULL".into());
+        client
+            .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY {identity}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("setting REPLICA IDENTITY {identity} on table {table} in database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
+        changed.push((table, former));
+    }
+    Ok(changed)
+}
+
+/// Puts back the replica identities `set_replica_identities` changed (best effort: a table
+/// dropped since is skipped).
+pub async fn restore_replica_identities(source: &ConnSpec, db: &str, changed: &[(String, String)]) -> Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (client, _) = source.connect(db).await?;
+    for (table, former) in changed {
+        let identity = if former == "n" { "NOTHING" } else { "DEFAULT" };
+        if let Err(e) = client.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY {identity}")).await {
+            tracing::warn!("restoring REPLICA IDENTITY {identity} on table {table} in database {db:?}: {}", pg_error(&e));
+        }
+    }
+    Ok(())
+}
+
 /// A replication session that has just created the slot; the snapshot it exported lives
 /// until the session's next command, so keep it until the copy has adopted the snapshot.
 pub struct CreatedSlot {
