@@ -286,9 +286,24 @@ fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transactio
     }
     load.finish();
 
-    let out = pf.run(&["migration", "update", "--migration-name", "crashy", "--cutover", "--output", "json"]);
+    // A session left open on the source: --read-only-source ends it before the fence.
+    let mut idle = Command::new(source.bin_dir().join("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p", &source.port().to_string(), "-U", "postgres", "-d", "bench", "-c", "select pg_sleep(600)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = pf.run(&["migration", "update", "--migration-name", "crashy", "--cutover", "--read-only-source", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert_eq!(runner.wait().unwrap().code(), Some(0), "the resumed runner ends with the migration");
+    assert!(!idle.wait().unwrap().success(), "the open session on the source was ended");
+    let read_only = source.psql("bench", "show default_transaction_read_only").unwrap();
+    assert_eq!(read_only.trim(), "on", "the source database is read-only for new sessions");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["details"]["cutover"]["readOnlySource"], true);
+    assert_eq!(target.psql("bench", "show default_transaction_read_only").unwrap().trim(), "off", "the target stays writable");
+    // The comparison below writes temp tables.
+    source.psql("postgres", "alter database bench reset default_transaction_read_only").unwrap();
     assert_same(&source, &target, "bench");
     assert_nothing_left(&source, "bench");
 }

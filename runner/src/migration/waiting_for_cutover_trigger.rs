@@ -49,6 +49,10 @@ pub struct Cutover {
     pub requested_at: String,
     #[serde(default)]
     pub read_only_source: bool,
+    /// Databases `--read-only-source` made read-only (not those that already were): that
+    /// setting is not carried over to the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made_read_only: Vec<String>,
     /// Per database: the fence's LSN on the source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fence_lsn: BTreeMap<String, String>,
@@ -285,7 +289,9 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
         if cutover.fence_lsn.is_empty() {
             if cutover.read_only_source {
                 for stream in streams.iter() {
-                    make_read_only(s.source, &stream.database).await?;
+                    if make_read_only(s.source, &stream.database).await? {
+                        cutover.made_read_only.push(stream.database.clone());
+                    }
                 }
             }
             let token = format!("migration {id} cutover {}", cutover.requested_at);
@@ -310,9 +316,18 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
 
 /// Makes a source database read-only for the applications before the fence, as
 /// pg_easy_replicate does: new transactions default to read-only and the sessions
-/// connected now are ended (replication connections are left alone).
-async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
+/// connected now are ended (replication connections are left alone). Whether the setting
+/// is new.
+async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
     let (client, _) = source.connect("postgres").await?;
+    let already: bool = client
+        .query_one(
+            "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
+                             where d.datname = $1 and s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig))",
+            &[&db],
+        )
+        .await?
+        .get(0);
     client
         .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
         .await
@@ -324,7 +339,7 @@ async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("ending the sessions of database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
-    Ok(())
+    Ok(!already)
 }
 
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
@@ -358,6 +373,12 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
         };
         let checked = completing_migration::verify(s, &copied).await?;
+        if cutover.made_read_only.contains(db) {
+            // The source's settings were just carried over, this one included: the target is
+            // where the applications go next.
+            let (target, _) = s.target.connect("postgres").await?;
+            target.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(db))).await?;
+        }
         tables_verified += checked.tables_verified;
         sequences_set += checked.sequences_set;
         verification.push(checked);

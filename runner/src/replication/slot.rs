@@ -113,7 +113,7 @@ pub async fn restore_replica_identities(source: &ConnSpec, db: &str, changed: &[
     if changed.is_empty() {
         return Ok(());
     }
-    let (client, _) = source.connect(db).await?;
+    let client = writable(source, db).await?;
     for (table, former) in changed {
         let identity = if former == "n" { "NOTHING" } else { "DEFAULT" };
         if let Err(e) = client.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY {identity}")).await {
@@ -162,7 +162,7 @@ pub async fn create_slot(source: &ConnSpec, db: &str, names: &Names) -> Result<C
 /// cutover all call it). A slot still held by a walsender (a runner that died a moment
 /// ago) is released first.
 pub async fn drop_slot_and_publication(source: &ConnSpec, db: &str, names: &Names) -> Result<()> {
-    let (client, _) = source.connect(db).await?;
+    let client = writable(source, db).await?;
     for attempt in 0..20 {
         let row = client.query_opt("select active_pid from pg_replication_slots where slot_name = $1", &[&names.slot]).await?;
         let Some(row) = row else { break };
@@ -183,6 +183,13 @@ pub async fn drop_slot_and_publication(source: &ConnSpec, db: &str, names: &Name
         .await
         .map_err(|e| anyhow::anyhow!("dropping publication {} in database {db:?} on the {}: {}", names.publication, source.describe(), pg_error(&e)))?;
     Ok(())
+}
+
+/// A session that may write even in a database made read-only by `--read-only-source`.
+async fn writable(source: &ConnSpec, db: &str) -> Result<tokio_postgres::Client> {
+    let (client, _) = source.connect(db).await?;
+    client.batch_execute("SET default_transaction_read_only = off").await?;
+    Ok(client)
 }
 
 /// Bytes of WAL the source keeps for the slot that the target has not confirmed yet.
