@@ -183,9 +183,39 @@ fn demo(root: &Path) -> Result<()> {
     let props = props.display().to_string();
     pgferry(&["migration", "create", "--migration-name", "demo-online-check", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--migration-mode", "Online"])?;
     pgferry(&["migration", "create", "--migration-name", "demo", "--properties", &props, "--target", &target_arg, "--migration-option", "ValidateAndMigrate"])?;
-    pgferry(&["migration", "list"])?;
     let tables = target.psql("pagila", "select count(*) from pg_tables where schemaname = 'public'")?;
     println!("\n==> the target now holds database pagila with {tables} tables");
+
+    println!("\n==> online: the same database into a second target while the source keeps changing");
+    let online_target = Cluster::start()?;
+    let online_target_arg = format!("127.0.0.1:{}", online_target.port());
+    let state = dir.path().join("state");
+    let show_json = || -> Result<serde_json::Value> {
+        let out = Command::new(&bin).env("PGFERRY_STATE_DIR", &state).args(["migration", "show", "--migration-name", "demo-online", "--output", "json"]).output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    pgferry(&["migration", "create", "--migration-name", "demo-online", "--properties", &props, "--target", &online_target_arg, "--migration-mode", "Online", "--migration-option", "Migrate", "--no-wait"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let doc = show_json()?;
+        if doc["substate"] == "WaitingForCutoverTrigger" {
+            break;
+        }
+        anyhow::ensure!(doc["state"] != "Failed" && std::time::Instant::now() < deadline, "the online migration did not reach WaitingForCutoverTrigger: {doc:#}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    println!("==> caught up; writing to the source while the migration waits for the cutover");
+    let writes = if pgferry_tests::corpus_dir().is_some() {
+        "insert into actor (first_name, last_name) select 'DEMO', 'ACTOR ' || g from generate_series(1, 500) g; \
+         update film set rental_rate = rental_rate + 1 where film_id <= 100; delete from film_actor where film_id = 1;"
+    } else {
+        "insert into film (title) select 'new film ' || g from generate_series(1, 500) g; update film set title = title || '!' where film_id <= 100;"
+    };
+    source.psql("pagila", writes)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    pgferry(&["migration", "show", "--migration-name", "demo-online"])?;
+    pgferry(&["migration", "update", "--migration-name", "demo-online", "--cutover"])?;
+    pgferry(&["migration", "list"])?;
     println!("\n==> done; the servers are stopped and removed");
     Ok(())
 }
