@@ -2,6 +2,7 @@
 //! its substate). Every transition is persisted before the next step's work starts.
 
 pub mod completing_migration;
+pub mod copy_digest;
 pub mod migrating_data;
 mod progress;
 pub mod performing_prerequisite_steps;
