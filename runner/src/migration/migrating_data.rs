@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
+use super::copy_digest::Format;
 use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
@@ -51,6 +52,7 @@ pub struct TableCopy {
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
+    pub format: Format,
 }
 
 /// What the data step leaves for CompletingMigration.
@@ -277,8 +279,8 @@ struct TableJob {
     main_size: i64,
     /// With TOAST: what the copy costs, so the queue order (biggest first).
     size: i64,
-    /// Every column's type has binary I/O (else the table is copied as text).
-    binary: bool,
+    /// Binary when every column's type allows it (see `list_tables`), else text.
+    format: Format,
     /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
     blocks: Option<(i64, Option<i64>)>,
     parts: usize,
@@ -288,29 +290,59 @@ async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<Table
     // Generated columns exist from PostgreSQL 12; before that every column is copied.
     let not_generated = if version_num >= 120000 { "and a.attgenerated = ''" } else { "" };
     // Leaf tables only (a partitioned parent holds no rows), no extension members.
+    //
+    // Binary COPY needs send/receive functions for every type a column holds (through
+    // domains, arrays and ranges): aclitem and some user types have none. And binary values
+    // must mean the same on the target, where user-defined types have other OIDs:
+    // array_recv checks the element type's OID and record_recv each field's, so arrays of
+    // user-defined types (enum[], arrays of domains or composites, extension types) and
+    // composite values go in text; so do the reg* types, whose binary form is a bare OID
+    // of the source. Text names the objects instead.
     let sql = format!(
-        "select n.nspname::text, c.relname::text,
+        "with recursive tables as (
+             select c.oid, n.nspname::text as schema, c.relname::text as name
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind = 'r' and c.relpersistence <> 't'
+                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+         ), reached(relid, typid) as (
+             select a.attrelid, a.atttypid from pg_attribute a
+              where a.attrelid in (select oid from tables) and a.attnum > 0 and not a.attisdropped
+             union
+             select r.relid, x.typid from reached r join pg_type t on t.oid = r.typid
+                    cross join lateral (values (t.typbasetype),
+                                               (case when t.typelem <> 0 and t.typlen = -1 then t.typelem else 0 end),
+                                               ((select g.rngsubtype from pg_range g where g.rngtypid = t.oid))) x(typid)
+              where x.typid <> 0
+         ), text_only as (
+             select distinct r.relid from reached r join pg_type t on t.oid = r.typid
+              where t.typsend = 0 or t.typreceive = 0 or t.typtype = 'c'
+                 or (t.typelem <> 0 and t.typlen = -1 and t.typelem >= 16384)
+                 or (t.oid < 16384 and t.typname in ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
+                                                     'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation'))
+         )
+         select t.schema, t.name,
                 coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
-                          where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
-                pg_relation_size(c.oid), pg_table_size(c.oid),
-                -- Binary COPY needs send/receive functions for every column's type (through
-                -- domains and arrays); aclitem and some user types have none: those tables
-                -- go in text format.
-                coalesce((select bool_and(b.typsend <> 0 and b.typreceive <> 0)
-                            from pg_attribute a
-                            join pg_type t on t.oid = a.atttypid
-                            join pg_type d on d.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
-                            join pg_type e on e.oid = case when d.typelem <> 0 and d.typlen = -1 then d.typelem else d.oid end
-                            join pg_type b on b.oid = coalesce(nullif(e.typbasetype, 0), e.oid)
-                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), true)
-           from pg_class c join pg_namespace n on n.oid = c.relnamespace
-          where c.relkind = 'r' and c.relpersistence <> 't'
-            and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
-            and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
-          order by pg_table_size(c.oid) desc, 1, 2"
+                          where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
+                pg_relation_size(t.oid), pg_table_size(t.oid),
+                not exists (select 1 from text_only x where x.relid = t.oid)
+           from tables t
+          order by pg_table_size(t.oid) desc, 1, 2"
     );
     let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), main_size: r.get(3), size: r.get(4), binary: r.get(5), blocks: None, parts: 1 }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| TableJob {
+            schema: r.get(0),
+            name: r.get(1),
+            columns: r.get(2),
+            main_size: r.get(3),
+            size: r.get(4),
+            format: if r.get(5) { Format::Binary } else { Format::Text },
+            blocks: None,
+            parts: 1,
+        })
+        .collect())
 }
 
 /// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
@@ -389,7 +421,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     let started = Instant::now();
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
     let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
-    let format = if job.binary { "binary" } else { "text" };
+    let format = job.format.sql();
     let source_query = match job.blocks {
         None => format!("COPY {table}{columns} TO STDOUT (FORMAT {format})"),
         Some((start, end)) => {
@@ -421,7 +453,16 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(batch.freeze()).await.map_err(target_err)?;
     }
     let rows = sink.finish().await.map_err(target_err)?;
-    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), parts: job.parts, rows, bytes, seconds: started.elapsed().as_secs_f64() })
+    Ok(TableCopy {
+        schema: job.schema.clone(),
+        name: job.name.clone(),
+        part: job.blocks.map(|(start, _)| start),
+        parts: job.parts,
+        rows,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        format: job.format,
+    })
 }
 
 /// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
