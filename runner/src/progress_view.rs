@@ -68,7 +68,7 @@ impl View {
                             }
                         }
                     }
-                    Progress::StageReached { .. } | Progress::TableStarted { .. } => {}
+                    Progress::StageReached { .. } | Progress::TableStarted { .. } | Progress::VerificationStarted { .. } => {}
                 })
             }
         }
@@ -82,6 +82,7 @@ fn line(event: &Progress) -> String {
         Progress::DatabaseStarted { database, tables_total, bytes_total } => {
             format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
         }
+        Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
         Progress::TableCopied { database, table } => {
             let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
             format!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds)

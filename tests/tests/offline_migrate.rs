@@ -362,3 +362,56 @@ fn arrays_of_user_types_composites_and_reg_types_go_as_text_and_arrive_exact() {
     // The reg* values name the target's own objects.
     assert_eq!(target.psql("types", "select count(*) from feelings where rel = 'feelings'::regclass and typ = 'pair'::regtype").unwrap(), "500");
 }
+
+#[test]
+fn a_finished_table_changed_on_the_target_before_a_resume_fails_verification() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql(
+            "shop",
+            "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;
+             create table customers (id serial primary key, name text); insert into customers (name) select 'c' || g from generate_series(1, 5000) g;
+             create table orders (id serial primary key, customer int, total numeric); insert into orders (customer, total) select 1 + g % 5000, g from generate_series(1, 20000) g;",
+        )
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "shop", json!({}));
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let mut running = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "tampered", "--properties", &props, "--target", &target_arg, "--jobs", "2", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let doc = wait_for(&pf, "tampered", "the small tables copied", |doc| {
+        let state = &doc["details"]["copyState"]["shop"];
+        state["digests"]["public.customers"].is_object() && state["digests"]["public.orders"].is_object() && state["digests"]["public.big"].is_null()
+    });
+    running.kill().unwrap();
+    running.wait().unwrap();
+    // The resume record holds what the copy read of each finished table.
+    assert_eq!(doc["details"]["copyState"]["shop"]["digests"]["public.customers"]["rows"], 5000);
+    // Between the kill and the resume, finished tables change on the target: one loses a
+    // row, one gets a value changed (same row count).
+    target.psql("shop", "delete from customers where id = 17; update orders set total = total + 1 where id = 5").unwrap();
+
+    let out = pf.run(&["migration", "resume", "--migration-name", "tampered", "--output", "json"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Failed");
+    assert_eq!(doc["error"]["step"], "CompletingMigration");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shop: public.customers (5000 on the source, 4999 on the target)"), "{message}");
+    assert!(message.contains("shop: public.orders (20000 on the source, 20000 on the target, contents differ)"), "{message}");
+    assert!(!message.contains("public.big"), "big was copied by the resume and matches: {message}");
+    let mismatches = &doc["details"]["verification"][0]["mismatches"];
+    assert_eq!(mismatches.as_array().map(Vec::len), Some(2), "{mismatches}");
+    let orders = &mismatches[1];
+    assert_eq!(orders["table"], "public.orders");
+    assert_ne!(orders["sourceChecksum"], orders["targetChecksum"]);
+    let show = pf.run(&["migration", "show", "--migration-name", "tampered"]);
+    assert!(show.stdout.contains("2 mismatches"), "{}", show.stdout);
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
-use super::copy_digest::Format;
+use super::copy_digest::{CopyDigester, Digest, Format, STABLE_TEXT};
 use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
@@ -53,6 +53,31 @@ pub struct TableCopy {
     pub bytes: u64,
     pub seconds: f64,
     pub format: Format,
+    /// The digest of the rows this part streamed (what verification compares the target with).
+    #[serde(skip)]
+    pub digest: Digest,
+}
+
+/// A table as verification checks it: the copy's column list and format, and the digest
+/// of what the copy read from the source.
+#[derive(Clone, Debug)]
+pub struct TableToVerify {
+    pub schema: String,
+    pub name: String,
+    /// Quoted, in the source's order: the target is read in the same order.
+    pub columns: Vec<String>,
+    pub format: Format,
+    /// `None` only for a table an older pgferry copied before a resume: no digest was kept,
+    /// so verification reads the source again.
+    pub source: Option<Digest>,
+}
+
+/// What the resume record keeps of a finished table: what its copy read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CopiedDigest {
+    pub format: Format,
+    #[serde(flatten)]
+    pub digest: Digest,
 }
 
 /// What the data step leaves for CompletingMigration.
@@ -61,8 +86,8 @@ pub struct CopiedDatabase {
     /// Holds the exported snapshot open: the source as of the copy.
     pub coordinator: Client,
     pub snapshot: String,
-    /// Every table of the database, `(schema, name)`: what verification checks.
-    pub tables: Vec<(String, String)>,
+    /// Every table of the database, biggest first: what verification checks.
+    pub tables: Vec<TableToVerify>,
     pub large_objects: u64,
     pub dump_dir: PathBuf,
 }
@@ -90,6 +115,10 @@ pub struct DatabaseState {
     pub stage: Stage,
     /// `schema.name` of the tables copied completely (all parts).
     pub tables_done: Vec<String>,
+    /// The digest of each table in `tables_done`, all parts together: the source as it was
+    /// copied, which verification compares the target with after a resume.
+    #[serde(default)]
+    pub digests: std::collections::BTreeMap<String, CopiedDigest>,
 }
 
 /// Progress the step reports while it works.
@@ -101,6 +130,8 @@ pub enum Progress {
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
     StageReached { database: String, stage: Stage },
+    /// Post-data and sequences are done; the target's tables are being checked.
+    VerificationStarted { database: String, tables_total: usize },
 }
 
 pub struct Settings<'a> {
@@ -382,11 +413,13 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
         let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
         workers.spawn(async move {
             let (src, _) = source.connect(&db).await?;
-            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&snapshot)))
+            // The text settings matter to tables copied as text: what the source writes is
+            // what the target parses, and what the source's digest is taken of.
+            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
                 .await
                 .context("joining the exported snapshot")?;
             let (dst, _) = target.connect(&db).await?;
-            dst.batch_execute("SET synchronous_commit = off").await?;
+            dst.batch_execute(&format!("SET synchronous_commit = off; {STABLE_TEXT}")).await?;
             let mut done = Vec::new();
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };
@@ -437,6 +470,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
+    let mut digest = CopyDigester::new(job.format);
     // COPY OUT yields a row per chunk; sending each with a flush would cost a syscall per
     // row. Rows are gathered into batches instead: memory stays bounded (one batch).
     const BATCH: usize = 256 << 10;
@@ -444,6 +478,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(source_err)?;
         bytes += chunk.len() as u64;
+        digest.feed(&chunk).context("reading the source's COPY stream")?;
         batch.extend_from_slice(&chunk);
         if batch.len() >= BATCH {
             sink.send(batch.split().freeze()).await.map_err(target_err)?;
@@ -453,6 +488,8 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(batch.freeze()).await.map_err(target_err)?;
     }
     let rows = sink.finish().await.map_err(target_err)?;
+    let digest = digest.finish().context("reading the source's COPY stream")?;
+    anyhow::ensure!(digest.rows == rows, "the source sent {} rows and the target stored {rows}", digest.rows);
     Ok(TableCopy {
         schema: job.schema.clone(),
         name: job.name.clone(),
@@ -462,6 +499,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         bytes,
         seconds: started.elapsed().as_secs_f64(),
         format: job.format,
+        digest,
     })
 }
 
@@ -513,7 +551,20 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, pro
     }
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
-    let all: Vec<(String, String)> = tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    let mut all: Vec<TableToVerify> = tables
+        .iter()
+        .map(|t| {
+            let done = state.digests.get(&format!("{}.{}", t.schema, t.name));
+            TableToVerify {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                columns: t.columns.clone(),
+                // What an earlier run copied is verified as it was copied.
+                format: done.map_or(t.format, |d| d.format),
+                source: done.map(|d| d.digest),
+            }
+        })
+        .collect();
     let mut large_objects = 0;
     if state.stage < Stage::DataCopied {
         let todo: Vec<TableJob> = tables.into_iter().filter(|t| !state.tables_done.contains(&format!("{}.{}", t.schema, t.name))).collect();
@@ -526,7 +577,18 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, pro
             // An interrupted copy may have left some rows of these tables behind.
             truncate(s.target, db, &todo).await?;
         }
-        copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        let copied = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        // The parts of a split table add up to its digest.
+        let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();
+        for part in copied {
+            let sum = digests.entry((part.schema, part.name)).or_default();
+            *sum = sum.combine(part.digest);
+        }
+        for table in &mut all {
+            if let Some(digest) = digests.get(&(table.schema.clone(), table.name.clone())) {
+                table.source = Some(*digest);
+            }
+        }
         large_objects = copy_large_objects(&coordinator, s.target, db).await?;
         copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);

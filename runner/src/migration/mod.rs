@@ -366,9 +366,9 @@ async fn migrate(
     let step = "CompletingMigration";
     let mut verification = Vec::new();
     for database in &copied {
-        let (_, mut no_events) = tokio::sync::mpsc::unbounded_channel();
-        let work = completing_migration::run_database(&settings, database);
-        match watched(store, id, work, &mut no_events, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = completing_migration::run_database(&settings, database, &tx);
+        match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(checked) => {
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
