@@ -68,6 +68,11 @@ impl View {
                             }
                         }
                     }
+                    Progress::TableFailed { database, schema, name, .. } => {
+                        if let Some((bar, _, _)) = bars.get(database) {
+                            bar.abandon_with_message(format!("copying {schema}.{name} failed"));
+                        }
+                    }
                     Progress::StageReached { .. } | Progress::TableStarted { .. } | Progress::VerificationStarted { .. } => {}
                 })
             }
@@ -83,6 +88,7 @@ fn line(event: &Progress) -> String {
             format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
         }
         Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
+        Progress::TableFailed { database, schema, name, error } => format!("{database}: copying {schema}.{name} failed: {error}"),
         Progress::TableCopied { database, table } => {
             let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
             format!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds)

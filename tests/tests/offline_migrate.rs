@@ -301,6 +301,15 @@ fn a_copy_the_target_refuses_names_the_table_and_the_row_and_leaves_nothing() {
     assert!(message.contains("copying table public.big of database \"shop\""), "{message}");
     assert!(message.contains("writing to the target: canceling statement due to statement timeout"), "{message}");
     assert!(message.contains("CONTEXT: COPY big, line "), "PostgreSQL's row position is passed on: {message}");
+    // The fullLoad counters count the table as errored, and name it.
+    let progress = &doc["details"]["progress"]["databases"]["shop"];
+    assert_eq!(progress["tablesErrored"], 1, "{progress}");
+    assert_eq!(progress["erroredTables"], json!(["public.big"]), "{progress}");
+    assert_eq!((progress["tablesLoading"].as_u64(), progress["tablesDone"].as_u64()), (Some(0), Some(0)), "{progress}");
+    let failed = events(&out.stderr).into_iter().find(|e| e["event"] == "TableFailed").expect("a TableFailed event");
+    assert_eq!((failed["schema"].as_str(), failed["name"].as_str()), (Some("public"), Some("big")));
+    let show = pf.run(&["migration", "show", "--migration-name", "refused"]);
+    assert!(show.stdout.contains("shop: 0/1 tables, ") && show.stdout.contains(", 1 errored (public.big)"), "{}", show.stdout);
     assert_eq!(doc["details"]["droppedOnFailure"], json!(["shop"]));
     target.psql("postgres", "alter role postgres reset statement_timeout").unwrap();
     assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");

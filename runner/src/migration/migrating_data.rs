@@ -129,6 +129,8 @@ pub enum Progress {
     /// A worker took (a part of) a table.
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
+    /// Copying (a part of) a table failed; the migration fails with this error.
+    TableFailed { database: String, schema: String, name: String, error: String },
     StageReached { database: String, stage: Stage },
     /// Post-data and sequences are done; the target's tables are being checked.
     VerificationStarted { database: String, tables_total: usize },
@@ -424,7 +426,13 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };
                 let _ = progress.send(Progress::TableStarted { database: db.clone(), schema: job.schema.clone(), name: job.name.clone() });
-                let copy = copy_table(&src, &dst, &job).await.with_context(|| format!("copying table {}.{} of database {db:?}", job.schema, job.name))?;
+                let copy = match copy_table(&src, &dst, &job).await {
+                    Ok(copy) => copy,
+                    Err(e) => {
+                        let _ = progress.send(Progress::TableFailed { database: db.clone(), schema: job.schema.clone(), name: job.name.clone(), error: format!("{e:#}") });
+                        return Err(e.context(format!("copying table {}.{} of database {db:?}", job.schema, job.name)));
+                    }
+                };
                 let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
                 done.push(copy);
             }

@@ -49,6 +49,9 @@ struct DatabaseProgress {
     tables_queued: usize,
     tables_loading: usize,
     tables_done: usize,
+    /// Tables whose copy failed, and which (`schema.name`).
+    tables_errored: usize,
+    errored_tables: Vec<String>,
     #[serde(skip)]
     loading: std::collections::BTreeSet<String>,
     rows_copied: u64,
@@ -80,7 +83,12 @@ impl Progress {
             }
             migrating_data::Progress::TableStarted { database, schema, name } => {
                 let db = self.databases.entry(database).or_default();
-                if db.loading.insert(format!("{schema}.{name}")) {
+                let key = format!("{schema}.{name}");
+                if db.errored_tables.contains(&key) {
+                    // Another part of a table that already failed.
+                    return;
+                }
+                if db.loading.insert(key) {
                     db.tables_queued = db.tables_queued.saturating_sub(1);
                 }
                 db.tables_loading = db.loading.len();
@@ -106,6 +114,16 @@ impl Progress {
                 db.tables.push(table);
             }
             migrating_data::Progress::VerificationStarted { .. } => {}
+            migrating_data::Progress::TableFailed { database, schema, name, error: _ } => {
+                let db = self.databases.entry(database).or_default();
+                let key = format!("{schema}.{name}");
+                db.loading.remove(&key);
+                db.tables_loading = db.loading.len();
+                if !db.errored_tables.contains(&key) {
+                    db.errored_tables.push(key);
+                    db.tables_errored = db.errored_tables.len();
+                }
+            }
         }
         // Stages are saved at once; table counters at most every SAVE_EVERY. A table done
         // but not yet saved when the runner dies is only copied again on resume.
