@@ -424,3 +424,36 @@ fn a_finished_table_changed_on_the_target_before_a_resume_fails_verification() {
     let show = pf.run(&["migration", "show", "--migration-name", "tampered"]);
     assert!(show.stdout.contains("2 mismatches"), "{}", show.stdout);
 }
+
+#[test]
+fn a_target_out_of_disk_space_fails_naming_the_table_and_leaves_nothing() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    // The target's databases live on a 40 MiB tmpfs (its WAL does not): the copy of `big`
+    // (about 60 MB) runs out of space for real.
+    let _tmpfs = match target.move_base_to_tmpfs(40) {
+        Ok(mount) => mount,
+        Err(e) => pgferry_tests::skip!("the disk-full test needs `mount -t tmpfs` (root with CAP_SYS_ADMIN): {e:#}"),
+    };
+    source.create_database("shop").unwrap();
+    source
+        .psql("shop", "create table small (id int primary key); insert into small select generate_series(1, 100);
+                       create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 3) from generate_series(1, 400000) g;")
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "shop", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "full", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Failed");
+    assert_eq!(doc["error"]["step"], "MigratingData");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("copying table public.big of database \"shop\""), "{message}");
+    assert!(message.contains("writing to the target: could not extend file") && message.contains("No space left on device"), "{message}");
+    let progress = &doc["details"]["progress"]["databases"]["shop"];
+    assert_eq!((progress["tablesErrored"].clone(), progress["erroredTables"].clone()), (json!(1), json!(["public.big"])), "{progress}");
+    assert_eq!(doc["details"]["droppedOnFailure"], json!(["shop"]));
+    assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
+    // The space is back: the server still works.
+    target.psql("postgres", "create table after_full (x int); insert into after_full values (1)").unwrap();
+}
