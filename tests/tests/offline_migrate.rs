@@ -219,7 +219,9 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["copyState"]["shop"]["stage"] == "SchemaRestored");
+    // Once the worker has taken the table (not merely once the schema is restored: the
+    // worker might not have connected yet, and then the error would name no table).
+    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
     source.stop().unwrap();
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "Failed exits 5: {}", String::from_utf8_lossy(&out.stderr));
