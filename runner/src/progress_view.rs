@@ -71,7 +71,12 @@ impl View {
                     Progress::Replicating { .. } => {
                         let _ = multi.println(line(event));
                     }
-                    Progress::StageReached { .. } | Progress::TableStarted { .. } => {}
+                    Progress::TableFailed { database, schema, name, .. } => {
+                        if let Some((bar, _, _)) = bars.get(database) {
+                            bar.abandon_with_message(format!("copying {schema}.{name} failed"));
+                        }
+                    }
+                    Progress::StageReached { .. } | Progress::TableStarted { .. } | Progress::VerificationStarted { .. } => {}
                 })
             }
         }
@@ -89,6 +94,8 @@ fn line(event: &Progress) -> String {
             let pending = wal_bytes_pending.map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
             format!("{database}: replicating: {transactions} transactions applied ({inserts} inserts, {updates} updates, {deletes} deletes), latency {latency_seconds:.1}s{pending}")
         }
+        Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
+        Progress::TableFailed { database, schema, name, error } => format!("{database}: copying {schema}.{name} failed: {error}"),
         Progress::TableCopied { database, table } => {
             let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
             format!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds)

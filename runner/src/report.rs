@@ -84,10 +84,12 @@ pub fn show_text(m: &Migration) -> String {
     if let Some(dbs) = m.details.pointer("/progress/databases").and_then(Value::as_object) {
         for (name, p) in dbs {
             let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let errored: Vec<&str> = p.get("erroredTables").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let errored = if errored.is_empty() { String::new() } else { format!(", {} errored ({})", errored.len(), errored.join(", ")) };
             line(
                 &mut out,
                 "Copied",
-                &format!("{name}: {}/{} tables, {} rows, {} bytes", n("tablesDone"), n("tablesTotal"), n("rowsCopied"), n("bytesCopied")),
+                &format!("{name}: {}/{} tables, {} rows, {} bytes{errored}", n("tablesDone"), n("tablesTotal"), n("rowsCopied"), n("bytesCopied")),
             );
         }
     }

@@ -697,6 +697,87 @@ impl Cluster {
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
     }
+
+    /// Puts the data directory's `base/` (every database's files) on a new tmpfs of
+    /// `size_mb` MiB, so that databases can run out of space for real: stops the server,
+    /// mounts the tmpfs (owned by the server user), moves `base/` onto it, leaves a
+    /// symlink in its place, and starts the server again. The WAL (`pg_wal/`) and the
+    /// rest stay where they were, so the server itself does not PANIC when the tmpfs is
+    /// full: only writes to table files fail with "No space left on device".
+    ///
+    /// Keep the returned guard alive as long as the cluster: it unmounts the tmpfs (lazily,
+    /// so also while the server still runs) and removes the mount point when dropped. Fails
+    /// when `mount` is refused (not root, or no CAP_SYS_ADMIN in a container), with the
+    /// server left as it was.
+    pub fn move_base_to_tmpfs(&self, size_mb: u32) -> Result<TmpfsMount> {
+        let mount_point = tempfile::Builder::new()
+            .prefix("pgferry-tmpfs-")
+            .tempdir_in(scratch_base())
+            .context("creating a mount point")?
+            .keep();
+        let mut options = format!("size={size_mb}m,mode=0700");
+        if let RunAs::Postgres { uid, gid } = self.run_as {
+            options.push_str(&format!(",uid={uid},gid={gid}"));
+        }
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "pgferry-test"])
+            .arg(&mount_point)
+            .output();
+        let mounted = match out {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(anyhow!("mount -t tmpfs refused: {}", output_text(&out))),
+            Err(e) => Err(anyhow!("running mount: {e}")),
+        };
+        if let Err(e) = mounted {
+            let _ = fs::remove_dir(&mount_point);
+            return Err(e);
+        }
+        let guard = TmpfsMount { path: mount_point.clone() };
+        self.stop()?;
+        let base = self.data_dir.join("base");
+        // `cp -a` as the server user, so owners and modes stay as the server wants them.
+        let out = self
+            .run_as
+            .command(Path::new("cp"))
+            .arg("-a")
+            .arg(format!("{}/.", base.display()))
+            .arg(&mount_point)
+            .output()
+            .context("running cp")?;
+        if !out.status.success() {
+            bail!("copying base/ onto the tmpfs failed: {}", output_text(&out));
+        }
+        fs::remove_dir_all(&base).with_context(|| format!("removing {}", base.display()))?;
+        std::os::unix::fs::symlink(&mount_point, &base).context("linking base/ to the tmpfs")?;
+        self.start_server(Some(self.port()))?;
+        Ok(guard)
+    }
+}
+
+/// A tmpfs mounted by [`Cluster::move_base_to_tmpfs`]: unmounted and removed on drop.
+#[derive(Debug)]
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazy: detached at once even while the server still has files open on it; the
+        // memory is freed when the last of them is closed.
+        match Command::new("umount").arg("-l").arg(&self.path).output() {
+            Ok(out) if out.status.success() => {
+                let _ = fs::remove_dir(&self.path);
+            }
+            Ok(out) => eprintln!("pgferry-tests: umount {} failed: {}", self.path.display(), output_text(&out)),
+            Err(e) => eprintln!("pgferry-tests: running umount {}: {e}", self.path.display()),
+        }
+    }
 }
 
 impl Drop for Cluster {

@@ -12,6 +12,7 @@ pub mod support;
 pub use cli::{stabilize, CliOutput, Pgferry};
 pub use certs::{TestCerts, test_ca_and_server_cert};
 pub use cluster::{
-    Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, pg_available, pg_bin_dir, workspace_root,
+    Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, TmpfsMount, pg_available, pg_bin_dir,
+    workspace_root,
 };
 pub use support::corpus_dir;

@@ -219,7 +219,9 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["copyState"]["shop"]["stage"] == "SchemaRestored");
+    // Once the worker has taken the table (not merely once the schema is restored: the
+    // worker might not have connected yet, and then the error would name no table).
+    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
     source.stop().unwrap();
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "Failed exits 5: {}", String::from_utf8_lossy(&out.stderr));
@@ -301,7 +303,159 @@ fn a_copy_the_target_refuses_names_the_table_and_the_row_and_leaves_nothing() {
     assert!(message.contains("copying table public.big of database \"shop\""), "{message}");
     assert!(message.contains("writing to the target: canceling statement due to statement timeout"), "{message}");
     assert!(message.contains("CONTEXT: COPY big, line "), "PostgreSQL's row position is passed on: {message}");
+    // The fullLoad counters count the table as errored, and name it.
+    let progress = &doc["details"]["progress"]["databases"]["shop"];
+    assert_eq!(progress["tablesErrored"], 1, "{progress}");
+    assert_eq!(progress["erroredTables"], json!(["public.big"]), "{progress}");
+    assert_eq!((progress["tablesLoading"].as_u64(), progress["tablesDone"].as_u64()), (Some(0), Some(0)), "{progress}");
+    let failed = events(&out.stderr).into_iter().find(|e| e["event"] == "TableFailed").expect("a TableFailed event");
+    assert_eq!((failed["schema"].as_str(), failed["name"].as_str()), (Some("public"), Some("big")));
+    let show = pf.run(&["migration", "show", "--migration-name", "refused"]);
+    assert!(show.stdout.contains("shop: 0/1 tables, ") && show.stdout.contains(", 1 errored (public.big)"), "{}", show.stdout);
     assert_eq!(doc["details"]["droppedOnFailure"], json!(["shop"]));
     target.psql("postgres", "alter role postgres reset statement_timeout").unwrap();
     assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
+}
+
+/// The events of `--output json` (stderr), one JSON object per line.
+fn events(stderr: &str) -> Vec<Value> {
+    stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn arrays_of_user_types_composites_and_reg_types_go_as_text_and_arrive_exact() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    // Objects made on the target first: the migrated types get other OIDs there than on the
+    // source, which binary COPY of an enum[] or a composite would trip over (array_recv and
+    // record_recv check the OIDs in the data).
+    target
+        .psql("postgres", "create type shift1 as enum ('a'); create type shift2 as (x int); create domain shift3 as int; create table shift4 (x shift1[]);")
+        .unwrap();
+    source.create_database("types").unwrap();
+    source
+        .psql(
+            "types",
+            "create type mood as enum ('sad', 'ok', 'happy');
+             create domain posint as integer check (value > 0);
+             create type pair as (label text, n posint, m mood, tags mood[]);
+             create table feelings (id integer primary key, moods mood[], p pair, ps pair[], counts posint[], nums integer[], rel regclass, typ regtype);
+             insert into feelings
+             select g, array['sad', 'happy', null]::mood[] || (array['ok'::mood])[1:g % 2],
+                    row('pair ' || g, g, 'ok', array['happy', 'sad']::mood[])::pair,
+                    array[row('a', 1, 'sad', null)::pair, null, row(null, null, null, '{}')::pair],
+                    array[g, g + 1]::posint[], array[g, null], 'feelings'::regclass, 'pair'::regtype
+               from generate_series(1, 500) g;
+             insert into feelings (id) values (0);
+             create table plain (id integer primary key, v text, nums integer[]);
+             insert into plain select g, md5(g::text), array[g] from generate_series(1, 1000) g;",
+        )
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "types", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "types", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]));
+    // The OIDs do differ (else this test would prove nothing about binary COPY).
+    let oids = |c: &Cluster| c.psql("types", "select 'mood'::regtype::oid || ' ' || 'pair'::regtype::oid || ' ' || 'feelings'::regclass::oid").unwrap();
+    let (source_oids, target_oids) = (oids(&source), oids(&target));
+    for (s, t) in source_oids.split(' ').zip(target_oids.split(' ')) {
+        assert_ne!(s, t, "source OIDs {source_oids}, target {target_oids}");
+    }
+    let format = |table: &str| {
+        events(&out.stderr).into_iter().find(|e| e["event"] == "TableCopied" && e["table"]["name"] == table).map(|e| e["table"]["format"].clone())
+    };
+    assert_eq!(format("feelings"), Some(json!("text")));
+    assert_eq!(format("plain"), Some(json!("binary")));
+    assert_eq!(table_digests(&source, "types"), table_digests(&target, "types"), "table contents differ");
+    assert_eq!(schema(&source, "types"), schema(&target, "types"));
+    // The reg* values name the target's own objects.
+    assert_eq!(target.psql("types", "select count(*) from feelings where rel = 'feelings'::regclass and typ = 'pair'::regtype").unwrap(), "500");
+}
+
+#[test]
+fn a_finished_table_changed_on_the_target_before_a_resume_fails_verification() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql(
+            "shop",
+            "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;
+             create table customers (id serial primary key, name text); insert into customers (name) select 'c' || g from generate_series(1, 5000) g;
+             create table orders (id serial primary key, customer int, total numeric); insert into orders (customer, total) select 1 + g % 5000, g from generate_series(1, 20000) g;",
+        )
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "shop", json!({}));
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let mut running = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "tampered", "--properties", &props, "--target", &target_arg, "--jobs", "2", "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let doc = wait_for(&pf, "tampered", "the small tables copied", |doc| {
+        let state = &doc["details"]["copyState"]["shop"];
+        state["digests"]["public.customers"].is_object() && state["digests"]["public.orders"].is_object() && state["digests"]["public.big"].is_null()
+    });
+    running.kill().unwrap();
+    running.wait().unwrap();
+    // The resume record holds what the copy read of each finished table.
+    assert_eq!(doc["details"]["copyState"]["shop"]["digests"]["public.customers"]["rows"], 5000);
+    // Between the kill and the resume, finished tables change on the target: one loses a
+    // row, one gets a value changed (same row count).
+    target.psql("shop", "delete from customers where id = 17; update orders set total = total + 1 where id = 5").unwrap();
+
+    let out = pf.run(&["migration", "resume", "--migration-name", "tampered", "--output", "json"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Failed");
+    assert_eq!(doc["error"]["step"], "CompletingMigration");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shop: public.customers (5000 on the source, 4999 on the target)"), "{message}");
+    assert!(message.contains("shop: public.orders (20000 on the source, 20000 on the target, contents differ)"), "{message}");
+    assert!(!message.contains("public.big"), "big was copied by the resume and matches: {message}");
+    let mismatches = &doc["details"]["verification"][0]["mismatches"];
+    assert_eq!(mismatches.as_array().map(Vec::len), Some(2), "{mismatches}");
+    let orders = &mismatches[1];
+    assert_eq!(orders["table"], "public.orders");
+    assert_ne!(orders["sourceChecksum"], orders["targetChecksum"]);
+    let show = pf.run(&["migration", "show", "--migration-name", "tampered"]);
+    assert!(show.stdout.contains("2 mismatches"), "{}", show.stdout);
+}
+
+#[test]
+fn a_target_out_of_disk_space_fails_naming_the_table_and_leaves_nothing() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    // The target's databases live on a 40 MiB tmpfs (its WAL does not): the copy of `big`
+    // (about 60 MB) runs out of space for real.
+    let _tmpfs = match target.move_base_to_tmpfs(40) {
+        Ok(mount) => mount,
+        Err(e) => pgferry_tests::skip!("the disk-full test needs `mount -t tmpfs` (root with CAP_SYS_ADMIN): {e:#}"),
+    };
+    source.create_database("shop").unwrap();
+    source
+        .psql("shop", "create table small (id int primary key); insert into small select generate_series(1, 100);
+                       create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 3) from generate_series(1, 400000) g;")
+        .unwrap();
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, "shop", json!({}));
+    let out = pf.run(&["migration", "create", "--migration-name", "full", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"]);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "Failed");
+    assert_eq!(doc["error"]["step"], "MigratingData");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("copying table public.big of database \"shop\""), "{message}");
+    assert!(message.contains("writing to the target: could not extend file") && message.contains("No space left on device"), "{message}");
+    let progress = &doc["details"]["progress"]["databases"]["shop"];
+    assert_eq!((progress["tablesErrored"].clone(), progress["erroredTables"].clone()), (json!(1), json!(["public.big"])), "{progress}");
+    assert_eq!(doc["details"]["droppedOnFailure"], json!(["shop"]));
+    assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
+    // The space is back: the server still works.
+    target.psql("postgres", "create table after_full (x int); insert into after_full values (1)").unwrap();
 }

@@ -1,9 +1,12 @@
 //! CompletingMigration: post-data (indexes, constraints, triggers, rules, policies, ACLs,
 //! comments, materialized view refreshes) with pg_restore in parallel, sequences set to the
-//! source's values at the snapshot, then verification: per table, row count and a content
-//! checksum computed on both sides (the source at the same snapshot the copy read).
+//! source's values at the snapshot, then verification: per table, the digest (row count and
+//! order-independent checksum, see `copy_digest`) of the target's rows, read with COPY in
+//! the copy's format and column order, against the digest of what the copy read from the
+//! source at the snapshot.
 
 use anyhow::{Context, Result};
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -12,7 +15,8 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::migrating_data::{dump_and_restore, quote_ident, quote_literal, CopiedDatabase, Settings};
+use super::copy_digest::{CopyDigester, Digest, STABLE_TEXT};
+use super::migrating_data::{dump_and_restore, quote_ident, quote_literal, CopiedDatabase, Progress, Settings, TableToVerify};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,10 +40,6 @@ pub struct DatabaseVerification {
     pub large_objects: u64,
     pub mismatches: Vec<TableCheck>,
 }
-
-/// Settings that make a row's text the same on both sides, whatever their defaults.
-const STABLE_TEXT: &str = "SET datestyle = ISO, MDY; SET intervalstyle = postgres; SET timezone = 'UTC'; \
-    SET extra_float_digits = 3; SET bytea_output = hex";
 
 /// User objects per kind, the same query on both sides.
 const OBJECT_COUNTS: &str = "
@@ -81,54 +81,69 @@ async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
     Ok(rows.len())
 }
 
-/// Row count and an order-independent checksum of every row's text, its columns taken in
-/// name order: pg_dump may restore an inheritance child's columns in another order.
-async fn checksum(client: &Client, table: &str, extended: bool) -> Result<(i64, String)> {
-    let columns: Vec<String> = client
-        .query(
-            "select quote_ident(attname) from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped order by attname",
-            &[&table],
-        )
-        .await
-        .with_context(|| format!("listing the columns of {table}"))?
-        .iter()
-        .map(|r| format!("t.{}", r.get::<_, String>(0)))
-        .collect();
-    let row_text = if columns.is_empty() { "''".to_string() } else { format!("row({})::text", columns.join(", ")) };
-    let hash = if extended { format!("hashtextextended({row_text}, 0)") } else { format!("hashtext({row_text})") };
-    let row = client
-        .query_one(&format!("select count(*), coalesce(sum({hash}::numeric), 0)::text from only {table} t"), &[])
-        .await
-        .with_context(|| format!("checksumming {table}"))?;
-    Ok((row.get(0), row.get(1)))
+/// The digest of a table's rows as `client` has them: `COPY (SELECT <columns>) TO STDOUT`
+/// in the copy's format, its columns in the copy's order (an inheritance child's columns
+/// may be in another order on the target), parsed as it streams.
+pub async fn digest_table(client: &Client, table: &TableToVerify) -> Result<Digest> {
+    let name = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
+    let sql = format!("COPY (SELECT {} FROM ONLY {name}) TO STDOUT (FORMAT {})", table.columns.join(", "), table.format.sql());
+    let checksumming = || format!("checksumming {}.{}", table.schema, table.name);
+    let out = client.copy_out(&sql).await.map_err(|e| anyhow::anyhow!(crate::connect::pg_error(&e))).with_context(checksumming)?;
+    futures_util::pin_mut!(out);
+    let mut digest = CopyDigester::new(table.format);
+    while let Some(chunk) = out.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!(crate::connect::pg_error(&e))).with_context(checksumming)?;
+        digest.feed(&chunk).with_context(checksumming)?;
+    }
+    digest.finish().with_context(checksumming)
 }
 
-/// Checksums every table on both sides with `jobs` workers; each reads the source at the
-/// copy's snapshot, and computes the two sides at once.
-async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[(String, String)], extended: bool) -> Result<Vec<TableCheck>> {
+/// Digests every table on the target with `jobs` workers, biggest first, and compares each
+/// with the source's digest the copy took. A table without one (copied by an older pgferry
+/// before a resume) is read on the source too, at the snapshot.
+async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify]) -> Result<Vec<TableCheck>> {
     let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1).min(tables.len().max(1)) {
         let (source, target, queue) = (s.source.clone(), s.target.clone(), queue.clone());
         let (db, snapshot) = (db.to_string(), snapshot.to_string());
         workers.spawn(async move {
-            let (src, _) = source.connect(&db).await?;
-            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
-                .await
-                .context("joining the exported snapshot to verify")?;
             let (dst, _) = target.connect(&db).await?;
             dst.batch_execute(STABLE_TEXT).await?;
+            let mut src = None;
             let mut mismatches = Vec::new();
             loop {
-                let Some((schema, name)) = queue.lock().await.pop_front() else { break };
-                let table = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-                let (source_side, target_side) = tokio::join!(checksum(&src, &table, extended), checksum(&dst, &table, extended));
-                let ((source_rows, source_checksum), (target_rows, target_checksum)) = (source_side?, target_side?);
-                if source_rows != target_rows || source_checksum != target_checksum {
-                    mismatches.push(TableCheck { table: format!("{schema}.{name}"), source_rows, target_rows, source_checksum, target_checksum, matches: false });
+                let Some(table) = queue.lock().await.pop_front() else { break };
+                let target_side = digest_table(&dst, &table);
+                let (source_digest, target_digest) = match table.source {
+                    Some(digest) => (digest, target_side.await?),
+                    None => {
+                        if src.is_none() {
+                            let (client, _) = source.connect(&db).await?;
+                            client
+                                .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
+                                .await
+                                .context("joining the exported snapshot to verify")?;
+                            src = Some(client);
+                        }
+                        let (source_side, target_side) = tokio::join!(digest_table(src.as_ref().expect("connected"), &table), target_side);
+                        (source_side?, target_side?)
+                    }
+                };
+                if source_digest != target_digest {
+                    mismatches.push(TableCheck {
+                        table: format!("{}.{}", table.schema, table.name),
+                        source_rows: source_digest.rows as i64,
+                        target_rows: target_digest.rows as i64,
+                        source_checksum: source_digest.hex(),
+                        target_checksum: target_digest.hex(),
+                        matches: false,
+                    });
                 }
             }
-            src.batch_execute("COMMIT").await?;
+            if let Some(src) = src {
+                src.batch_execute("COMMIT").await?;
+            }
             anyhow::Ok(mismatches)
         });
     }
@@ -198,23 +213,22 @@ async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
+pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<DatabaseVerification> {
     dump_and_restore(s, &copied.name, &copied.snapshot, "post-data", &copied.dump_dir).await?;
-    verify(s, copied).await
+    verify(s, copied, progress).await
 }
 
 /// Sequences, verification at the coordinator's snapshot, then the database's own
 /// properties. (An online migration restores post-data before streaming and comes here at
-/// cutover, with a snapshot taken after the fence.)
-pub async fn verify(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<DatabaseVerification> {
+/// cutover, with a snapshot taken after the fence and no source digests: both sides are read.)
+pub async fn verify(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<DatabaseVerification> {
     let db = &copied.name;
     let (target, _) = s.target.connect(db).await?;
     let sequences_set = set_sequences(&copied.coordinator, &target).await?;
+    let _ = progress.send(Progress::VerificationStarted { database: db.clone(), tables_total: copied.tables.len() });
 
-    // hashtextextended exists from PostgreSQL 11; both sides must use the same function.
-    let extended = s.inventory.source.version_num >= 110000 && s.inventory.target.version_num >= 110000;
     let tables = &copied.tables;
-    let mut mismatches = verify_tables(s, db, &copied.snapshot, tables, extended).await?;
+    let mut mismatches = verify_tables(s, db, &copied.snapshot, tables).await?;
     let objects = object_counts(&copied.coordinator).await?;
     let target_objects = object_counts(&target).await?;
     let kinds: std::collections::BTreeSet<&String> = objects.keys().chain(target_objects.keys()).collect();

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
+use super::copy_digest::{CopyDigester, Digest, Format, STABLE_TEXT};
 use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
@@ -51,6 +52,32 @@ pub struct TableCopy {
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
+    pub format: Format,
+    /// The digest of the rows this part streamed (what verification compares the target with).
+    #[serde(skip)]
+    pub digest: Digest,
+}
+
+/// A table as verification checks it: the copy's column list and format, and the digest
+/// of what the copy read from the source.
+#[derive(Clone, Debug)]
+pub struct TableToVerify {
+    pub schema: String,
+    pub name: String,
+    /// Quoted, in the source's order: the target is read in the same order.
+    pub columns: Vec<String>,
+    pub format: Format,
+    /// `None` only for a table an older pgferry copied before a resume: no digest was kept,
+    /// so verification reads the source again.
+    pub source: Option<Digest>,
+}
+
+/// What the resume record keeps of a finished table: what its copy read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CopiedDigest {
+    pub format: Format,
+    #[serde(flatten)]
+    pub digest: Digest,
 }
 
 /// What the data step leaves for CompletingMigration.
@@ -59,8 +86,8 @@ pub struct CopiedDatabase {
     /// Holds the exported snapshot open: the source as of the copy.
     pub coordinator: Client,
     pub snapshot: String,
-    /// Every table of the database, `(schema, name)`: what verification checks.
-    pub tables: Vec<(String, String)>,
+    /// Every table of the database, biggest first: what verification checks.
+    pub tables: Vec<TableToVerify>,
     pub large_objects: u64,
     pub dump_dir: PathBuf,
 }
@@ -88,6 +115,10 @@ pub struct DatabaseState {
     pub stage: Stage,
     /// `schema.name` of the tables copied completely (all parts).
     pub tables_done: Vec<String>,
+    /// The digest of each table in `tables_done`, all parts together: the source as it was
+    /// copied, which verification compares the target with after a resume.
+    #[serde(default)]
+    pub digests: std::collections::BTreeMap<String, CopiedDigest>,
 }
 
 /// Progress the step reports while it works.
@@ -98,9 +129,13 @@ pub enum Progress {
     /// A worker took (a part of) a table.
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
+    /// Copying (a part of) a table failed; the migration fails with this error.
+    TableFailed { database: String, schema: String, name: String, error: String },
     StageReached { database: String, stage: Stage },
     /// Online: changes applied so far (every few seconds while streaming).
     Replicating { database: String, transactions: u64, inserts: u64, updates: u64, deletes: u64, latency_seconds: f64, wal_bytes_pending: Option<i64> },
+    /// Post-data and sequences are done; the target's tables are being checked.
+    VerificationStarted { database: String, tables_total: usize },
 }
 
 pub struct Settings<'a> {
@@ -287,45 +322,80 @@ struct TableJob {
     main_size: i64,
     /// With TOAST: what the copy costs, so the queue order (biggest first).
     size: i64,
-    /// Every column's type has binary I/O (else the table is copied as text).
-    binary: bool,
+    /// Binary when every column's type allows it (see `list_tables`), else text.
+    format: Format,
     /// For a big table split across workers: blocks `[start, end)`, `end` open for the last.
     blocks: Option<(i64, Option<i64>)>,
     parts: usize,
 }
 
-/// Every table the copy takes, `(schema, name)`: what verification checks.
-pub async fn table_names(coordinator: &Client, version_num: u32) -> Result<Vec<(String, String)>> {
-    Ok(list_tables(coordinator, version_num).await?.into_iter().map(|t| (t.schema, t.name)).collect())
+/// Every table the copy takes, to be verified by reading both sides (no source digests:
+/// an online migration's source moved on since its copy).
+pub async fn tables_to_verify(coordinator: &Client, version_num: u32) -> Result<Vec<TableToVerify>> {
+    Ok(list_tables(coordinator, version_num)
+        .await?
+        .into_iter()
+        .map(|t| TableToVerify { schema: t.schema, name: t.name, columns: t.columns, format: t.format, source: None })
+        .collect())
 }
 
 async fn list_tables(coordinator: &Client, version_num: u32) -> Result<Vec<TableJob>> {
     // Generated columns exist from PostgreSQL 12; before that every column is copied.
     let not_generated = if version_num >= 120000 { "and a.attgenerated = ''" } else { "" };
     // Leaf tables only (a partitioned parent holds no rows), no extension members.
+    //
+    // Binary COPY needs send/receive functions for every type a column holds (through
+    // domains, arrays and ranges): aclitem and some user types have none. And binary values
+    // must mean the same on the target, where user-defined types have other OIDs:
+    // array_recv checks the element type's OID and record_recv each field's, so arrays of
+    // user-defined types (enum[], arrays of domains or composites, extension types) and
+    // composite values go in text; so do the reg* types, whose binary form is a bare OID
+    // of the source. Text names the objects instead.
     let sql = format!(
-        "select n.nspname::text, c.relname::text,
+        "with recursive tables as (
+             select c.oid, n.nspname::text as schema, c.relname::text as name
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind = 'r' and c.relpersistence <> 't'
+                and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+                and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
+         ), reached(relid, typid) as (
+             select a.attrelid, a.atttypid from pg_attribute a
+              where a.attrelid in (select oid from tables) and a.attnum > 0 and not a.attisdropped
+             union
+             select r.relid, x.typid from reached r join pg_type t on t.oid = r.typid
+                    cross join lateral (values (t.typbasetype),
+                                               (case when t.typelem <> 0 and t.typlen = -1 then t.typelem else 0 end),
+                                               ((select g.rngsubtype from pg_range g where g.rngtypid = t.oid))) x(typid)
+              where x.typid <> 0
+         ), text_only as (
+             select distinct r.relid from reached r join pg_type t on t.oid = r.typid
+              where t.typsend = 0 or t.typreceive = 0 or t.typtype = 'c'
+                 or (t.typelem <> 0 and t.typlen = -1 and t.typelem >= 16384)
+                 or (t.oid < 16384 and t.typname in ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
+                                                     'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation'))
+         )
+         select t.schema, t.name,
                 coalesce((select array_agg(quote_ident(a.attname) order by a.attnum) from pg_attribute a
-                          where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
-                pg_relation_size(c.oid), pg_table_size(c.oid),
-                -- Binary COPY needs send/receive functions for every column's type (through
-                -- domains and arrays); aclitem and some user types have none: those tables
-                -- go in text format.
-                coalesce((select bool_and(b.typsend <> 0 and b.typreceive <> 0)
-                            from pg_attribute a
-                            join pg_type t on t.oid = a.atttypid
-                            join pg_type d on d.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
-                            join pg_type e on e.oid = case when d.typelem <> 0 and d.typlen = -1 then d.typelem else d.oid end
-                            join pg_type b on b.oid = coalesce(nullif(e.typbasetype, 0), e.oid)
-                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), true)
-           from pg_class c join pg_namespace n on n.oid = c.relnamespace
-          where c.relkind = 'r' and c.relpersistence <> 't'
-            and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
-            and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
-          order by pg_table_size(c.oid) desc, 1, 2"
+                          where a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped {not_generated}), '{{}}'::text[]),
+                pg_relation_size(t.oid), pg_table_size(t.oid),
+                not exists (select 1 from text_only x where x.relid = t.oid)
+           from tables t
+          order by pg_table_size(t.oid) desc, 1, 2"
     );
     let rows = coordinator.query(&sql, &[]).await.context("listing the tables to copy")?;
-    Ok(rows.iter().map(|r| TableJob { schema: r.get(0), name: r.get(1), columns: r.get(2), main_size: r.get(3), size: r.get(4), binary: r.get(5), blocks: None, parts: 1 }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| TableJob {
+            schema: r.get(0),
+            name: r.get(1),
+            columns: r.get(2),
+            main_size: r.get(3),
+            size: r.get(4),
+            format: if r.get(5) { Format::Binary } else { Format::Text },
+            blocks: None,
+            parts: 1,
+        })
+        .collect())
 }
 
 /// Splits tables over `split_bytes` into block ranges (TID range scans, PostgreSQL 14+),
@@ -365,16 +435,24 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
         let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
         workers.spawn(async move {
             let (src, _) = source.connect(&db).await?;
-            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&snapshot)))
+            // The text settings matter to tables copied as text: what the source writes is
+            // what the target parses, and what the source's digest is taken of.
+            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
                 .await
                 .context("joining the exported snapshot")?;
             let (dst, _) = target.connect(&db).await?;
-            dst.batch_execute("SET synchronous_commit = off").await?;
+            dst.batch_execute(&format!("SET synchronous_commit = off; {STABLE_TEXT}")).await?;
             let mut done = Vec::new();
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };
                 let _ = progress.send(Progress::TableStarted { database: db.clone(), schema: job.schema.clone(), name: job.name.clone() });
-                let copy = copy_table(&src, &dst, &job).await.with_context(|| format!("copying table {}.{} of database {db:?}", job.schema, job.name))?;
+                let copy = match copy_table(&src, &dst, &job).await {
+                    Ok(copy) => copy,
+                    Err(e) => {
+                        let _ = progress.send(Progress::TableFailed { database: db.clone(), schema: job.schema.clone(), name: job.name.clone(), error: format!("{e:#}") });
+                        return Err(e.context(format!("copying table {}.{} of database {db:?}", job.schema, job.name)));
+                    }
+                };
                 let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
                 done.push(copy);
             }
@@ -404,7 +482,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     let started = Instant::now();
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
     let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
-    let format = if job.binary { "binary" } else { "text" };
+    let format = job.format.sql();
     let source_query = match job.blocks {
         None => format!("COPY {table}{columns} TO STDOUT (FORMAT {format})"),
         Some((start, end)) => {
@@ -420,6 +498,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
+    let mut digest = CopyDigester::new(job.format);
     // COPY OUT yields a row per chunk; sending each with a flush would cost a syscall per
     // row. Rows are gathered into batches instead: memory stays bounded (one batch).
     const BATCH: usize = 256 << 10;
@@ -427,6 +506,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(source_err)?;
         bytes += chunk.len() as u64;
+        digest.feed(&chunk).context("reading the source's COPY stream")?;
         batch.extend_from_slice(&chunk);
         if batch.len() >= BATCH {
             sink.send(batch.split().freeze()).await.map_err(target_err)?;
@@ -436,7 +516,19 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(batch.freeze()).await.map_err(target_err)?;
     }
     let rows = sink.finish().await.map_err(target_err)?;
-    Ok(TableCopy { schema: job.schema.clone(), name: job.name.clone(), part: job.blocks.map(|(start, _)| start), parts: job.parts, rows, bytes, seconds: started.elapsed().as_secs_f64() })
+    let digest = digest.finish().context("reading the source's COPY stream")?;
+    anyhow::ensure!(digest.rows == rows, "the source sent {} rows and the target stored {rows}", digest.rows);
+    Ok(TableCopy {
+        schema: job.schema.clone(),
+        name: job.name.clone(),
+        part: job.blocks.map(|(start, _)| start),
+        parts: job.parts,
+        rows,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        format: job.format,
+        digest,
+    })
 }
 
 /// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
@@ -487,7 +579,20 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     }
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
-    let all: Vec<(String, String)> = tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    let mut all: Vec<TableToVerify> = tables
+        .iter()
+        .map(|t| {
+            let done = state.digests.get(&format!("{}.{}", t.schema, t.name));
+            TableToVerify {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                columns: t.columns.clone(),
+                // What an earlier run copied is verified as it was copied.
+                format: done.map_or(t.format, |d| d.format),
+                source: done.map(|d| d.digest),
+            }
+        })
+        .collect();
     let mut large_objects = 0;
     if state.stage < Stage::DataCopied {
         let todo: Vec<TableJob> = tables.into_iter().filter(|t| !state.tables_done.contains(&format!("{}.{}", t.schema, t.name))).collect();
@@ -500,7 +605,18 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             // An interrupted copy may have left some rows of these tables behind.
             truncate(s.target, db, &todo).await?;
         }
-        copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        let copied = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        // The parts of a split table add up to its digest.
+        let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();
+        for part in copied {
+            let sum = digests.entry((part.schema, part.name)).or_default();
+            *sum = sum.combine(part.digest);
+        }
+        for table in &mut all {
+            if let Some(digest) = digests.get(&(table.schema.clone(), table.name.clone())) {
+                table.source = Some(*digest);
+            }
+        }
         large_objects = copy_large_objects(&coordinator, s.target, db).await?;
         copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);

@@ -2,6 +2,7 @@
 //! its substate). Every transition is persisted before the next step's work starts.
 
 pub mod completing_migration;
+pub mod copy_digest;
 pub mod migrating_data;
 mod progress;
 pub mod performing_prerequisite_steps;
@@ -417,9 +418,9 @@ async fn migrate(
     let step = "CompletingMigration";
     let mut verification = Vec::new();
     for database in &copied {
-        let (_, mut no_events) = tokio::sync::mpsc::unbounded_channel();
-        let work = completing_migration::run_database(&settings, database);
-        match watched(store, id, work, &mut no_events, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = completing_migration::run_database(&settings, database, &tx);
+        match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(checked) => {
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
-use super::migrating_data::{self, DatabaseState};
+use super::copy_digest::Digest;
+use super::migrating_data::{self, CopiedDigest, DatabaseState};
 use crate::lifecycle::Status;
 use crate::store::Store;
 
@@ -25,9 +26,9 @@ pub(super) struct Progress {
     /// The resume record, stored beside the progress.
     #[serde(skip)]
     pub(super) states: BTreeMap<String, DatabaseState>,
-    /// Parts copied so far of tables split into parts.
+    /// Parts copied so far of tables split into parts, and their digests added up.
     #[serde(skip)]
-    parts_done: BTreeMap<String, usize>,
+    parts_done: BTreeMap<String, (usize, Digest)>,
     /// When the store last got the counters (see `record`).
     #[serde(skip)]
     saved_at: Option<std::time::Instant>,
@@ -48,6 +49,9 @@ struct DatabaseProgress {
     tables_queued: usize,
     tables_loading: usize,
     tables_done: usize,
+    /// Tables whose copy failed, and which (`schema.name`).
+    tables_errored: usize,
+    errored_tables: Vec<String>,
     #[serde(skip)]
     loading: std::collections::BTreeSet<String>,
     rows_copied: u64,
@@ -88,7 +92,12 @@ impl Progress {
             }
             migrating_data::Progress::TableStarted { database, schema, name } => {
                 let db = self.databases.entry(database).or_default();
-                if db.loading.insert(format!("{schema}.{name}")) {
+                let key = format!("{schema}.{name}");
+                if db.errored_tables.contains(&key) {
+                    // Another part of a table that already failed.
+                    return;
+                }
+                if db.loading.insert(key) {
                     db.tables_queued = db.tables_queued.saturating_sub(1);
                 }
                 db.tables_loading = db.loading.len();
@@ -96,19 +105,33 @@ impl Progress {
             migrating_data::Progress::TableCopied { database, table } => {
                 // A table copied in parts is done when all its parts are.
                 let key = format!("{}.{}", table.schema, table.name);
-                let parts = self.parts_done.entry(format!("{database}\0{key}")).or_default();
+                let (parts, digest) = self.parts_done.entry(format!("{database}\0{key}")).or_default();
                 *parts += 1;
-                let complete = *parts == table.parts;
+                *digest = digest.combine(table.digest);
+                let (complete, digest) = (*parts == table.parts, *digest);
                 let db = self.databases.entry(database.clone()).or_default();
                 if complete {
                     db.loading.remove(&key);
                     db.tables_loading = db.loading.len();
                     db.tables_done += 1;
-                    self.states.entry(database).or_default().tables_done.push(key);
+                    let state = self.states.entry(database).or_default();
+                    state.digests.insert(key.clone(), CopiedDigest { format: table.format, digest });
+                    state.tables_done.push(key);
                 }
                 db.rows_copied += table.rows;
                 db.bytes_copied += table.bytes;
                 db.tables.push(table);
+            }
+            migrating_data::Progress::VerificationStarted { .. } => {}
+            migrating_data::Progress::TableFailed { database, schema, name, error: _ } => {
+                let db = self.databases.entry(database).or_default();
+                let key = format!("{schema}.{name}");
+                db.loading.remove(&key);
+                db.tables_loading = db.loading.len();
+                if !db.errored_tables.contains(&key) {
+                    db.errored_tables.push(key);
+                    db.tables_errored = db.errored_tables.len();
+                }
             }
         }
         // Stages are saved at once; table counters at most every SAVE_EVERY. A table done

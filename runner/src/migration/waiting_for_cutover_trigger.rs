@@ -363,7 +363,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
     let mut sequences_set = 0;
     for db in databases {
         let (coordinator, snapshot) = migrating_data::export_snapshot(s.source, db, None).await?;
-        let tables = migrating_data::table_names(&coordinator, s.inventory.source.version_num).await?;
+        let tables = migrating_data::tables_to_verify(&coordinator, s.inventory.source.version_num).await?;
         let copied = migrating_data::CopiedDatabase {
             name: db.clone(),
             coordinator,
@@ -372,7 +372,8 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             large_objects: 0,
             dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
         };
-        let checked = completing_migration::verify(s, &copied).await?;
+        let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
+        let checked = completing_migration::verify(s, &copied, &no_events).await?;
         if cutover.made_read_only.contains(db) {
             // The source's settings were just carried over, this one included: the target is
             // where the applications go next.
