@@ -1,8 +1,10 @@
 //! MigratingData: per database, the target database and the roles first, then the schema
 //! before the data with the server's own tooling (pg_dump pre-data at one exported
 //! snapshot), then every table streamed `COPY … TO STDOUT (FORMAT binary)` →
-//! `COPY … FROM STDIN (FORMAT binary)` by parallel workers, biggest first, all reading at
-//! that same snapshot, then the large objects. The snapshot's coordinator connection stays
+//! `COPY … FROM STDIN (FORMAT binary)` (text for types whose binary form is not portable)
+//! by parallel workers, biggest first, all reading at that same snapshot (a table copied
+//! whole is loaded with COPY FREEZE), then the large objects. The copy takes each table's
+//! digest from the stream as it passes (see `copy_digest`), for verification. The snapshot's coordinator connection stays
 //! open for CompletingMigration, which verifies against it.
 
 use std::collections::VecDeque;
@@ -493,8 +495,12 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     };
     let source_err = |e: tokio_postgres::Error| anyhow::anyhow!("reading from the source: {}", pg_error(&e));
     let target_err = |e: tokio_postgres::Error| anyhow::anyhow!("writing to the target: {}", pg_error(&e));
+    // A table copied whole is loaded frozen: emptied in the same transaction, its rows need
+    // no hint bits set (and no page rewritten) later, when post-data and verification read it.
+    let freeze = job.blocks.is_none() && begin_frozen_load(dst, &table).await.map_err(target_err)?;
+    let options = if freeze { format!("FORMAT {format}, FREEZE") } else { format!("FORMAT {format}") };
     let out = src.copy_out(&source_query).await.map_err(source_err)?;
-    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN (FORMAT {format})")).await.map_err(target_err)?;
+    let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN ({options})")).await.map_err(target_err)?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
@@ -516,6 +522,9 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         sink.send(batch.freeze()).await.map_err(target_err)?;
     }
     let rows = sink.finish().await.map_err(target_err)?;
+    if freeze {
+        dst.batch_execute("COMMIT").await.map_err(target_err)?;
+    }
     let digest = digest.finish().context("reading the source's COPY stream")?;
     anyhow::ensure!(digest.rows == rows, "the source sent {} rows and the target stored {rows}", digest.rows);
     Ok(TableCopy {
@@ -529,6 +538,20 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         format: job.format,
         digest,
     })
+}
+
+/// `BEGIN; TRUNCATE ONLY table` on the target, so that the COPY that follows may FREEZE.
+/// `false` (and nothing begun) when the target refuses the TRUNCATE (a role allowed to
+/// insert but not to truncate): the table is then loaded plainly.
+async fn begin_frozen_load(dst: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
+    match dst.batch_execute(&format!("BEGIN; TRUNCATE ONLY {table}")).await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::debug!("loading {table} without FREEZE: {}", pg_error(&e));
+            dst.batch_execute("ROLLBACK").await?;
+            Ok(false)
+        }
+    }
 }
 
 /// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
