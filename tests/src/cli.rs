@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use crate::cluster::workspace_root;
+use serde_json::{json, Value};
+
+use crate::cluster::{workspace_root, Cluster};
 
 /// The `pgferry` binary of this workspace, built once per test process.
 pub fn pgferry_bin() -> PathBuf {
@@ -103,6 +106,39 @@ impl Pgferry {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Writes `<db>.json`, the properties of a migration of `db` from `source` (on-premises,
+    /// user postgres) with `extra` keys merged in, and returns its path.
+    pub fn properties(&self, source: &Cluster, db: &str, extra: Value) -> String {
+        let mut body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises"});
+        body.as_object_mut().unwrap().extend(extra.as_object().expect("extra properties are an object").clone());
+        self.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
+    }
+
+    /// `migration show --output json` of migration `name`.
+    pub fn show(&self, name: &str) -> Value {
+        let out = self.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("show {name}: {e}: {}", out.transcript()))
+    }
+
+    /// Polls `show` until `done` holds for its JSON document, which it returns. Panics when
+    /// the migration fails first (unless `done` accepts that) or `timeout` passes.
+    pub fn wait_for(&self, name: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
+            // A runner just started may not have recorded the migration yet.
+            if let Ok(doc) = serde_json::from_str::<Value>(&out.stdout) {
+                if done(&doc) {
+                    return doc;
+                }
+                assert!(doc["state"] != "Failed", "{name} failed before {what}: {doc:#}");
+            }
+            assert!(Instant::now() < deadline, "{name} never reached {what}: {}", out.transcript());
+            // Short: some tests catch a state that lasts a second or two.
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

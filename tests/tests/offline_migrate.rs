@@ -5,28 +5,9 @@
 
 use pgferry_tests::compare::{large_objects, schema, sequences};
 use pgferry_tests::{compare, require, Cluster, Pgferry};
+use std::time::Duration;
+
 use serde_json::{json, Value};
-
-/// The properties of a migration of `db` from `source` (extra keys merged in).
-fn properties(pf: &Pgferry, source: &Cluster, db: &str, extra: Value) -> String {
-    let mut body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises"});
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    pf.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
-}
-
-/// Polls `show` (bounded) until `done` holds for its JSON document, which it returns.
-fn wait_for(pf: &Pgferry, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let show = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
-        if let Ok(doc) = serde_json::from_str::<Value>(&show.stdout)
-            && done(&doc) {
-                return doc;
-            }
-        assert!(std::time::Instant::now() < deadline, "{name} never reached {what}: {}", show.transcript());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
 
 fn table_digests(c: &Cluster, db: &str) -> String {
     compare::table_digests(c, db, false)
@@ -61,7 +42,7 @@ fn pagila_with_large_objects_moves_exactly() {
         .unwrap();
 
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "pagila", json!({}));
+    let props = pf.properties(&source, "pagila", json!({}));
     let out = pf.run(&["migration", "create", "--migration-name", "pagila", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--split-tables-larger-than", "200000", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -110,7 +91,7 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         .psql("big", "create table wide (id bigint primary key, payload text); insert into wide select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "big", json!({}));
+    let props = pf.properties(&source, "big", json!({}));
     let running = pf
         .command()
         .args(["migration", "create", "--migration-name", "to-cancel", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1"])
@@ -120,7 +101,7 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
         .unwrap();
     // Wait (bounded) until the other shell sees MigratingData.
     // Another shell sees the live counters: the one table being copied.
-    let doc = wait_for(&pf, "to-cancel", "MigratingData", |doc| doc["details"]["progress"]["databases"]["big"]["tablesLoading"] == 1);
+    let doc = pf.wait_for("to-cancel", "MigratingData", Duration::from_secs(120), |doc| doc["details"]["progress"]["databases"]["big"]["tablesLoading"] == 1);
     assert_eq!(doc["substate"], "MigratingData");
     assert_eq!(doc["details"]["progress"]["databases"]["big"]["tablesDone"], 0);
     // A second migration to the same target is refused while this one copies.
@@ -133,7 +114,7 @@ fn cancel_from_another_shell_stops_the_copy_and_drops_the_target_database() {
 
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(6), "Canceled exits 6: {}", String::from_utf8_lossy(&out.stderr));
-    let show: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "to-cancel", "--output", "json"]).stdout).unwrap();
+    let show = pf.show("to-cancel");
     assert_eq!(show["state"], "Canceled");
     assert_eq!(show["details"]["droppedOnCancel"], json!(["big"]));
     assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'big'").unwrap(), "0", "the half-copied database is gone");
@@ -158,7 +139,7 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
         )
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "shop", json!({}));
+    let props = pf.properties(&source, "shop", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let mut running = pf
         .command()
@@ -171,14 +152,14 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
     let tables_done = |doc: &Value| -> Vec<String> {
         doc["details"]["copyState"]["shop"]["tablesDone"].as_array().map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect()).unwrap_or_default()
     };
-    let doc = wait_for(&pf, "crash", "a partly done copy", |doc| {
+    let doc = pf.wait_for("crash", "a partly done copy", Duration::from_secs(120), |doc| {
         let done = tables_done(doc);
         done.len() >= 2 && !done.contains(&"public.big".to_string())
     });
     running.kill().unwrap();
     running.wait().unwrap();
     let done_before_kill = tables_done(&doc);
-    let show: Value = serde_json::from_str(&pf.run(&["migration", "show", "--migration-name", "crash", "--output", "json"]).stdout).unwrap();
+    let show = pf.show("crash");
     assert_eq!(show["state"], "InProgress", "a killed runner leaves the migration in progress");
 
     let out = pf.run(&["migration", "resume", "--migration-name", "crash", "--output", "json"]);
@@ -211,7 +192,7 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
         .psql("shop", "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1500000) g;")
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "shop", json!({}));
+    let props = pf.properties(&source, "shop", json!({}));
     let running = pf
         .command()
         .args(["migration", "create", "--migration-name", "lost", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"])
@@ -221,7 +202,7 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
         .unwrap();
     // Once the worker has taken the table (not merely once the schema is restored: the
     // worker might not have connected yet, and then the error would name no table).
-    wait_for(&pf, "lost", "the copy", |doc| doc["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    pf.wait_for("lost", "the copy", Duration::from_secs(120), |doc| doc["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
     source.stop().unwrap();
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "Failed exits 5: {}", String::from_utf8_lossy(&out.stderr));
@@ -248,11 +229,11 @@ fn no_wait_returns_at_once_and_a_detached_runner_finishes_the_migration() {
     source.create_database("small").unwrap();
     source.psql("small", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 10000) g;").unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "small", json!({}));
+    let props = pf.properties(&source, "small", json!({}));
     let out = pf.run(&["migration", "create", "--migration-name", "bg", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--no-wait", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert!(out.stderr.contains("running in the background"), "{}", out.transcript());
-    let doc = wait_for(&pf, "bg", "its end", |doc| doc["state"] != "InProgress");
+    let doc = pf.wait_for("bg", "its end", Duration::from_secs(120), |doc| doc["state"] != "InProgress");
     assert_eq!(doc["state"], "Succeeded", "{doc}");
     assert_eq!(table_digests(&source, "small"), table_digests(&target, "small"));
     assert!(std::fs::read_to_string(pf.dir().join("state/logs/bg.log")).unwrap().contains("small"), "the runner logged its progress");
@@ -267,7 +248,7 @@ fn verify_full_tls_source_migrates_with_pg_dump_verifying_too() {
     source.psql("secure", "create table t (id serial primary key, v text); insert into t (v) select md5(g::text) from generate_series(1, 1000) g;").unwrap();
     let pf = Pgferry::new();
     let ca = pf.write("ca.pem", &certs.ca_pem).display().to_string();
-    let props = properties(&pf, &source, "secure", json!({"sslMode": "VerifyFull"}));
+    let props = pf.properties(&source, "secure", json!({"sslMode": "VerifyFull"}));
     let out = pf.run_with(
         &["migration", "create", "--migration-name", "tls", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--output", "json"],
         &[("PGSSLROOTCERT", &ca)],
@@ -295,7 +276,7 @@ fn a_copy_the_target_refuses_names_the_table_and_the_row_and_leaves_nothing() {
     // the way a full disk or a rejected row refuses it.
     target.psql("postgres", "alter role postgres set statement_timeout = '700ms'").unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "shop", json!({}));
+    let props = pf.properties(&source, "shop", json!({}));
     let out = pf.run(&["migration", "create", "--migration-name", "refused", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"]);
     assert_eq!(out.code, 5, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -352,7 +333,7 @@ fn arrays_of_user_types_composites_and_reg_types_go_as_text_and_arrive_exact() {
         )
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "types", json!({}));
+    let props = pf.properties(&source, "types", json!({}));
     let out = pf.run(&["migration", "create", "--migration-name", "types", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "2", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -393,7 +374,7 @@ fn a_finished_table_changed_on_the_target_before_a_resume_fails_verification() {
         )
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "shop", json!({}));
+    let props = pf.properties(&source, "shop", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let mut running = pf
         .command()
@@ -402,7 +383,7 @@ fn a_finished_table_changed_on_the_target_before_a_resume_fails_verification() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let doc = wait_for(&pf, "tampered", "the small tables copied", |doc| {
+    let doc = pf.wait_for("tampered", "the small tables copied", Duration::from_secs(120), |doc| {
         let state = &doc["details"]["copyState"]["shop"];
         state["digests"]["public.customers"].is_object() && state["digests"]["public.orders"].is_object() && state["digests"]["public.big"].is_null()
     });
@@ -448,7 +429,7 @@ fn a_target_out_of_disk_space_fails_naming_the_table_and_leaves_nothing() {
                        create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 3) from generate_series(1, 400000) g;")
         .unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "shop", json!({}));
+    let props = pf.properties(&source, "shop", json!({}));
     let out = pf.run(&["migration", "create", "--migration-name", "full", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"]);
     assert_eq!(out.code, 5, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();

@@ -13,14 +13,11 @@ fn source_cluster() -> Cluster {
     Cluster::builder().setting("wal_level", "logical").setting("max_replication_slots", "10").setting("max_wal_senders", "10").start().unwrap()
 }
 
-fn properties(pf: &Pgferry, source: &Cluster, db: &str) -> String {
-    properties_with(pf, source, db, json!({}))
-}
-
-fn properties_with(pf: &Pgferry, source: &Cluster, db: &str, extra: Value) -> String {
-    let mut body = json!({"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": [db], "sourceType": "OnPremises", "MigrationMode": "Online"});
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    pf.write(&format!("{db}.json"), json!({ "properties": body }).to_string()).display().to_string()
+/// Properties of an online migration of `db` from `source`, `extra` keys merged in.
+fn online(pf: &Pgferry, source: &Cluster, db: &str, extra: Value) -> String {
+    let mut extra = extra;
+    extra["MigrationMode"] = json!("Online");
+    pf.properties(source, db, extra)
 }
 
 fn pgbench(source: &Cluster) -> Command {
@@ -93,30 +90,6 @@ impl Drop for Load {
     }
 }
 
-fn show(pf: &Pgferry, name: &str) -> Value {
-    let out = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("show: {e}: {}", out.transcript()))
-}
-
-fn wait_for(pf: &Pgferry, name: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        // A runner just started may not have recorded the migration yet.
-        let out = pf.run(&["migration", "show", "--migration-name", name, "--output", "json"]);
-        let Ok(doc) = serde_json::from_str::<Value>(&out.stdout) else {
-            assert!(Instant::now() < deadline, "{name} never appeared: {}", out.transcript());
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        };
-        if done(&doc) {
-            return doc;
-        }
-        assert!(doc["state"] != "Failed", "{name} failed before {what}: {doc:#}");
-        assert!(Instant::now() < deadline, "{name} never reached {what}: {doc:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Nothing of migration `id` on the source: no slot, no publication.
 fn assert_nothing_left(source: &Cluster, db: &str) {
     let slots = source.psql("postgres", "select count(*) from pg_replication_slots where slot_name like 'pgferry%'").unwrap();
@@ -151,7 +124,7 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     let identities = "select relname || ' ' || relreplident::text from pg_class where relname in ('pgbench_history', 'coded') order by 1";
     let pf = Pgferry::new();
     let script = pf.write("script.sql", format!("{SCRIPT}UPDATE coded SET label = label || '!' WHERE code = 'c' || :id % 100;\n"));
-    let props = properties_with(&pf, &source, "bench", json!({"SetReplicaIdentity": "true"}));
+    let props = online(&pf, &source, "bench", json!({"SetReplicaIdentity": "true"}));
     let target_arg = format!("127.0.0.1:{}", target.port());
 
     source.psql("bench", "create materialized view branch_totals as select bid, sum(abalance) from pgbench_accounts group by bid").unwrap();
@@ -159,17 +132,18 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     std::thread::sleep(Duration::from_secs(2));
     let out = pf.run(&["migration", "create", "--migration-name", "online", "--properties", &props, "--target", &target_arg, "--no-wait", "--output", "json"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
-    let doc = wait_for(&pf, "online", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    let doc = pf.wait_for("online", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     // Changes keep flowing while it waits.
     let applied = |d: &Value| d["details"]["replicationProgress"]["bench"]["transactions"].as_u64().unwrap_or(0);
     let before = applied(&doc);
-    let doc = wait_for(&pf, "online", "more applied transactions", Duration::from_secs(30), |d| applied(d) > before + 20);
+    // …and the target keeps up: the lag comes down under load (a debug build on two cores).
+    let lag = |d: &Value| d["details"]["replicationProgress"]["bench"]["latencySeconds"].as_f64().unwrap_or(f64::MAX);
+    let doc = pf.wait_for("online", "more applied transactions, less than 5 s behind", Duration::from_secs(30), |d| applied(d) > before + 20 && lag(d) < 5.0);
     assert_eq!(source.psql("bench", identities).unwrap(), "coded i\npgbench_history f", "identities given while migrating");
     let validation = doc["validation"].to_string();
     assert!(validation.contains("SetReplicaIdentity: pgferry gives it one"), "the consent turned the error into a warning: {validation}");
     let progress = &doc["details"]["replicationProgress"]["bench"];
     assert!(progress["inserts"].as_u64().unwrap() > 0 && progress["updates"].as_u64().unwrap() > 0 && progress["deletes"].as_u64().unwrap() > 0, "{progress:#}");
-    assert!(progress["latencySeconds"].as_f64().unwrap() < 5.0, "{progress:#}");
     assert!(progress.get("walBytesPending").is_some(), "{progress:#}");
     let text = pf.run(&["migration", "show", "--migration-name", "online"]);
     assert!(text.stdout.contains("Replicating     bench: "), "{}", text.stdout);
@@ -206,18 +180,18 @@ fn cancel_while_waiting_for_cutover_leaves_nothing_on_the_source() {
     let target = Cluster::start().unwrap();
     load(&source, "bench");
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "bench");
+    let props = online(&pf, &source, "bench", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let out = pf.run(&["migration", "create", "--migration-name", "doomed", "--properties", &props, "--target", &target_arg, "--no-wait"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
-    wait_for(&pf, "doomed", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    pf.wait_for("doomed", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     let slots = source.psql("postgres", "select count(*) from pg_replication_slots where slot_name like 'pgferry%'").unwrap();
     assert_eq!(slots.trim(), "1", "the migration streams from one slot");
 
     let out = pf.run(&["migration", "update", "--migration-name", "doomed", "--cancel"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     // The runner notices within a second, drops slot, publication and target database.
-    let doc = wait_for(&pf, "doomed", "the runner's cleanup", Duration::from_secs(30), |d| d["details"].get("droppedOnCancel").is_some());
+    let doc = pf.wait_for("doomed", "the runner's cleanup", Duration::from_secs(30), |d| d["details"].get("droppedOnCancel").is_some());
     assert_eq!(doc["state"], "Canceled");
     assert_nothing_left(&source, "bench");
     let dbs = target.psql("postgres", "select count(*) from pg_database where datname = 'bench'").unwrap();
@@ -253,7 +227,7 @@ fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transactio
     source.psql("bench", "alter table pgbench_history replica identity full; create table ledger (id bigserial primary key, delta int not null);").unwrap();
     let pf = Pgferry::new();
     let script = pf.write("ledger.sql", "INSERT INTO ledger (delta) VALUES (1);\n");
-    let props = properties(&pf, &source, "bench");
+    let props = online(&pf, &source, "bench", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let load = Load::start(&source, "bench", &script, 30);
     let spawn = |args: &[&str]| pf.command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -262,14 +236,14 @@ fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transactio
     let mut runner = spawn(&["migration", "create", "--migration-name", "crashy", "--properties", &props, "--target", &target_arg, "--jobs", "2"]);
     wait_for_copy(&target);
     kill_9(&mut runner);
-    let doc = show(&pf, "crashy");
+    let doc = pf.show("crashy");
     assert_eq!((doc["state"].as_str(), doc["substate"].as_str()), (Some("InProgress"), Some("MigratingData")), "{doc:#}");
     let first_slot = source.psql("postgres", "select slot_name from pg_replication_slots").unwrap();
     assert_eq!(first_slot.trim(), "pgferry_1_0", "the killed runner's slot stays until resume or cancel");
 
     let mut runner = spawn(&["migration", "resume", "--migration-name", "crashy"]);
     let applied = |d: &Value| d["details"]["replicationProgress"]["bench"]["transactions"].as_u64().unwrap_or(0);
-    wait_for(&pf, "crashy", "WaitingForCutoverTrigger after resume", Duration::from_secs(180), |d| d["substate"] == "WaitingForCutoverTrigger" && applied(d) > 50);
+    pf.wait_for("crashy", "WaitingForCutoverTrigger after resume", Duration::from_secs(180), |d| d["substate"] == "WaitingForCutoverTrigger" && applied(d) > 50);
     let slots = source.psql("postgres", "select count(*) from pg_replication_slots").unwrap();
     assert_eq!(slots.trim(), "1", "the interrupted copy's slot was replaced, not added to");
 
@@ -281,7 +255,7 @@ fn kill_9_during_base_copy_and_during_apply_then_resume_applies_every_transactio
     let mut runner = spawn(&["migration", "resume", "--migration-name", "crashy"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ledger(&target) < at_kill + 100 {
-        assert!(Instant::now() < deadline, "the resumed runner does not apply: {:#}", show(&pf, "crashy"));
+        assert!(Instant::now() < deadline, "the resumed runner does not apply: {:#}", pf.show("crashy"));
         std::thread::sleep(Duration::from_millis(100));
     }
     load.finish();
@@ -315,7 +289,7 @@ fn cancel_after_the_runner_died_cleans_up_by_itself() {
     load(&source, "bench");
     source.psql("bench", "create materialized view branch_totals as select bid, sum(abalance) from pgbench_accounts group by bid").unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "bench");
+    let props = online(&pf, &source, "bench", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let mut runner = pf
         .command()
@@ -324,7 +298,7 @@ fn cancel_after_the_runner_died_cleans_up_by_itself() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(&pf, "orphan", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    pf.wait_for("orphan", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     kill_9(&mut runner);
 
     // No runner is left to notice the cancel: the command removes what the migration made.
@@ -346,16 +320,16 @@ fn an_apply_failure_ends_failed_naming_the_table_and_drops_the_slot() {
     let target = Cluster::start().unwrap();
     load(&source, "bench");
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "bench");
+    let props = online(&pf, &source, "bench", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let out = pf.run(&["migration", "create", "--migration-name", "clash", "--properties", &props, "--target", &target_arg, "--no-wait"]);
     assert_eq!(out.code, 0, "{}", out.transcript());
-    wait_for(&pf, "clash", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    pf.wait_for("clash", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     // Someone writes to the target behind the migration's back: the next replicated insert
     // into the ledger collides with it.
     target.psql("bench", "insert into ledger (id, delta) values (1, 42)").unwrap();
     source.psql("bench", "insert into ledger (delta) values (1)").unwrap();
-    let doc = wait_for(&pf, "clash", "Failed", Duration::from_secs(30), |d| d["state"] == "Failed" || d["details"].get("droppedOnFailure").is_some());
+    let doc = pf.wait_for("clash", "Failed", Duration::from_secs(30), |d| d["state"] == "Failed" || d["details"].get("droppedOnFailure").is_some());
     let message = doc["error"]["message"].as_str().unwrap_or_default();
     assert_eq!(doc["state"], "Failed", "{doc:#}");
     assert!(message.contains("public.ledger") || message.contains("\"ledger\""), "the error names the table: {message}");
@@ -371,7 +345,7 @@ fn a_target_user_that_cannot_apply_changes_is_refused_before_anything_is_created
     load(&source, "bench");
     target.psql("postgres", "create role mover login createdb createrole").unwrap();
     let pf = Pgferry::new();
-    let props = properties(&pf, &source, "bench");
+    let props = online(&pf, &source, "bench", json!({}));
     let target_arg = format!("postgresql://mover@127.0.0.1:{}/postgres", target.port());
     let out = pf.run(&["migration", "create", "--migration-name", "weak", "--properties", &props, "--target", &target_arg, "--migration-option", "Migrate"]);
     assert_eq!(out.code, 5, "{}", out.transcript());

@@ -242,14 +242,14 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
         return Ok(canceled);
     }
     let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
-    let replicating = m.details.get("replication").and_then(serde_json::Value::as_object).is_some_and(|r| !r.is_empty());
+    let replicating = waiting_for_cutover_trigger::records(m);
     let created: Vec<String> = m
         .databases
         .iter()
-        .filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created) || m.details.pointer(&format!("/replication/{}", db.replace('~', "~0").replace('/', "~1"))).is_some())
+        .filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created) || replicating.contains_key(*db))
         .cloned()
         .collect();
-    if created.is_empty() && !replicating {
+    if created.is_empty() && replicating.is_empty() {
         return Ok(canceled);
     }
     let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };

@@ -69,7 +69,7 @@ pub struct Cutover {
     pub completed_at: Option<String>,
 }
 
-fn records(m: &Migration) -> BTreeMap<String, Record> {
+pub(super) fn records(m: &Migration) -> BTreeMap<String, Record> {
     serde_json::from_value(m.details.get("replication").cloned().unwrap_or_default()).unwrap_or_default()
 }
 
@@ -235,6 +235,7 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
     let (monitor, _) = s.source.connect("postgres").await?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
+    let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
     loop {
         tick.tick().await;
         for stream in streams.iter_mut() {
@@ -260,16 +261,11 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
             }
             polled_wal = Instant::now();
         }
-        let snapshot: BTreeMap<&str, serde_json::Value> = streams
-            .iter()
-            .map(|st| {
-                let stats = st.stats.lock().unwrap().clone();
-                let mut value = serde_json::to_value(&stats).unwrap_or_default();
-                value["walBytesPending"] = json!(st.wal_pending);
-                (st.database.as_str(), value)
-            })
-            .collect();
-        store.merge_details(id, json!({ "replicationProgress": snapshot }))?;
+        // `show` reads the counters from the store: written when they changed, at most once a second.
+        if saved.elapsed() >= Duration::from_secs(1) {
+            save_counters(store, id, streams, &mut saved_counters)?;
+            saved = Instant::now();
+        }
 
         let m = store.get_by_id(id)?;
         if m.status == Status::CANCELED {
@@ -307,11 +303,31 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
             st.stats.lock().unwrap().caught_up_lsn >= fence
         });
         if applied {
+            save_counters(store, id, streams, &mut saved_counters)?;
             cutover.fence_applied_at = Some(chrono::Utc::now().to_rfc3339());
             store.merge_details(id, json!({ "cutover": cutover }))?;
             return Ok(None);
         }
     }
+}
+
+/// Writes every stream's counters to `replicationProgress` unless they equal `last`.
+fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serde_json::Value) -> Result<()> {
+    let counters: serde_json::Map<String, serde_json::Value> = streams
+        .iter()
+        .map(|st| {
+            let stats = st.stats.lock().unwrap().clone();
+            let mut value = serde_json::to_value(&stats).unwrap_or_default();
+            value["walBytesPending"] = json!(st.wal_pending);
+            (st.database.clone(), value)
+        })
+        .collect();
+    let counters = serde_json::Value::Object(counters);
+    if counters != *last {
+        store.merge_details(id, json!({ "replicationProgress": counters }))?;
+        *last = counters;
+    }
+    Ok(())
 }
 
 /// Makes a source database read-only for the applications before the fence, as

@@ -25,8 +25,9 @@ use crate::migration::migrating_data::{quote_ident, quote_literal};
 /// Source transactions merged into one target transaction at most; keeps a commit's
 /// latency bounded under a steady stream of small transactions.
 const MAX_BATCH_TRANSACTIONS: u64 = 500;
-/// Statements sent before their answers are read (one network round trip for all).
-const PIPELINE: usize = 30;
+/// Statements sent and not yet answered, at most: the pipeline never waits for a round
+/// trip until it is this deep (or a transaction commits).
+const PIPELINE: usize = 512;
 
 /// What `show` reports of one database's replication.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -68,12 +69,25 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
     loop {
         let event = match next.take() {
             Some(event) => event,
-            None => stream.recv().await?.context("the source ended the replication stream")?,
+            None => {
+                // Answers are read when the stream pauses: before waiting for it, so a quiet
+                // stream leaves every transaction committed and acknowledged.
+                let ready = if applier.in_flight.is_empty() { None } else { stream.ready() };
+                let event = match ready {
+                    Some(event) => event,
+                    None => {
+                        applier.flush().await?;
+                        acknowledge(&mut stream, &mut applier);
+                        stream.recv().await
+                    }
+                };
+                event?.context("the source ended the replication stream")?
+            }
         };
         match event {
             Event::KeepAlive { wal_end, server_time } => {
-                applier.skew_micros = now_micros() - server_time;
-                if !applier.in_transaction && !applier.receiving {
+                applier.skew.observe(now_micros() - server_time);
+                if !applier.in_transaction && !applier.receiving && applier.in_flight.is_empty() {
                     // Nothing pending: all the server sent up to here is applied.
                     if wal_end > stream.acknowledged() {
                         stream.acknowledge(wal_end);
@@ -107,10 +121,17 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
                         }
                     }
                 applier.commit().await?;
-                stream.acknowledge(end_lsn);
             }
             Event::Message(message) => applier.handle(message).await?,
         }
+        acknowledge(&mut stream, &mut applier);
+    }
+}
+
+/// Acknowledges to the source what the target committed.
+fn acknowledge<S: ChangeStream>(stream: &mut S, applier: &mut Applier) {
+    if let Some(lsn) = applier.committed.take() {
+        stream.acknowledge(lsn);
     }
 }
 
@@ -133,7 +154,6 @@ struct Batch {
     updates: u64,
     deletes: u64,
     truncates: u64,
-    rows_not_found: u64,
     fence: Option<String>,
 }
 
@@ -144,29 +164,77 @@ enum Kind {
     Delete,
 }
 
-/// A statement waiting for the pipeline: statement, text parameters, kind, relation.
-type Queued = (Statement, Vec<Option<String>>, Option<Kind>, u32);
+/// The answer to a request in the pipeline: rows affected.
+type Answer = Result<u64, tokio_postgres::Error>;
 
-type Pending<'a> = Pin<Box<dyn Future<Output = (Option<Kind>, Result<u64, tokio_postgres::Error>)> + Send + 'a>>;
+/// A request sent to the target whose answer is not read yet.
+struct InFlight {
+    request: Request,
+    answer: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+enum Request {
+    Begin,
+    Change(Kind, u32),
+    /// The commit of a batch: counted and acknowledged once answered.
+    Commit(Batch),
+}
 
 struct Applier {
-    client: Client,
+    client: Arc<Client>,
     stats: Arc<Mutex<ApplyStats>>,
     tables: HashMap<u32, Table>,
     /// Per relation, kind and shape (which columns are set or matched).
     statements: HashMap<(u32, Kind, Vec<bool>), Statement>,
-    queued: Vec<Queued>,
+    in_flight: std::collections::VecDeque<InFlight>,
     in_transaction: bool,
+    /// The target transaction's BEGIN goes with its first statements (one round trip less).
+    begin_pending: bool,
     /// Between a Begin and its Commit.
     receiving: bool,
     /// The current source transaction was applied before (a restart replays it).
     skipping: bool,
     applied: Lsn,
     batch: Batch,
-    /// Our clock minus the source's, from keepalives (latency is measured on the source's clock).
-    skew_micros: i64,
+    /// Our clock minus the source's (latency is measured on the source's clock).
+    skew: Skew,
     /// When the last batch was committed on the target.
     committed_at: Option<std::time::Instant>,
+    /// The end of the last batch committed on the target, not yet acknowledged.
+    committed: Option<Lsn>,
+}
+
+/// Our clock minus the source's, from keepalives. A keepalive read now may have waited
+/// behind a backlog of changes, and taking its delay as skew would hide exactly the lag we
+/// measure: the smallest delay seen within the last minute or so is the estimate.
+#[derive(Default)]
+struct Skew {
+    window: Option<(i64, std::time::Instant)>,
+    previous: Option<i64>,
+}
+
+impl Skew {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn observe(&mut self, delay_micros: i64) {
+        match &mut self.window {
+            Some((min, since)) if since.elapsed() < Self::WINDOW => *min = (*min).min(delay_micros),
+            _ => {
+                // The window ends: keep its minimum one more window, so the estimate never
+                // rests on a single fresh (possibly delayed) observation.
+                self.previous = self.window.map(|(min, _)| min);
+                self.window = Some((delay_micros, std::time::Instant::now()));
+            }
+        }
+    }
+
+    fn micros(&self) -> i64 {
+        match (self.window, self.previous) {
+            (Some((current, _)), Some(previous)) => current.min(previous),
+            (Some((current, _)), None) => current,
+            (None, _) => 0,
+        }
+    }
 }
 
 /// Microseconds since 2000-01-01, PostgreSQL's epoch.
@@ -181,7 +249,12 @@ impl Applier {
         let hint = "online migration applies changes as PostgreSQL's apply worker does: the target user must be a superuser \
                     (or, from PostgreSQL 15, be granted SET on session_replication_role and EXECUTE on the pg_replication_origin functions)";
         client
-            .batch_execute("SET session_replication_role = replica")
+            // Rows are found by key, as PostgreSQL's apply worker finds them through the
+            // index: the planner would scan a small table instead, and within one target
+            // transaction of many source transactions a hot row's dead versions pile up.
+            // A table without an index is still scanned, at a cost that would make every
+            // statement worth compiling with JIT: no JIT.
+            .batch_execute("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off")
             .await
             .map_err(|e| anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)))?;
         let setup = async {
@@ -201,18 +274,20 @@ impl Applier {
             s.caught_up_lsn = s.caught_up_lsn.max(applied);
         }
         Ok(Applier {
-            client,
+            client: Arc::new(client),
             stats,
             tables: HashMap::new(),
             statements: HashMap::new(),
-            queued: Vec::new(),
+            in_flight: Default::default(),
             in_transaction: false,
+            begin_pending: false,
             receiving: false,
             skipping: false,
             applied,
             batch: Batch::default(),
-            skew_micros: 0,
+            skew: Skew::default(),
             committed_at: None,
+            committed: None,
         })
     }
 
@@ -223,8 +298,8 @@ impl Applier {
                 // Committed on the target before a restart: its end is at or before ours.
                 self.skipping = final_lsn < self.applied;
                 if !self.skipping && !self.in_transaction {
-                    self.client.batch_execute("BEGIN").await.map_err(|e| anyhow::anyhow!("beginning a transaction on the target: {}", pg_error(&e)))?;
                     self.in_transaction = true;
+                    self.begin_pending = true;
                 }
             }
             Message::Relation(relation) => {
@@ -235,7 +310,7 @@ impl Applier {
                 let values: Vec<&Value> = new.0.iter().collect();
                 let shape = vec![true; values.len()];
                 let statement = self.statement(relation, Kind::Insert, &shape).await?;
-                self.queue(statement, values.into_iter().map(text).collect(), Some(Kind::Insert), relation).await?;
+                self.queue(statement, values.into_iter().map(text).collect(), Kind::Insert, relation).await?;
                 self.batch.inserts += 1;
             }
             Message::Update { relation, old, new } if !self.skipping => {
@@ -247,14 +322,14 @@ impl Applier {
                 let statement = self.statement(relation, Kind::Update, &shape).await?;
                 let mut params: Vec<Option<String>> = new.0.iter().zip(&set).filter(|(_, s)| **s).map(|(v, _)| text(v)).collect();
                 params.append(&mut key_values);
-                self.queue(statement, params, Some(Kind::Update), relation).await?;
+                self.queue(statement, params, Kind::Update, relation).await?;
                 self.batch.updates += 1;
             }
             Message::Delete { relation, old } if !self.skipping => {
                 let empty = Tuple(vec![]);
                 let (matched, key_values) = self.match_values(relation, Some(&old), &empty)?;
                 let statement = self.statement(relation, Kind::Delete, &matched).await?;
-                self.queue(statement, key_values, Some(Kind::Delete), relation).await?;
+                self.queue(statement, key_values, Kind::Delete, relation).await?;
                 self.batch.deletes += 1;
             }
             Message::Truncate { relations, cascade, restart_identity } if !self.skipping => {
@@ -395,75 +470,110 @@ impl Applier {
         Ok(statement)
     }
 
-    async fn queue(&mut self, statement: Statement, params: Vec<Option<String>>, kind: Option<Kind>, relation: u32) -> Result<()> {
-        self.queued.push((statement, params, kind, relation));
-        if self.queued.len() >= PIPELINE {
-            self.flush().await?;
+    /// Sends a change to the target without waiting for its answer (reading the oldest
+    /// answers first when the pipeline is full).
+    async fn queue(&mut self, statement: Statement, params: Vec<Option<String>>, kind: Kind, relation: u32) -> Result<()> {
+        self.send_begin().await;
+        let client = self.client.clone();
+        let answer = Box::pin(async move { client.execute_raw(&statement, params.iter().map(|p| p as &(dyn ToSql + Sync))).await });
+        self.send(Request::Change(kind, relation), answer).await;
+        while self.in_flight.len() > PIPELINE {
+            self.read_answer().await?;
         }
         Ok(())
     }
 
-    /// Sends the queued statements in order without waiting for each answer, then checks
-    /// every answer: one round trip for the lot.
-    async fn flush(&mut self) -> Result<()> {
-        if self.queued.is_empty() {
-            return Ok(());
+    /// Sends the transaction's BEGIN if it has not gone yet.
+    async fn send_begin(&mut self) {
+        if std::mem::take(&mut self.begin_pending) {
+            let client = self.client.clone();
+            self.send(Request::Begin, Box::pin(async move { client.batch_execute("BEGIN").await.map(|()| 0) })).await;
         }
-        let queued = std::mem::take(&mut self.queued);
-        let client = &self.client;
-        // join_all polls a short list in order, and tokio-postgres sends a request when it
-        // is first polled: the statements reach the server in the source's order.
-        let pending: Vec<Pending<'_>> = queued
-            .iter()
-            .map(|(statement, params, kind, _)| {
-                let params = params.iter().map(|p| p as &(dyn ToSql + Sync));
-                let kind = *kind;
-                Box::pin(async move { (kind, client.execute_raw(statement, params).await) }) as Pending<'_>
-            })
-            .collect();
-        debug_assert!(pending.len() <= PIPELINE);
-        let results = futures_util::future::join_all(pending).await;
-        for ((kind, result), (_, _, _, relation)) in results.into_iter().zip(&queued) {
-            let table = self.tables.get(relation).map(|t| t.name.as_str()).unwrap_or("?");
-            let rows = result.map_err(|e| anyhow::anyhow!("applying a change to table {table} on the target: {}", pg_error(&e)))?;
-            if rows == 0 && matches!(kind, Some(Kind::Update | Kind::Delete)) {
-                self.batch.rows_not_found += 1;
-                tracing::warn!("a replicated {} found no row in table {table} on the target", if kind == Some(Kind::Update) { "UPDATE" } else { "DELETE" });
+    }
+
+    /// Puts a request on the wire: tokio-postgres sends it when its future is first polled,
+    /// so polling each once as it is made keeps the source's order.
+    async fn send(&mut self, request: Request, mut answer: Pin<Box<dyn Future<Output = Answer> + Send>>) {
+        if let std::task::Poll::Ready(done) = std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await {
+            answer = Box::pin(std::future::ready(done));
+        }
+        self.in_flight.push_back(InFlight { request, answer });
+    }
+
+    /// Reads the oldest answer: an error names the table the change was for; a commit's
+    /// batch is counted.
+    async fn read_answer(&mut self) -> Result<()> {
+        let Some(InFlight { request, answer }) = self.in_flight.pop_front() else { return Ok(()) };
+        let result = answer.await;
+        match request {
+            Request::Begin => {
+                result.map_err(|e| anyhow::anyhow!("beginning a transaction on the target: {}", pg_error(&e)))?;
+            }
+            Request::Change(kind, relation) => {
+                let table = self.tables.get(&relation).map(|t| t.name.as_str()).unwrap_or("?");
+                let rows = result.map_err(|e| anyhow::anyhow!("applying a change to table {table} on the target: {}", pg_error(&e)))?;
+                if rows == 0 && kind != Kind::Insert {
+                    self.stats.lock().unwrap().rows_not_found += 1;
+                    tracing::warn!("a replicated {} found no row in table {table} on the target", if kind == Kind::Update { "UPDATE" } else { "DELETE" });
+                }
+            }
+            Request::Commit(batch) => {
+                result.map_err(|e| anyhow::anyhow!("committing applied changes on the target: {}", pg_error(&e)))?;
+                self.counted(batch);
             }
         }
         Ok(())
     }
 
-    /// Commits the batch with the source position it reached, then counts it.
-    async fn commit(&mut self) -> Result<()> {
-        self.flush().await?;
-        let (end, commit_time) = self.batch.end;
-        if self.in_transaction {
-            let sql = format!(
-                "SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz); COMMIT",
-                quote_literal(&lsn_to_string(end)),
-                quote_literal(&pg_timestamp(commit_time))
-            );
-            self.client.batch_execute(&sql).await.map_err(|e| anyhow::anyhow!("committing applied changes on the target: {}", pg_error(&e)))?;
-            self.in_transaction = false;
+    /// Waits for every answer: before the connection is used directly (a catalog query,
+    /// PREPARE, TRUNCATE), and at commit.
+    async fn flush(&mut self) -> Result<()> {
+        self.send_begin().await;
+        while !self.in_flight.is_empty() {
+            self.read_answer().await?;
         }
-        self.applied = end;
+        Ok(())
+    }
+
+    /// Sends the batch's commit, with the source position it reached, after its changes;
+    /// it is counted and acknowledged when its answer is read.
+    async fn commit(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.batch);
+        self.applied = batch.end.0;
+        if !self.in_transaction {
+            self.flush().await?;
+            self.counted(batch);
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT pg_replication_origin_xact_setup({}::pg_lsn, {}::timestamptz); COMMIT",
+            quote_literal(&lsn_to_string(batch.end.0)),
+            quote_literal(&pg_timestamp(batch.end.1))
+        );
+        self.send_begin().await;
+        let client = self.client.clone();
+        self.send(Request::Commit(batch), Box::pin(async move { client.batch_execute(&sql).await.map(|()| 0) })).await;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// Adds a committed batch to the counters.
+    fn counted(&mut self, batch: Batch) {
+        let (end, commit_time) = batch.end;
         let mut stats = self.stats.lock().unwrap();
         stats.inserts += batch.inserts;
         stats.updates += batch.updates;
         stats.deletes += batch.deletes;
         stats.truncates += batch.truncates;
-        stats.rows_not_found += batch.rows_not_found;
         stats.transactions += batch.transactions;
         stats.applied_lsn = end;
         stats.caught_up_lsn = stats.caught_up_lsn.max(end);
-        stats.latency_seconds = ((now_micros() - self.skew_micros - commit_time) as f64 / 1e6).max(0.0);
+        stats.latency_seconds = ((now_micros() - self.skew.micros() - commit_time) as f64 / 1e6).max(0.0);
         self.committed_at = Some(std::time::Instant::now());
+        self.committed = Some(end);
         if batch.fence.is_some() {
             stats.fence = batch.fence;
         }
-        Ok(())
     }
 }
 
@@ -489,5 +599,17 @@ mod tests {
     fn commit_times_become_postgres_timestamps() {
         assert_eq!(pg_timestamp(0), "2000-01-01 00:00:00.000000+00");
         assert_eq!(pg_timestamp(86_400_000_001), "2000-01-02 00:00:00.000001+00");
+    }
+
+    #[test]
+    fn a_keepalive_delayed_by_a_backlog_does_not_count_as_skew() {
+        let mut skew = Skew::default();
+        assert_eq!(skew.micros(), 0);
+        skew.observe(1_200);
+        // Read after three seconds behind queued changes: the clocks did not move.
+        skew.observe(3_000_000);
+        assert_eq!(skew.micros(), 1_200);
+        skew.observe(-500);
+        assert_eq!(skew.micros(), -500, "a source clock ahead of ours gives a negative skew");
     }
 }
