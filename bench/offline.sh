@@ -51,6 +51,11 @@ cpu_busy() {
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[3] - x[3]
     if (t > 0) printf "%.0f%% (+%.0f%% niced)", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t; else print "-" }'
 }
+# CPU seconds spent (not niced, all processes) between two snapshots: the work a method
+# costs, whatever its parallelism.
+cpu_seconds() {
+  awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (y[1] - x[1]) / hz }'
+}
 
 [[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE must be a positive integer (got '$SCALE')"
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "BENCH_JOBS must be a positive integer (got '$JOBS')"
@@ -364,7 +369,9 @@ fi
 a_rc=0
 wait "$time_pid" || a_rc=$?
 a_end=$EPOCHREALTIME
-A_CPU=$(cpu_busy "$A_CPU0" "$(cpu_snap)")
+A_CPU1=$(cpu_snap)
+A_CPU=$(cpu_busy "$A_CPU0" "$A_CPU1")
+A_CPUS=$(cpu_seconds "$A_CPU0" "$A_CPU1")
 touch "$A/stop"
 wait "$stamp_pid" || true
 [ -n "$rss_pid" ] && { wait "$rss_pid" || true; }
@@ -433,7 +440,7 @@ PHASES=$(
 )
 echo "$PHASES"
 
-B_S=0 B_CPU=- B_KB="0 0" C_S=0 C_CPU=- C_KB="0 0"
+B_S=0 B_CPU=- B_CPUS=- B_KB="0 0" C_S=0 C_CPU=- C_CPUS=- C_KB="0 0"
 if [ "${BENCH_BASELINES:-1}" != 0 ]; then
 # ---------------------------------------------------------------------------------------
 # (b) pg_dump -Fc | pg_restore
@@ -448,7 +455,9 @@ sq "$TP" postgres -c "create database bench" || b_rc=$?
 /usr/bin/time -v -o "$B/dump.time" "$PG_BIN/pg_dump" -Fc -h 127.0.0.1 -p "$SP" -U postgres bench 2>"$B/dump.err" |
   /usr/bin/time -v -o "$B/restore.time" "$PG_BIN/pg_restore" -h 127.0.0.1 -p "$TP" -U postgres -d bench 2>"$B/restore.err" || b_rc=$?
 b_end=$EPOCHREALTIME
-B_CPU=$(cpu_busy "$B_CPU0" "$(cpu_snap)")
+B_CPU1=$(cpu_snap)
+B_CPU=$(cpu_busy "$B_CPU0" "$B_CPU1")
+B_CPUS=$(cpu_seconds "$B_CPU0" "$B_CPU1")
 B_S=$(elapsed "$b_start" "$b_end")
 B_KB="$(max_rss_kb "$B/dump.time") $(max_rss_kb "$B/restore.time")"
 if [ "$b_rc" -ne 0 ]; then
@@ -474,7 +483,9 @@ c_mid=$EPOCHREALTIME
 sq "$TP" postgres -c "create database bench" || c_rc=$?
 /usr/bin/time -v -o "$C/restore.time" "$PG_BIN/pg_restore" -j "$JOBS" -h 127.0.0.1 -p "$TP" -U postgres -d bench "$C/dump" 2>"$C/restore.err" || c_rc=$?
 c_end=$EPOCHREALTIME
-C_CPU=$(cpu_busy "$C_CPU0" "$(cpu_snap)")
+C_CPU1=$(cpu_snap)
+C_CPU=$(cpu_busy "$C_CPU0" "$C_CPU1")
+C_CPUS=$(cpu_seconds "$C_CPU0" "$C_CPU1")
 C_S=$(elapsed "$c_start" "$c_end")
 C_DUMP_S=$(elapsed "$c_start" "$c_mid")
 C_RESTORE_S=$(elapsed "$c_mid" "$c_end")
@@ -496,12 +507,12 @@ ratio() { awk -v x="$1" -v b="$B_S" 'BEGIN { if (b > 0) printf "%.2fx", x / b; e
 pair_mb() { set -- $1; echo "$(mb "${1:-0}") / $(mb "${2:-0}")"; }
 echo
 echo "pgferry offline benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }'), scale $SCALE, database bench $DB_SIZE, clusters on $parent"
-row() { printf '%-40s %8s %7s  %-22s %s\n' "$@"; }
-row "method" "seconds" "vs (b)" "CPU busy, $(nproc) cores" "peak RSS, MB"
-row "(a) pgferry --jobs $JOBS" "$A_S" "$(ratio "$A_S")" "$A_CPU" \
+row() { printf '%-40s %8s %7s  %-22s %8s  %s\n' "$@"; }
+row "method" "seconds" "vs (b)" "CPU busy, $(nproc) cores" "CPU-s" "peak RSS, MB"
+row "(a) pgferry --jobs $JOBS" "$A_S" "$(ratio "$A_S")" "$A_CPU" "$A_CPUS" \
   "$(mb "$A_HWM_KB") pgferry itself; $(mb "$A_TIME_KB") largest process of its tree; $(mb "$A_TREE_KB") whole tree"
-row "(b) pg_dump -Fc | pg_restore" "$B_S" "1.00x" "$B_CPU" "$(pair_mb "$B_KB") (pg_dump / pg_restore)"
-row "(c) pg_dump -Fd -j $JOBS + pg_restore -j $JOBS" "$C_S" "$(ratio "$C_S")" "$C_CPU" "$(pair_mb "$C_KB") (pg_dump / pg_restore, leader)"
+row "(b) pg_dump -Fc | pg_restore" "$B_S" "1.00x" "$B_CPU" "$B_CPUS" "$(pair_mb "$B_KB") (pg_dump / pg_restore)"
+row "(c) pg_dump -Fd -j $JOBS + pg_restore -j $JOBS" "$C_S" "$(ratio "$C_S")" "$C_CPU" "$C_CPUS" "$(pair_mb "$C_KB") (pg_dump / pg_restore, leader)"
 echo "  pgferry's own CPU: ${A_USER_S} s user + ${A_SYS_S} s system (GNU time; includes its pg_dump/pg_restore children)"
 echo "  throughput of (a): $(awk -v b="$DB_BYTES" -v s="$A_S" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s }') MB/s of database size"
 echo "$PHASES"

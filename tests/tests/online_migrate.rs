@@ -147,6 +147,9 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     assert!(progress.get("walBytesPending").is_some(), "{progress:#}");
     let text = pf.run(&["migration", "show", "--migration-name", "online"]);
     assert!(text.stdout.contains("Replicating     bench: "), "{}", text.stdout);
+    // One transaction longer than the apply's pipeline (512 requests): the ledger's sum
+    // shows it arrived whole and once.
+    source.psql("bench", "insert into ledger (delta) select 1 from generate_series(1, 5000)").unwrap();
     load.finish();
 
     let requested = Instant::now();
