@@ -42,13 +42,19 @@ fn load(source: &Cluster, db: &str) {
              create table keyless (a int, b text);
              alter table keyless replica identity full;
              insert into keyless select g % 50, 'row ' || g from generate_series(1, 500) g;
-             create table ledger (id bigserial primary key, delta int not null);",
+             create table ledger (id bigserial primary key, delta int not null);
+             create table dated (id int primary key, d date not null, i interval not null);
+             insert into dated select g, date '2026-01-31', interval '1 day' from generate_series(0, 9) g;",
         )
         .unwrap();
+    // Changes arrive as text written with the walsender's settings: a day-first DateStyle
+    // would turn 1 February into 2 January on a target reading month first.
+    source.psql(db, &format!("alter database {db} set datestyle = 'SQL, DMY'; alter database {db} set intervalstyle = 'sql_standard'")).unwrap();
 }
 
 /// The custom script: updates TOASTed rows without touching the TOASTed column, deletes and
-/// reinserts, works on the keyless table and appends increments to the ledger.
+/// reinserts, works on the keyless table, appends increments to the ledger and moves dates
+/// and intervals (which the source writes day first).
 const SCRIPT: &str = r"\set id random(1, 200)
 \set k random(0, 49)
 BEGIN;
@@ -57,6 +63,7 @@ DELETE FROM keyless WHERE ctid = (SELECT ctid FROM keyless WHERE a = :k LIMIT 1)
 INSERT INTO keyless VALUES (:k, 'again');
 UPDATE keyless SET b = b || '+' WHERE ctid = (SELECT ctid FROM keyless WHERE a = :k LIMIT 1);
 INSERT INTO ledger (delta) VALUES (1);
+UPDATE dated SET d = d + 1, i = i + interval '1 day 1 hour' WHERE id = :k % 10;
 END;
 ";
 

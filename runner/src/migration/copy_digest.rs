@@ -20,6 +20,12 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 pub const STABLE_TEXT: &str = "SET datestyle = ISO, MDY; SET intervalstyle = postgres; SET timezone = 'UTC'; \
     SET extra_float_digits = 3; SET bytea_output = hex; SET lc_monetary = 'C'";
 
+/// The same settings as startup options, for a replication connection: pgoutput writes
+/// the changes' values as text with the walsender's settings (a source whose DateStyle is
+/// `SQL, DMY` would send 23/11/2026), and the apply reads them under [`STABLE_TEXT`].
+pub const STABLE_TEXT_OPTIONS: &str = "-c datestyle=ISO,MDY -c intervalstyle=postgres -c timezone=UTC \
+    -c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C";
+
 /// Rows and the wrapping sum of their hashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Digest {
@@ -310,6 +316,20 @@ fn tuple_len(buf: &[u8]) -> Result<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replication_options_are_the_stable_text_settings() {
+        let normal = |v: &str| v.replace([' ', '\''], "").to_lowercase();
+        let mut sql: Vec<String> = STABLE_TEXT
+            .split(';')
+            .map(|set| set.trim().strip_prefix("SET ").expect("SET name = value"))
+            .map(|set| set.split_once('=').map(|(k, v)| format!("{}={}", k.trim(), normal(v))).expect("name = value"))
+            .collect();
+        let mut options: Vec<String> = STABLE_TEXT_OPTIONS.split("-c ").filter(|o| !o.trim().is_empty()).map(|o| normal(o.trim())).collect();
+        sql.sort();
+        options.sort();
+        assert_eq!(sql, options);
+    }
 
     /// A binary COPY stream of `rows` (None: NULL), with a header extension of `ext` bytes.
     fn binary_stream(rows: &[Vec<Option<&[u8]>>], ext: usize) -> Vec<u8> {

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use super::pgoutput::{lsn_to_string, Message, OldRow, ReplicaIdentity, Relation, Tuple, Value};
 use super::stream::{ChangeStream, Event};
 use super::{Lsn, FENCE_PREFIX};
 use crate::connect::pg_error;
+use crate::migration::copy_digest::STABLE_TEXT;
 use crate::migration::migrating_data::{quote_ident, quote_literal};
 
 /// Source transactions merged into one target transaction at most; keeps a commit's
@@ -254,7 +255,7 @@ impl Applier {
             // transaction of many source transactions a hot row's dead versions pile up.
             // A table without an index is still scanned, at a cost that would make every
             // statement worth compiling with JIT: no JIT.
-            .batch_execute("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off")
+            .batch_execute(&format!("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off; {STABLE_TEXT}"))
             .await
             .map_err(|e| anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)))?;
         let setup = async {
@@ -320,7 +321,7 @@ impl Applier {
                 let mut shape = set.clone();
                 shape.extend(matched.iter().copied());
                 let statement = self.statement(relation, Kind::Update, &shape).await?;
-                let mut params: Vec<Option<String>> = new.0.iter().zip(&set).filter(|(_, s)| **s).map(|(v, _)| text(v)).collect();
+                let mut params: Vec<Option<Text>> = new.0.iter().zip(&set).filter(|(_, s)| **s).map(|(v, _)| text(v)).collect();
                 params.append(&mut key_values);
                 self.queue(statement, params, Kind::Update, relation).await?;
                 self.batch.updates += 1;
@@ -390,7 +391,7 @@ impl Applier {
     /// Which columns identify the row, and their values: the key columns (from the old key
     /// tuple, or the new row when the key did not change); with REPLICA IDENTITY FULL,
     /// every column of the old row (unchanged TOAST values cannot be matched, and need not).
-    fn match_values(&self, relation: u32, old: Option<&OldRow>, new: &Tuple) -> Result<(Vec<bool>, Vec<Option<String>>)> {
+    fn match_values(&self, relation: u32, old: Option<&OldRow>, new: &Tuple) -> Result<(Vec<bool>, Vec<Option<Text>>)> {
         let table = self.table(relation)?;
         let row = match old {
             Some(OldRow::Key(t)) | Some(OldRow::Full(t)) => t,
@@ -472,7 +473,7 @@ impl Applier {
 
     /// Sends a change to the target without waiting for its answer (reading the oldest
     /// answers first when the pipeline is full).
-    async fn queue(&mut self, statement: Statement, params: Vec<Option<String>>, kind: Kind, relation: u32) -> Result<()> {
+    async fn queue(&mut self, statement: Statement, params: Vec<Option<Text>>, kind: Kind, relation: u32) -> Result<()> {
         self.send_begin().await;
         let client = self.client.clone();
         let answer = Box::pin(async move { client.execute_raw(&statement, params.iter().map(|p| p as &(dyn ToSql + Sync))).await });
@@ -578,11 +579,29 @@ impl Applier {
 }
 
 /// A value as the text its type's input function reads (None: NULL).
-fn text(value: &Value) -> Option<String> {
+fn text(value: &Value) -> Option<Text> {
     match value {
-        Value::Text(bytes) | Value::Binary(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::Text(bytes) | Value::Binary(bytes) => Some(Text(bytes.clone())),
         Value::Null | Value::UnchangedToast => None,
     }
+}
+
+/// A `text` parameter passed on as the stream sent it, without a copy: its binary form is
+/// its bytes. The stream is UTF-8 (pgwire-replication asks for it) and the target checks it.
+#[derive(Debug)]
+struct Text(bytes::Bytes);
+
+impl ToSql for Text {
+    fn to_sql(&self, _: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
+
+    to_sql_checked!();
 }
 
 /// A commit time (µs since 2000-01-01 UTC) as timestamptz text.

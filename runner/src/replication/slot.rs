@@ -35,6 +35,7 @@ pub fn replication_config(source: &ConnSpec, db: &str, names: &Names, start: Lsn
         .with_start_lsn(WireLsn(start))
         .with_status_interval(Duration::from_millis(500))
         .with_application_name(format!("pgferry {}", names.slot))
+        .with_options(crate::migration::copy_digest::STABLE_TEXT_OPTIONS)
 }
 
 /// Publishes the tables the base copy copies: permanent leaf tables outside the provider's
