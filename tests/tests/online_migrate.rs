@@ -158,6 +158,8 @@ fn pgbench_load_during_online_migration_then_cutover_gives_an_exact_copy() {
     // shows it arrived whole and once.
     source.psql("bench", "insert into ledger (delta) select 1 from generate_series(1, 5000)").unwrap();
     load.finish();
+    // Once the source is idle, the target is not behind at all.
+    pf.wait_for("online", "a latency of 0 on an idle source", Duration::from_secs(30), |d| lag(d) == 0.0);
 
     let requested = Instant::now();
     let out = pf.run(&["migration", "update", "--migration-name", "online", "--cutover", "--output", "json"]);

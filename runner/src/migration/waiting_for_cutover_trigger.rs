@@ -248,6 +248,11 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
         if polled_wal.elapsed() >= Duration::from_secs(5) {
             for stream in streams.iter_mut() {
                 stream.wal_pending = slot::wal_pending(&monitor, &stream.names).await.ok().flatten();
+                if stream.wal_pending == Some(0) {
+                    // The target has applied all the WAL the source has: not behind at all,
+                    // even when no keepalive has said so (a source with no WAL traffic).
+                    stream.stats.lock().unwrap().latency_seconds = 0.0;
+                }
                 let stats = stream.stats.lock().unwrap().clone();
                 progress.notify(&migrating_data::Progress::Replicating {
                     database: stream.database.clone(),
