@@ -487,9 +487,14 @@ impl Applier {
     /// Sends the transaction's BEGIN if it has not gone yet.
     async fn send_begin(&mut self) {
         if std::mem::take(&mut self.begin_pending) {
-            let client = self.client.clone();
-            self.send(Request::Begin, Box::pin(async move { client.batch_execute("BEGIN").await.map(|()| 0) })).await;
+            self.send_simple(Request::Begin, "BEGIN".to_string()).await;
         }
+    }
+
+    /// Sends a simple query (BEGIN, COMMIT) through the pipeline.
+    async fn send_simple(&mut self, request: Request, sql: String) {
+        let client = self.client.clone();
+        self.send(request, Box::pin(async move { client.batch_execute(&sql).await.map(|()| 0) })).await;
     }
 
     /// Puts a request on the wire: tokio-postgres sends it when its future is first polled,
@@ -552,8 +557,7 @@ impl Applier {
             quote_literal(&pg_timestamp(batch.end.1))
         );
         self.send_begin().await;
-        let client = self.client.clone();
-        self.send(Request::Commit(batch), Box::pin(async move { client.batch_execute(&sql).await.map(|()| 0) })).await;
+        self.send_simple(Request::Commit(batch), sql).await;
         self.in_transaction = false;
         Ok(())
     }
