@@ -150,6 +150,16 @@ impl Store {
 
     /// Moves a migration to `to`, refusing what the lifecycle does not allow.
     pub fn transition(&mut self, id: i64, to: Status) -> Result<Migration> {
+        self.transition_recording(id, to, None)
+    }
+
+    /// Like `transition`, recording `error` in the same transaction, so that no reader sees
+    /// the error on a migration that still looks active.
+    pub fn transition_with_error(&mut self, id: i64, to: Status, error: &serde_json::Value) -> Result<Migration> {
+        self.transition_recording(id, to, Some(error))
+    }
+
+    fn transition_recording(&mut self, id: i64, to: Status, error: Option<&serde_json::Value>) -> Result<Migration> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (name, from): (String, String) =
             tx.query_row("select name, status from migration where id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -160,6 +170,9 @@ impl Store {
         let now = Utc::now().to_rfc3339();
         let ended = (!to.is_active()).then(|| now.clone());
         tx.execute("update migration set status = ?2, ended_at = ?3 where id = ?1", params![id, to.to_string(), ended])?;
+        if let Some(error) = error {
+            tx.execute("update migration set error = ?2 where id = ?1", params![id, error.to_string()])?;
+        }
         tx.execute("insert into transition values (?1, ?2, ?3)", params![id, now, to.to_string()])?;
         tx.commit()?;
         self.get_by_id(id)
@@ -173,11 +186,6 @@ impl Store {
 
     pub fn set_validation(&mut self, id: i64, validation: &serde_json::Value) -> Result<()> {
         self.conn.execute("update migration set validation = ?2 where id = ?1", params![id, validation.to_string()])?;
-        Ok(())
-    }
-
-    pub fn set_error(&mut self, id: i64, error: &serde_json::Value) -> Result<()> {
-        self.conn.execute("update migration set error = ?2 where id = ?1", params![id, error.to_string()])?;
         Ok(())
     }
 

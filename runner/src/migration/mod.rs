@@ -479,7 +479,13 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> Vec<String> {
 /// Moves the migration on; `Some(migration)` when it was canceled from another shell in the
 /// meantime (the work stops there, the cancel stands).
 fn advance(store: &mut Store, id: i64, to: Status) -> Result<Option<Migration>> {
-    match store.transition(id, to) {
+    let transitioned = store.transition(id, to);
+    settle(store, id, transitioned)
+}
+
+/// A transition refused because the migration was canceled meanwhile yields the canceled one.
+fn settle(store: &Store, id: i64, transitioned: Result<Migration>) -> Result<Option<Migration>> {
+    match transitioned {
         Ok(_) => Ok(None),
         Err(e) if e.is::<IllegalTransition>() => {
             let current = store.get_by_id(id)?;
@@ -491,6 +497,7 @@ fn advance(store: &mut Store, id: i64, to: Status) -> Result<Option<Migration>> 
 
 fn fail(store: &mut Store, id: i64, step: &str, error: anyhow::Error) -> Result<Migration> {
     tracing::debug!("{step}: {error:#}");
-    store.set_error(id, &json!({ "step": step, "message": format!("{error:#}") }))?;
-    Ok(advance(store, id, Status::FAILED)?.unwrap_or(store.get_by_id(id)?))
+    let error = json!({ "step": step, "message": format!("{error:#}") });
+    let failed = store.transition_with_error(id, Status::FAILED, &error);
+    Ok(settle(store, id, failed)?.unwrap_or(store.get_by_id(id)?))
 }
