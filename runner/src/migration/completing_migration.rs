@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::copy_digest::{CopyDigester, Digest, STABLE_TEXT};
+use super::copy_digest::{stable_text, CopyDigester, Digest};
 use super::migrating_data::{dump_and_restore, quote_ident, quote_literal, CopiedDatabase, Progress, Settings, TableToVerify};
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,7 +109,7 @@ async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[Tab
         let (db, snapshot) = (db.to_string(), snapshot.to_string());
         workers.spawn(async move {
             let (dst, _) = target.connect(&db).await?;
-            dst.batch_execute(STABLE_TEXT).await?;
+            dst.batch_execute(&stable_text()).await?;
             let mut src = None;
             let mut mismatches = Vec::new();
             loop {
@@ -121,7 +121,7 @@ async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[Tab
                         if src.is_none() {
                             let (client, _) = source.connect(&db).await?;
                             client
-                                .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
+                                .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {}", quote_literal(&snapshot), stable_text()))
                                 .await
                                 .context("joining the exported snapshot to verify")?;
                             src = Some(client);

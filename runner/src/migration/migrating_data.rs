@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
-use super::copy_digest::{CopyDigester, Digest, Format, STABLE_TEXT};
+use super::copy_digest::{stable_text, CopyDigester, Digest, Format};
 use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
@@ -439,11 +439,11 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             let (src, _) = source.connect(&db).await?;
             // The text settings matter to tables copied as text: what the source writes is
             // what the target parses, and what the source's digest is taken of.
-            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {STABLE_TEXT}", quote_literal(&snapshot)))
+            src.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; {}", quote_literal(&snapshot), stable_text()))
                 .await
                 .context("joining the exported snapshot")?;
             let (dst, _) = target.connect(&db).await?;
-            dst.batch_execute(&format!("SET synchronous_commit = off; {STABLE_TEXT}")).await?;
+            dst.batch_execute(&format!("SET synchronous_commit = off; {}", stable_text())).await?;
             let mut done = Vec::new();
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };

@@ -20,7 +20,7 @@ use super::pgoutput::{lsn_to_string, Message, OldRow, ReplicaIdentity, Relation,
 use super::stream::{ChangeStream, Event};
 use super::{Lsn, FENCE_PREFIX};
 use crate::connect::pg_error;
-use crate::migration::copy_digest::STABLE_TEXT;
+use crate::migration::copy_digest::stable_text;
 use crate::migration::migrating_data::{quote_ident, quote_literal};
 
 /// Source transactions merged into one target transaction at most; keeps a commit's
@@ -255,7 +255,7 @@ impl Applier {
             // transaction of many source transactions a hot row's dead versions pile up.
             // A table without an index is still scanned, at a cost that would make every
             // statement worth compiling with JIT: no JIT.
-            .batch_execute(&format!("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off; {STABLE_TEXT}"))
+            .batch_execute(&format!("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off; {}", stable_text()))
             .await
             .map_err(|e| anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)))?;
         let setup = async {

@@ -35,7 +35,7 @@ pub fn replication_config(source: &ConnSpec, db: &str, names: &Names, start: Lsn
         .with_start_lsn(WireLsn(start))
         .with_status_interval(Duration::from_millis(500))
         .with_application_name(format!("pgferry {}", names.slot))
-        .with_options(crate::migration::copy_digest::STABLE_TEXT_OPTIONS)
+        .with_options(crate::migration::copy_digest::stable_text_options())
 }
 
 /// Publishes the tables the base copy copies: permanent leaf tables outside the provider's
