@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod inventory;
+pub mod lease;
 pub mod lifecycle;
 pub mod migration;
 pub mod pg_tools;
