@@ -311,6 +311,7 @@ impl Store {
         let id = tx.last_insert_rowid();
         tx.execute("insert into transition values (?1, ?2, ?3)", params![id, now.to_rfc3339(), Status::CREATED.to_string()])?;
         tx.commit()?;
+        crash_point(Status::CREATED);
         self.get_by_id(id)
     }
 
@@ -345,6 +346,7 @@ impl Store {
         }
         tx.execute("insert into transition values (?1, ?2, ?3)", params![id, now, to.to_string()])?;
         tx.commit()?;
+        crash_point(to);
         self.get_by_id(id)
     }
 
@@ -511,6 +513,16 @@ impl Store {
 
 const SELECT: &str = "select id, name, target_server, source_server, source_type, mode, option, status, databases, properties,
     validation, error, details, runner_pid, created_at, ended_at, properties_file from migration";
+
+/// Fault injection for the recovery tests: `PGFERRY_CRASH_AFTER=<substate>` aborts the
+/// process the moment entering that substate is committed, as a kill -9 at that step
+/// boundary would (no cleanup, the lease not released).
+fn crash_point(entered: Status) {
+    if std::env::var("PGFERRY_CRASH_AFTER").is_ok_and(|s| s == entered.substate.to_string()) {
+        eprintln!("PGFERRY_CRASH_AFTER={}: aborting", entered.substate);
+        std::process::abort();
+    }
+}
 
 fn lease_of(conn: &Connection, id: i64) -> Result<Option<Lease>> {
     let row: Option<(String, u32, String, String, i64)> = conn

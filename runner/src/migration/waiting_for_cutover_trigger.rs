@@ -182,6 +182,11 @@ pub(super) async fn run(
         }
     }
 
+    if store.get_by_id(id).map_err(err(created))?.status == Status::COMPLETING {
+        // A runner died after the fences were applied: the slots may be gone already, and
+        // nothing is left to stream. The cutover goes on from there.
+        return complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e));
+    }
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
@@ -381,8 +386,11 @@ async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
 /// verifies each database at a snapshot taken now and records the receipt.
 async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[String], records: &BTreeMap<String, Record>) -> Result<Option<Migration>> {
-    let mut cutover = cutover_of(&store.get_by_id(id)?).unwrap_or_default();
-    if let Some(canceled) = advance(store, id, Status::COMPLETING)? {
+    let m = store.get_by_id(id)?;
+    let mut cutover = cutover_of(&m).unwrap_or_default();
+    if m.status != Status::COMPLETING
+        && let Some(canceled) = advance(store, id, Status::COMPLETING)?
+    {
         return Ok(Some(canceled));
     }
     for db in databases {
