@@ -335,3 +335,37 @@ fn a_crash_at_each_online_step_boundary_then_resume_or_cancel() {
         assert_nothing_left_by_replication(&source, &target);
     }
 }
+
+/// Ctrl-C on a foreground `create`: the runner stops at once (its children with it), says
+/// how to go on, exits 130, and `resume` finishes the migration.
+#[test]
+fn ctrl_c_stops_the_runner_with_a_message_and_resume_finishes() {
+    let (source, target) = (source_cluster(), target_cluster());
+    load_shop(&source, 600_000);
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, &target, "Offline");
+    let runner = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "interrupted", "--properties", &props, "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pf.wait_for("interrupted", "the copy", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    // SAFETY: signals a child process this test started.
+    assert_eq!(unsafe { libc::kill(runner.id() as i32, libc::SIGINT) }, 0);
+    let out = runner.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let resume = format!("pgferry migration resume --migration-name interrupted --properties {props}");
+    assert!(stderr.contains("interrupted: migration \"interrupted\" is left InProgress/MigratingData with no runner") && stderr.contains(&resume), "{stderr}");
+    let doc = pf.show("interrupted");
+    assert_eq!(doc["runner"]["alive"], false, "the lease is released at once: {doc:#}");
+    assert_eq!(doc["next"], resume.as_str());
+    let copying = target.psql("postgres", "select count(*) from pg_stat_activity where datname = 'shop' and query ilike 'copy%'").unwrap();
+    assert_eq!(copying.trim(), "0", "a copy into the target outlived the runner");
+
+    let out = run_hint(&pf, &resume, &[]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert_exact(&source, &target);
+}
