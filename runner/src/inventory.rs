@@ -36,7 +36,6 @@
 //!   `pg_temp_*`; objects that belong to an extension (a `pg_depend` row of type `e`) are
 //!   left out of tables, casts and owner counts, since `CREATE EXTENSION` recreates them.
 
-
 use anyhow::Context;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
