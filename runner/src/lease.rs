@@ -27,6 +27,7 @@ impl RunnerLease {
         if let Some(current) = store.acquire_lease(id, &holder)? {
             bail!("{}", held_elsewhere(name, &current));
         }
+        store.fence(id, &holder);
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
         let mut renewing = store.reopen()?;

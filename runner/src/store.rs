@@ -204,7 +204,16 @@ fn now_ms() -> i64 {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Set by a runner holding a migration's lease: its writes to that migration happen
+    /// only while it still holds the lease (a runner that stalled past its lease and woke
+    /// up cannot overwrite what the process that took over wrote).
+    fence: Option<(i64, String)>,
 }
+
+/// A write refused because this process no longer holds the migration's lease.
+#[derive(Debug, thiserror::Error)]
+#[error("migration {0}: this runner lost its lease (another pgferry process took the migration over); its write was refused")]
+pub struct LeaseLost(pub i64);
 
 /// `--state-dir`, else `PGFERRY_STATE_DIR`, else the user's state directory
 /// (`$XDG_STATE_HOME/pgferry`, `~/.local/state/pgferry`).
@@ -233,7 +242,7 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "wal")?;
         restrict(&path)?;
-        let mut store = Store { conn, path };
+        let mut store = Store { conn, path, fence: None };
         store.upgrade()?;
         Ok(store)
     }
@@ -263,7 +272,7 @@ impl Store {
     pub fn reopen(&self) -> Result<Store> {
         let conn = Connection::open(&self.path).with_context(|| format!("cannot open the state store {}", self.path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        Ok(Store { conn, path: self.path.clone() })
+        Ok(Store { conn, path: self.path.clone(), fence: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -327,7 +336,9 @@ impl Store {
     }
 
     fn transition_recording(&mut self, id: i64, to: Status, error: Option<&serde_json::Value>) -> Result<Migration> {
+        let fence = self.fence.clone();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
         let (name, from): (String, String) =
             tx.query_row("select name, status from migration where id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let from: Status = from.parse().map_err(anyhow::Error::msg)?;
@@ -348,6 +359,17 @@ impl Store {
         tx.commit()?;
         crash_point(to);
         self.get_by_id(id)
+    }
+
+    /// From now on, this connection's writes to migration `id` require `holder`'s lease.
+    pub fn fence(&mut self, id: i64, holder: &Holder) {
+        self.fence = Some((id, holder.id.clone()));
+    }
+
+    /// Fails with [`LeaseLost`] when this connection is fenced for `id` and no longer holds
+    /// its lease: checked before work on the servers that only the lease holder may do.
+    pub fn check_lease(&self, id: i64) -> Result<()> {
+        check_fence(&self.fence, &self.conn, id)
     }
 
     /// Takes the migration's lease for `holder` unless a live runner holds it, whose lease
@@ -429,7 +451,9 @@ impl Store {
 
     /// Replaces the list of what cleanup could not remove.
     pub fn set_leftovers(&mut self, id: i64, leftovers: &[Leftover]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
         tx.execute("delete from leftover where migration_id = ?1", params![id])?;
         for l in leftovers {
             tx.execute(
@@ -448,7 +472,11 @@ impl Store {
     }
 
     pub fn set_validation(&mut self, id: i64, validation: &serde_json::Value) -> Result<()> {
-        self.conn.execute("update migration set validation = ?2 where id = ?1", params![id, validation.to_string()])?;
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        tx.execute("update migration set validation = ?2 where id = ?1", params![id, validation.to_string()])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -469,7 +497,11 @@ impl Store {
         sql.push_str(") where id = ?1");
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&id];
         args.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
-        self.conn.execute(&sql, args.as_slice())?;
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        tx.execute(&sql, args.as_slice())?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -513,6 +545,19 @@ impl Store {
 
 const SELECT: &str = "select id, name, target_server, source_server, source_type, mode, option, status, databases, properties,
     validation, error, details, runner_pid, created_at, ended_at, properties_file from migration";
+
+/// Fails when `fence` is a lease on migration `id` that is no longer held.
+fn check_fence(fence: &Option<(i64, String)>, conn: &Connection, id: i64) -> Result<()> {
+    if let Some((fenced, holder)) = fence
+        && *fenced == id
+    {
+        let holds: bool = conn.query_row("select exists (select 1 from lease where migration_id = ?1 and holder = ?2)", params![id, holder], |r| r.get(0))?;
+        if !holds {
+            return Err(LeaseLost(id).into());
+        }
+    }
+    Ok(())
+}
 
 /// Fault injection for the recovery tests: `PGFERRY_CRASH_AFTER=<substate>` aborts the
 /// process the moment entering that substate is committed, as a kill -9 at that step
@@ -730,6 +775,39 @@ mod tests {
         assert!(store.acquire_lease(m.id, &me).unwrap().is_none());
         store.release_lease(m.id, &me).unwrap();
         assert!(store.lease(m.id).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_runner_that_lost_its_lease_cannot_write() {
+        let (mut store, dir) = scratch();
+        let props = serde_json::json!({});
+        let dbs = vec!["app".to_string()];
+        let m = store.create(&new("fenced", &dbs, &props)).unwrap();
+        let stale = Holder::this_process();
+        assert!(store.acquire_lease(m.id, &stale).unwrap().is_none());
+        store.fence(m.id, &stale);
+        store.merge_details(m.id, serde_json::json!({ "copyState": 1 })).unwrap();
+        store.transition(m.id, Status::MIGRATING).unwrap();
+        // It stalls past its lease; another process takes the migration over.
+        let mut other = store.reopen().unwrap();
+        other.conn.execute("update lease set expires_at_ms = 0 where migration_id = ?1", params![m.id]).unwrap();
+        let next = Holder { id: "next".into(), pid: 1, host: "elsewhere".into() };
+        assert!(other.acquire_lease(m.id, &next).unwrap().is_none());
+        other.merge_details(m.id, serde_json::json!({ "copyState": 2 })).unwrap();
+        // The stale runner wakes up: every write is refused, nothing it had is written.
+        for refused in [
+            store.merge_details(m.id, serde_json::json!({ "copyState": 1 })),
+            store.transition(m.id, Status::COMPLETING).map(drop),
+            store.set_validation(m.id, &serde_json::json!({})),
+            store.set_leftovers(m.id, &[]),
+            store.check_lease(m.id),
+        ] {
+            assert!(refused.unwrap_err().is::<LeaseLost>());
+        }
+        let now = store.get_by_id(m.id).unwrap();
+        assert_eq!(now.details["copyState"], 2);
+        assert_eq!(now.status, Status::MIGRATING);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

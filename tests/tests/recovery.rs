@@ -369,3 +369,47 @@ fn ctrl_c_stops_the_runner_with_a_message_and_resume_finishes() {
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert_exact(&source, &target);
 }
+
+/// A runner that stalls past its lease (SIGSTOP) is taken over by `resume`; when it wakes up
+/// it finds the lease lost and stops without writing to the store or touching the servers.
+#[test]
+fn a_runner_that_stalls_past_its_lease_is_taken_over_and_stands_down() {
+    let (source, target) = (source_cluster(), target_cluster());
+    load_shop(&source, 600_000);
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, &target, "Offline");
+    let stale = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "stalled", "--properties", &props, "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pf.wait_for("stalled", "the copy", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    let pid = stale.id() as i32;
+    // SAFETY: signals a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+
+    // While its lease lasts, the stalled runner still counts as alive.
+    let early = pf.run(&["migration", "resume", "--migration-name", "stalled", "--properties", &props]);
+    assert_eq!(early.code, 1, "{}", early.transcript());
+    assert!(early.stderr.contains(&format!("is being run by process {pid}")), "{}", early.transcript());
+    pf.wait_for("stalled", "the lease to expire", Duration::from_secs(20), |d| d["runner"]["alive"] == false);
+
+    let taker = pf.command().args(["migration", "resume", "--migration-name", "stalled", "--properties", &props]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let taken = pf.wait_for("stalled", "the take-over", Duration::from_secs(30), |d| d["runner"]["alive"] == true);
+    assert_eq!(taken["runner"]["pid"], taker.id(), "{taken:#}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let woken = stale.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&woken.stderr);
+    assert_eq!(woken.status.code(), Some(1), "the stalled runner stands down: {stderr}");
+    assert!(stderr.contains("lost its lease"), "{stderr}");
+
+    let taker = taker.wait_with_output().unwrap();
+    assert_eq!(taker.status.code(), Some(0), "{}", String::from_utf8_lossy(&taker.stderr));
+    let doc = pf.show("stalled");
+    assert_eq!(doc["state"], "Succeeded", "{doc:#}");
+    assert_eq!(doc["error"], Value::Null, "the stalled runner wrote no error: {doc:#}");
+    assert_exact(&source, &target);
+}

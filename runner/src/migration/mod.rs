@@ -451,8 +451,9 @@ async fn drive(
             None => store.get_by_id(id),
         },
         Err((step, _, e)) => {
-            if lease.lost() {
-                // Another process runs the migration now: its state is not ours to touch.
+            if lease.lost() || store.check_lease(id).is_err() {
+                // Another process runs the migration now: its state and what it made on the
+                // servers are not ours to touch.
                 return Err(e);
             }
             // An online migration's slots go first: the source must not keep WAL for it.
@@ -571,6 +572,7 @@ fn check_verification(verification: &[completing_migration::DatabaseVerification
 /// half-copied is left looking valid. Canceled when all of it is gone; else the migration
 /// stays Canceling with the leftovers recorded, and a new cancel tries again.
 async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec) -> Result<Migration> {
+    store.check_lease(id)?;
     let m = store.get_by_id(id)?;
     if m.status == Status::CANCELED {
         return Ok(m);
