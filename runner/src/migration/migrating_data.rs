@@ -266,7 +266,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
     let restore = |list: Option<&std::path::Path>, jobs: usize| {
         let mut cmd = s.tools.command("pg_restore", s.target, db);
-        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
+        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password"]);
         if section == "post-data" {
             // Idempotent, so that a resumed migration can run it again.
             cmd.args(["--clean", "--if-exists"]);
@@ -298,7 +298,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     for fk in fks {
         target.batch_execute(fk.get::<_, &str>(0)).await.context("dropping a foreign key of an earlier attempt")?;
     }
-    let mut list_cmd = s.tools.command("pg_restore", s.target, db);
+    let mut list_cmd = s.tools.offline("pg_restore");
     list_cmd.arg("--list").arg(&file);
     let listing = list_cmd.output().await.context("listing the post-data archive")?;
     anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
