@@ -15,3 +15,4 @@ pub mod properties;
 pub mod replication;
 pub mod report;
 pub mod store;
+pub mod work_dir;

@@ -588,7 +588,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     let stage = |stage| {
         let _ = progress.send(Progress::StageReached { database: db.to_string(), stage });
     };
-    let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
+    let dump_dir = crate::work_dir::WorkDir::database_dir(&s.work_dir, db);
     std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
     if state.stage < Stage::SchemaRestored {
         // Created by an interrupted run of this migration: ours to replace.

@@ -328,10 +328,13 @@ async fn drive(
         && let Some(canceled) = advance(store, id, Status::MIGRATING)? {
             return Ok(canceled);
         }
-    let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
+    let work_dir = match fresh_work_dir(store, id) {
+        Ok(dir) => dir,
+        Err(e) => return fail(store, id, "MigratingData", e),
+    };
     let progress = Progress::new(observer, states);
-    let result = migrate(store, id, req, adapter, &prepared, &work_dir, progress).await;
-    let _ = std::fs::remove_dir_all(&work_dir);
+    let result = migrate(store, id, req, adapter, &prepared, work_dir.path(), progress).await;
+    drop(work_dir);
     match result {
         Ok(Some(canceled)) => Ok(canceled),
         Ok(None) => Ok(advance(store, id, Status::SUCCEEDED)?.unwrap_or(store.get_by_id(id)?)),
@@ -355,6 +358,20 @@ async fn drive(
             fail(store, id, step, e)
         }
     }
+}
+
+/// A private work dir for this run, recorded so that a resume after a kill removes it;
+/// the one an earlier, killed run recorded is removed first.
+fn fresh_work_dir(store: &mut Store, id: i64) -> Result<crate::work_dir::WorkDir> {
+    use crate::work_dir::{prefix, WorkDir};
+    if let Some(stale) = store.get_by_id(id)?.details.get("workDir").and_then(serde_json::Value::as_str) {
+        if let Err(e) = WorkDir::remove_stale(std::path::Path::new(stale), &prefix(id)) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    let work_dir = WorkDir::create_in_temp(&prefix(id))?;
+    store.merge_details(id, json!({ "workDir": work_dir.path() }))?;
+    Ok(work_dir)
 }
 
 type StepError = (&'static str, Vec<String>, anyhow::Error);
