@@ -173,14 +173,14 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
         .filter(|r| !r.name.starts_with("pg_") && !is_provider_object(&s.provider.roles, &r.name))
         .collect();
     let mut created = Vec::new();
+    let mut passwords = Vec::new();
     for role in &wanted {
         if target_info.roles.iter().any(|t| t.name == role.name) {
             continue;
         }
         let flag = |on: bool, name: &str| if on { name.to_string() } else { format!("NO{name}") };
-        let password = hashes.get(&role.name).map(|h| format!(" PASSWORD {}", quote_literal(h))).unwrap_or_default();
         let sql = format!(
-            "CREATE ROLE {} WITH {} {} {} {} {} {}{password}",
+            "CREATE ROLE {} WITH {} {} {} {} {} {}",
             quote_ident(&role.name),
             flag(role.can_login, "LOGIN"),
             flag(role.create_db, "CREATEDB"),
@@ -190,8 +190,12 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
             flag(role.superuser && may_superuser, "SUPERUSER"),
         );
         target.batch_execute(&sql).await.with_context(|| format!("creating role {} on the {}", role.name, s.target.describe()))?;
+        if let Some(hash) = hashes.get(&role.name) {
+            passwords.push((role.name.as_str(), hash.as_str()));
+        }
         created.push(role.name.clone());
     }
+    set_password_hashes(&target, &passwords).await.with_context(|| format!("setting the passwords of the roles created on the {}", s.target.describe()))?;
     for role in &wanted {
         for parent in &role.member_of {
             if parent.starts_with("pg_") || is_provider_object(&s.provider.roles, parent) {
@@ -204,6 +208,38 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
         }
     }
     Ok(created)
+}
+
+/// Gives roles their password hashes without a hash ever standing in a statement, where
+/// statement logging (tokio-postgres' at debug level, the server's log_statement) would
+/// record it: the hashes travel as COPY data into a temporary table, and the server sets
+/// them from there. A failure names the role, not the statement.
+async fn set_password_hashes(target: &Client, passwords: &[(&str, &str)]) -> Result<()> {
+    if passwords.is_empty() {
+        return Ok(());
+    }
+    // COPY's text format: backslash, tab and line ends escaped.
+    let field = |v: &str| v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
+    let rows: String = passwords.iter().map(|(role, hash)| format!("{}\t{}\n", field(role), field(hash))).collect();
+    target.batch_execute("BEGIN; CREATE TEMPORARY TABLE pgferry_role_password (role text, hash text) ON COMMIT DROP").await?;
+    let sink = target.copy_in("COPY pgferry_role_password FROM STDIN").await?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(rows)).await?;
+    sink.finish().await?;
+    let set = "DO $pgferry$ DECLARE r record; BEGIN
+                 FOR r IN SELECT role, hash FROM pgferry_role_password LOOP
+                   BEGIN
+                     EXECUTE format('ALTER ROLE %I PASSWORD %L', r.role, r.hash);
+                   EXCEPTION WHEN others THEN
+                     RAISE EXCEPTION 'setting the password of role % failed: %', r.role, SQLERRM;
+                   END;
+                 END LOOP;
+               END $pgferry$; COMMIT";
+    if let Err(e) = target.batch_execute(set).await {
+        let _ = target.batch_execute("ROLLBACK").await;
+        bail!("{}", pg_error(&e));
+    }
+    Ok(())
 }
 
 /// Creates the target database with the source's encoding, locale and owner, replacing an

@@ -78,7 +78,8 @@ pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
         .ssl_mode
         .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
         .unwrap_or(SslMode::Prefer);
-    Ok(spec(Role::Target, &endpoint, user, req.properties.target_password.clone(), ssl_mode))
+    let password = req.properties.target_password.clone().or(endpoint.password.clone());
+    Ok(spec(Role::Target, &endpoint, user, password, ssl_mode))
 }
 
 fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
