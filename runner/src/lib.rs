@@ -16,3 +16,5 @@ pub mod properties;
 pub mod replication;
 pub mod report;
 pub mod store;
+pub mod terminal;
+pub mod work_dir;

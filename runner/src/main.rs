@@ -533,7 +533,9 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
                     _ => "built-in".into(),
                 };
                 let ids: Vec<&str> = r["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-                table.add_row([r["name"].as_str().unwrap_or(""), &origin, r["world"].as_str().unwrap_or(""), r["contract"].as_str().unwrap_or(""), &ids.join(", ")]);
+                // Ids come from the plugins: shown, never obeyed by the terminal.
+                let ids = pgferry::terminal::printable(&ids.join(", "), false);
+                table.add_row([r["name"].as_str().unwrap_or(""), &origin, r["world"].as_str().unwrap_or(""), r["contract"].as_str().unwrap_or(""), &ids]);
             }
             print(&format!("{table}\n"));
         }
@@ -566,9 +568,9 @@ async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
             plugin.shape.world,
             plugin.shape.contract,
             contract::CONTRACT_VERSION.range(),
-            provides.join(", "),
-            plugin.shape.imports.join(", "),
-            plugin.shape.exports.join(", "),
+            pgferry::terminal::printable(&provides.join(", "), false),
+            pgferry::terminal::printable(&plugin.shape.imports.join(", "), false),
+            pgferry::terminal::printable(&plugin.shape.exports.join(", "), false),
         )),
     }
     Ok(Exit::Ok)

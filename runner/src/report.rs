@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::migration::validation_in_progress::{CheckReport, LevelReport, ValidationReport};
 use crate::store::{Lease, Leftover, Migration};
+use crate::terminal::printable;
 
 /// What `show` says about who runs the migration and what a cancel left.
 pub struct Runner {
@@ -227,12 +228,15 @@ fn check_text(check: &CheckReport) -> String {
         Warning => "WARN",
         Failed => "FAIL",
     };
-    let mut out = format!("  {mark} {:<34} {}\n", check.id, check.title);
+    // Ids, titles and findings may come from a plugin: shown, never obeyed by the terminal.
+    let line = |s: &str| printable(s, false);
+    let block = |s: &str, indent: &str| printable(s, true).replace('\n', &format!("\n{indent}"));
+    let mut out = format!("  {mark} {:<34} {}\n", line(&check.id), line(&check.title));
     for f in &check.findings {
-        let object = f.object.as_deref().map(|o| format!(" [{o}]")).unwrap_or_default();
-        out.push_str(&format!("       {} {}{}: {}\n", f.severity, f.code, object, f.message));
+        let object = f.object.as_deref().map(|o| format!(" [{}]", line(o))).unwrap_or_default();
+        out.push_str(&format!("       {} {}{}: {}\n", f.severity, line(&f.code), object, block(&f.message, "         ")));
         if let Some(fix) = &f.remediation {
-            out.push_str(&format!("         fix: {fix}\n"));
+            out.push_str(&format!("         fix: {}\n", block(fix, "              ")));
         }
     }
     out

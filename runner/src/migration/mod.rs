@@ -81,7 +81,8 @@ pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
         .ssl_mode
         .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
         .unwrap_or(SslMode::Prefer);
-    Ok(spec(Role::Target, &endpoint, user, req.properties.target_password.clone(), ssl_mode))
+    let password = req.properties.target_password.clone().or(endpoint.password.clone());
+    Ok(spec(Role::Target, &endpoint, user, password, ssl_mode))
 }
 
 fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
@@ -440,10 +441,13 @@ async fn drive(
     if !validated && advance(store, id, Status::MIGRATING)?.is_some() {
         return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
     }
-    let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
+    let work_dir = match fresh_work_dir(store, id) {
+        Ok(dir) => dir,
+        Err(e) => return fail(store, id, "MigratingData", e),
+    };
     let progress = Progress::new(observer, states, lease);
-    let result = migrate(store, id, req, adapter, &prepared, &work_dir, progress).await;
-    let _ = std::fs::remove_dir_all(&work_dir);
+    let result = migrate(store, id, req, adapter, &prepared, work_dir.path(), progress).await;
+    drop(work_dir);
     match result {
         Ok(Some(_)) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
         Ok(None) => match advance(store, id, Status::SUCCEEDED)? {
@@ -478,6 +482,20 @@ async fn drive(
             fail(store, id, step, e)
         }
     }
+}
+
+/// A private work dir for this run, recorded so that a resume after a kill removes it;
+/// the one an earlier, killed run recorded is removed first.
+fn fresh_work_dir(store: &mut Store, id: i64) -> Result<crate::work_dir::WorkDir> {
+    use crate::work_dir::{prefix, WorkDir};
+    if let Some(stale) = store.get_by_id(id)?.details.get("workDir").and_then(serde_json::Value::as_str) {
+        if let Err(e) = WorkDir::remove_stale(std::path::Path::new(stale), &prefix(id)) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    let work_dir = WorkDir::create_in_temp(&prefix(id))?;
+    store.merge_details(id, json!({ "workDir": work_dir.path() }))?;
+    Ok(work_dir)
 }
 
 type StepError = (&'static str, Vec<String>, anyhow::Error);
@@ -587,6 +605,12 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     let mut states = copy_states(&m)?;
     for db in &dropped {
         states.remove(db);
+    }
+    // The dumps of a runner that was killed.
+    if let Some(stale) = m.details.get("workDir").and_then(serde_json::Value::as_str)
+        && let Err(e) = crate::work_dir::WorkDir::remove_stale(std::path::Path::new(stale), &crate::work_dir::prefix(id))
+    {
+        tracing::warn!("{e:#}");
     }
     let mut all_dropped: Vec<String> = m.details.get("droppedOnCancel").and_then(|d| serde_json::from_value(d.clone()).ok()).unwrap_or_default();
     all_dropped.extend(dropped);

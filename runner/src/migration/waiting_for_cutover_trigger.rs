@@ -414,7 +414,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             snapshot,
             tables,
             large_objects: 0,
-            dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
+            dump_dir: crate::work_dir::WorkDir::database_dir(&s.work_dir, db),
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
         let checked = completing_migration::verify(s, &copied, &no_events).await?;
