@@ -311,8 +311,9 @@ impl Store {
         )
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => anyhow::anyhow!(
-                "a migration named {:?} already exists for target server {}; pick another name (check with `pgferry migration check-name-availability`)",
+                "a migration named {:?} already exists for target server {}; pick another name (`pgferry migration check-name-availability --migration-name <name> --target {}` says whether one is free)",
                 new.name,
+                new.target_server,
                 new.target_server
             ),
             e => e.into(),

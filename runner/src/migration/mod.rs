@@ -150,12 +150,12 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     // connections help no one, and their databases could collide.
     if option != MigrationOption::Validate
         && let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") {
-            bail!(
-                "migration {:?} is still {} on target {target_server}; wait for it, or `pgferry migration update --migration-name {} --cancel` (or `resume` it if its runner died)",
-                active.name,
-                active.status,
-                active.name
-            );
+            let next = if runner_alive(store, &active)? {
+                format!("wait for it, or stop it with `{}`", cancel_command(&active))
+            } else {
+                format!("its runner is gone: carry it on with `{}`, or stop it with `{}`", resume_command(&active), cancel_command(&active))
+            };
+            bail!("migration {:?} is still {} on target {target_server}; {next}", active.name, active.status);
         }
     let properties = stored_properties(props, &source, &target, option, mode);
     let migration = store.create(&NewMigration {
