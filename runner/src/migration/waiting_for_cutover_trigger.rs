@@ -391,6 +391,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             snapshot,
             tables,
             large_objects: 0,
+            recopied: vec![],
             dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
