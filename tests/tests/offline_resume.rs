@@ -139,11 +139,21 @@ fn killed_twice_the_second_time_after_the_copy_a_resume_still_ends_at_one_snapsh
     kill_mid_copy(&pf, "twice", runner);
     source.psql("shop", "update customers set name = 'first change' where id = 1").unwrap();
 
-    // The first resume copies customers again and big, then is killed while it completes
-    // (post-data, verification): every table is copied, all of them at its snapshot.
+    // The first resume copies customers again and big, then is killed while it completes,
+    // once post-data has made the keys (the last of it) and the triggers on the target:
+    // every table is copied, all of them at its snapshot.
     let runner = spawn(&pf, &["migration", "resume", "--migration-name", "twice"]);
-    let doc = pf.wait_for("twice", "CompletingMigration", Duration::from_secs(180), |doc| doc["substate"] == "CompletingMigration");
+    pf.wait_for("twice", "CompletingMigration", Duration::from_secs(180), |doc| doc["substate"] == "CompletingMigration");
+    let post_data = "select count(*) from pg_constraint where conname = 'orders_customer_fkey'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while target.psql("shop", post_data).unwrap() != "1" {
+        assert!(std::time::Instant::now() < deadline, "post-data never made the foreign key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(runner);
+    let doc = pf.show("twice");
+    assert_eq!(doc["substate"], "CompletingMigration", "killed before the end: {doc}");
+    assert_eq!(target.psql("shop", "select count(*) from pg_trigger where tgname like 'orders_audit%'").unwrap(), "2");
     assert_eq!(doc["details"]["copyState"]["shop"]["stage"], "DataCopied", "{doc}");
     assert_eq!(strings(&doc["details"]["copyState"]["shop"]["recopied"]), ["public.customers"]);
 
