@@ -3,7 +3,8 @@
 //! source's values at the snapshot, then verification: per table, the digest (row count and
 //! order-independent checksum, see `copy_digest`) of the target's rows, read with COPY in
 //! the copy's format and column order, against the digest of what the copy read from the
-//! source at the snapshot.
+//! source at the snapshot (after a resume: the last run's, at which the tables of earlier
+//! runs were checksummed again or copied again).
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;

@@ -5,7 +5,9 @@
 //! by parallel workers, biggest first, all reading at that same snapshot (a table copied
 //! whole is loaded with COPY FREEZE), then the large objects. The copy takes each table's
 //! digest from the stream as it passes (see `copy_digest`), for verification. The snapshot's coordinator connection stays
-//! open for CompletingMigration, which verifies against it.
+//! open for CompletingMigration, which verifies against it. A resumed run exports a new
+//! snapshot and brings what earlier runs copied to it (see `run_database`): the target ends
+//! as the source is at one snapshot, the last.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -120,7 +122,8 @@ pub struct DatabaseState {
     /// `schema.name` of the tables copied completely (all parts).
     pub tables_done: Vec<String>,
     /// The digest of each table in `tables_done`, all parts together: the source as it was
-    /// copied, which verification compares the target with after a resume.
+    /// copied. A resume checks these tables at its own snapshot; for one that differs, this
+    /// tells which side changed since (its log says).
     #[serde(default)]
     pub digests: std::collections::BTreeMap<String, CopiedDigest>,
     /// `schema.name` of the tables a resume copied again because they differed, at its
@@ -638,7 +641,8 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     if !done.is_empty() {
         let differ = recheck_earlier_tables(s, db, &snapshot, state, &mut all, &done).await?;
         if !differ.is_empty() {
-            // Recorded before they are emptied: a run killed from here on copies them again.
+            // Sent before they are emptied, and saved at once: a run killed from here on
+            // copies them again (and one killed before the save finds them different again).
             let _ = progress.send(Progress::TablesRecopying { database: db.to_string(), tables: differ.clone() });
             for table in differ {
                 done.remove(&table);
