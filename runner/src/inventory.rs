@@ -36,8 +36,6 @@
 //!   `pg_temp_*`; objects that belong to an extension (a `pg_depend` row of type `e`) are
 //!   left out of tables, casts and owner counts, since `CREATE EXTENSION` recreates them.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
@@ -48,58 +46,8 @@ use crate::plugin_host::{
     Setting, Side, TableInfo,
 };
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Inventory {
-    pub source: ServerInfo,
-    pub target: ServerInfo,
-    pub source_databases: BTreeMap<String, DatabaseInfo>,
-    pub target_databases: BTreeMap<String, DatabaseInfo>,
-}
-
-impl Inventory {
-    pub fn empty() -> Self {
-        Inventory {
-            source: empty_server(Side::Source),
-            target: empty_server(Side::Target),
-            source_databases: BTreeMap::new(),
-            target_databases: BTreeMap::new(),
-        }
-    }
-
-    pub fn server(&self, side: Side) -> &ServerInfo {
-        match side {
-            Side::Source => &self.source,
-            Side::Target => &self.target,
-        }
-    }
-
-    pub fn database(&self, side: Side, name: &str) -> Option<&DatabaseInfo> {
-        match side {
-            Side::Source => self.source_databases.get(name),
-            Side::Target => self.target_databases.get(name),
-        }
-    }
-}
-
-fn empty_server(side: Side) -> ServerInfo {
-    ServerInfo {
-        side,
-        host: String::new(),
-        port: 0,
-        version_num: 0,
-        version: String::new(),
-        current_user: String::new(),
-        settings: vec![],
-        roles: vec![],
-        databases: vec![],
-        available_extensions: vec![],
-        collations: vec![],
-        replication_slots_used: 0,
-        wal_senders_used: 0,
-        prepared_xacts: 0,
-        oldest_xact_age_seconds: 0,
-    }
-}
+/// The container lives with the plugin host, which hands it to plugins; this module fills it.
+pub use crate::plugin_host::Inventory;
 
 /// Settings the rules look at, read from `pg_settings` when the server has them.
 const CURATED_SETTINGS: &[&str] = &[

@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod inventory;
+pub mod lease;
 pub mod lifecycle;
 pub mod migration;
 pub mod pg_tools;
@@ -15,3 +16,5 @@ pub mod properties;
 pub mod replication;
 pub mod report;
 pub mod store;
+pub mod terminal;
+pub mod work_dir;

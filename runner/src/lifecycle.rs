@@ -10,6 +10,9 @@ pub enum State {
     Succeeded,
     Failed,
     ValidationFailed,
+    /// A cancel is cleaning up what the migration made; it stays here, with the leftovers
+    /// listed, until everything is gone (then Canceled).
+    Canceling,
     Canceled,
 }
 
@@ -22,6 +25,8 @@ pub enum Substate {
     CompletingMigration,
     Completed,
     Failed,
+    /// The cloud service's name for a cancel at work.
+    CancelingRequestedDBMigrations,
     Canceled,
 }
 
@@ -71,23 +76,34 @@ impl Status {
     pub const SUCCEEDED: Status = Status { state: S::Succeeded, substate: Sub::Completed };
     pub const VALIDATION_FAILED: Status = Status { state: S::ValidationFailed, substate: Sub::Completed };
     pub const FAILED: Status = Status { state: S::Failed, substate: Sub::Failed };
+    pub const CANCELING: Status = Status { state: S::Canceling, substate: Sub::CancelingRequestedDBMigrations };
     pub const CANCELED: Status = Status { state: S::Canceled, substate: Sub::Canceled };
 
-    /// Still running: it can be canceled and it blocks another migration of the same name.
+    /// Not ended: it blocks another migration on the same target, and `list --filter
+    /// Active` shows it. A Canceling migration still has work (cleanup) to finish.
     pub fn is_active(&self) -> bool {
-        matches!(self.state, S::InProgress | S::WaitingForUserAction)
+        matches!(self.state, S::InProgress | S::WaitingForUserAction | S::Canceling)
     }
 
-    /// Whether the lifecycle allows going from `self` to `next`. The one way out of an end
-    /// state is `resume` of a migration that failed while moving data: Failed → MigratingData.
+    /// Whether a cancel may start from here: any migration not ended, and a Failed one (to
+    /// clean up what it made). A Canceling one is canceled again to finish its cleanup.
+    pub fn can_cancel(&self) -> bool {
+        matches!(self.state, S::InProgress | S::WaitingForUserAction | S::Failed | S::Canceling)
+    }
+
+    /// Whether the lifecycle allows going from `self` to `next`. The ways out of Failed are
+    /// `resume` (back to the step that failed) and a cancel; out of Canceling only Canceled.
     pub fn can_become(&self, next: Status) -> bool {
-        if *self == Status::FAILED && next == Status::MIGRATING {
-            return true;
+        if *self == Status::FAILED {
+            return [Status::CREATED, Status::VALIDATING, Status::MIGRATING, Status::CANCELING].contains(&next);
+        }
+        if *self == Status::CANCELING {
+            return next == Status::CANCELED;
         }
         if !self.is_active() {
             return false;
         }
-        if next == Status::FAILED || next == Status::CANCELED {
+        if next == Status::FAILED || next == Status::CANCELING {
             return true;
         }
         let allowed: &[Status] = match *self {
@@ -115,7 +131,7 @@ pub struct IllegalTransition {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 9] = [
+    const ALL: [Status; 10] = [
         Status::CREATED,
         Status::VALIDATING,
         Status::MIGRATING,
@@ -124,16 +140,21 @@ mod tests {
         Status::SUCCEEDED,
         Status::VALIDATION_FAILED,
         Status::FAILED,
+        Status::CANCELING,
         Status::CANCELED,
     ];
 
     #[test]
-    fn terminal_states_are_final_but_a_failed_copy_can_resume() {
+    fn terminal_states_are_final_but_a_failed_one_can_resume_or_be_canceled() {
         for from in [Status::SUCCEEDED, Status::VALIDATION_FAILED, Status::CANCELED] {
             assert!(ALL.iter().all(|to| !from.can_become(*to)), "{from} must be final");
+            assert!(!from.can_cancel());
         }
         let from_failed: Vec<Status> = ALL.into_iter().filter(|to| Status::FAILED.can_become(*to)).collect();
-        assert_eq!(from_failed, [Status::MIGRATING]);
+        assert_eq!(from_failed, [Status::CREATED, Status::VALIDATING, Status::MIGRATING, Status::CANCELING]);
+        let from_canceling: Vec<Status> = ALL.into_iter().filter(|to| Status::CANCELING.can_become(*to)).collect();
+        assert_eq!(from_canceling, [Status::CANCELED]);
+        assert!(Status::FAILED.can_cancel() && Status::CANCELING.can_cancel() && Status::WAITING_FOR_CUTOVER.can_cancel());
     }
 
     #[test]
@@ -143,7 +164,8 @@ mod tests {
         assert!(flow(&[Status::CREATED, Status::VALIDATING, Status::VALIDATION_FAILED]));
         assert!(flow(&[Status::CREATED, Status::VALIDATING, Status::MIGRATING, Status::COMPLETING, Status::SUCCEEDED]));
         assert!(flow(&[Status::CREATED, Status::MIGRATING, Status::WAITING_FOR_CUTOVER, Status::COMPLETING, Status::SUCCEEDED]));
-        assert!(flow(&[Status::WAITING_FOR_CUTOVER, Status::CANCELED]));
+        assert!(flow(&[Status::WAITING_FOR_CUTOVER, Status::CANCELING, Status::CANCELED]));
+        assert!(!Status::WAITING_FOR_CUTOVER.can_become(Status::CANCELED), "a cancel always passes Canceling");
         assert!(!Status::CREATED.can_become(Status::SUCCEEDED));
         assert!(!Status::MIGRATING.can_become(Status::VALIDATION_FAILED));
         assert!(!Status::CREATED.can_become(Status::WAITING_FOR_CUTOVER));

@@ -58,6 +58,7 @@ enum MigrationCommand {
     },
     /// One migration: status, validation results, errors
     Show {
+        /// The migration's name
         #[arg(long)]
         migration_name: String,
         /// Target server (host:port) when several targets have a migration of that name
@@ -66,10 +67,14 @@ enum MigrationCommand {
     },
     /// Trigger the cutover of an online migration, or cancel a migration
     Update {
+        /// The migration's name
         #[arg(long)]
         migration_name: String,
+        /// Target server (host:port) when several targets have a migration of that name
         #[arg(long)]
         target: Option<String>,
+        /// Online migrations in WaitingForCutoverTrigger: apply what the source committed
+        /// until now, stop replicating, verify, and end Succeeded
         #[arg(long, conflicts_with = "cancel", required_unless_present = "cancel")]
         cutover: bool,
         /// With --cutover: make the source databases read-only for applications before the
@@ -80,16 +85,22 @@ enum MigrationCommand {
         #[arg(long, requires = "cutover")]
         no_wait: bool,
         /// The properties file again, for the passwords, when a cancel must clean up after
-        /// a runner that is gone (else PGPASSWORD / ~/.pgpass)
-        #[arg(long)]
+        /// a runner that is gone (else PGFERRY_SOURCE_PASSWORD / PGFERRY_TARGET_PASSWORD,
+        /// PGPASSWORD, ~/.pgpass)
+        #[arg(long, value_name = "FILE")]
         properties: Option<PathBuf>,
+        /// Stop the migration and remove what it made on both servers (target databases it
+        /// created, replication slots, publications, origins); also cleans up after a Failed one
         #[arg(long)]
         cancel: bool,
     },
-    /// Continue a migration whose runner was killed: finished work is kept
+    /// Continue a migration whose runner is gone (killed, Ctrl-C) or that failed: finished
+    /// work is kept
     Resume {
+        /// The migration's name
         #[arg(long)]
         migration_name: String,
+        /// Target server (host:port) when several targets have a migration of that name
         #[arg(long)]
         target: Option<String>,
         /// The properties file again, for its passwords (the state store never keeps them)
@@ -100,6 +111,7 @@ enum MigrationCommand {
     },
     /// Whether a migration name is free on a target server
     CheckNameAvailability {
+        /// The name to check
         #[arg(long)]
         migration_name: String,
         /// Target server (host:port or a postgres URI)
@@ -118,6 +130,7 @@ enum Filter {
 
 #[derive(Args)]
 struct CreateArgs {
+    /// Letters, digits and hyphens, unique per target server
     #[arg(long)]
     migration_name: String,
     /// The body `az postgres flexible-server migration create --properties` takes
@@ -140,9 +153,9 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct CopyArgs {
-    /// Parallel copy workers [default: the number of cores]
-    #[arg(long)]
-    jobs: Option<usize>,
+    /// Parallel copy workers, at least 1 [default: the number of cores]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Copy tables bigger than this many bytes in parts, by several workers (0: never)
     #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
     split_tables_larger_than: u64,
@@ -176,6 +189,10 @@ enum Exit {
     ValidationFailed = 4,
     Failed = 5,
     Canceled = 6,
+    /// A cancel could not remove everything yet: the migration stays Canceling.
+    Canceling = 7,
+    /// Interrupted (Ctrl-C): the migration is left to `resume` or `update --cancel`.
+    Interrupted = 130,
 }
 
 fn main() -> ExitCode {
@@ -201,7 +218,14 @@ fn main() -> ExitCode {
             for cause in error.chain().skip(1) {
                 let _ = writeln!(stderr, "Caused by: {cause}");
             }
-            ExitCode::from(Exit::Error as u8)
+            let code = if error.is::<migration::NotFound>() {
+                Exit::NotFound
+            } else if error.is::<Interrupted>() {
+                Exit::Interrupted
+            } else {
+                Exit::Error
+            };
+            ExitCode::from(code as u8)
         }
     }
 }
@@ -263,15 +287,16 @@ async fn run(cli: Cli) -> Result<Exit> {
                             m.status
                         );
                     }
-                    if m.details.get("cutover").is_some() {
-                        bail!("the cutover of migration {migration_name:?} was already requested; follow it with `pgferry migration show`");
+                    if !migration::runner_alive(&store, &m)? {
+                        bail!(
+                            "no runner is following migration {migration_name:?} (its process is gone), so nobody would carry the cutover out; run `{}` first, then ask for the cutover again",
+                            migration::resume_command(&m)
+                        );
                     }
-                    let request = pgferry::migration::waiting_for_cutover_trigger::Cutover {
-                        requested_at: chrono::Utc::now().to_rfc3339(),
-                        read_only_source: *read_only_source,
-                        ..Default::default()
-                    };
-                    store.merge_details(m.id, serde_json::json!({ "cutover": request }))?;
+                    let options = serde_json::json!({ "readOnlySource": *read_only_source });
+                    if !store.request(m.id, store::RequestKind::Cutover, &options)? {
+                        bail!("the cutover of migration {migration_name:?} was already requested; follow it with `pgferry migration show --migration-name {migration_name}`");
+                    }
                     // The migration's runner (another process) carries the cutover out; this
                     // command follows it to the end, so that its exit code is the outcome.
                     let m = loop {
@@ -279,9 +304,10 @@ async fn run(cli: Cli) -> Result<Exit> {
                         if !m.status.is_active() || *no_wait {
                             break m;
                         }
-                        if migration::live_runner(&m).is_none() {
+                        if !migration::runner_alive(&store, &m)? {
                             bail!(
-                                "the cutover of migration {migration_name:?} is recorded, but no runner is following the migration (its process is gone); `pgferry migration resume --migration-name {migration_name}` carries it out"
+                                "the cutover of migration {migration_name:?} is recorded, but its runner stopped before carrying it out; `{}` carries it out",
+                                migration::resume_command(&m)
                             );
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -294,14 +320,14 @@ async fn run(cli: Cli) -> Result<Exit> {
                     };
                 }
                 debug_assert!(*cancel);
-                if !m.status.is_active() {
-                    bail!("migration {migration_name:?} is {} already; only InProgress or WaitingForUserAction migrations can be canceled", m.status.state);
-                }
                 let secrets = properties.as_ref().map(|p| Properties::from_file(p)).transpose()?;
                 let registry = registry(&cli).await?;
                 let m = migration::cancel(&mut store, &registry, &m, secrets).await?;
-                show(&cli, &store, &m)?;
-                Ok(Exit::Ok)
+                // Canceled is what was asked for: success.
+                Ok(match finish(&cli, &store, &m)? {
+                    Exit::Canceled => Exit::Ok,
+                    other => other,
+                })
             }
             MigrationCommand::Resume { migration_name, target, properties, copy } => {
                 resume(&cli, migration_name, target.as_deref(), properties.as_ref(), copy).await
@@ -333,9 +359,10 @@ async fn run(cli: Cli) -> Result<Exit> {
 }
 
 fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
+    let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {
-        Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?)),
-        Output::Table => print(&report::show_text(m)),
+        Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?, &runner)),
+        Output::Table => print(&report::show_text(m, &runner)),
     }
     Ok(())
 }
@@ -349,10 +376,16 @@ async fn create_detached(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
         Some(d) => d.clone(),
         None => store::default_state_dir()?,
     };
+    // The name becomes a file name: checked before it is used as one.
+    migration::validate_name(&args.migration_name)?;
+    Store::open(&state_dir)?;
     let logs = state_dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    }
     let log_path = logs.join(format!("{}.log", args.migration_name));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = store::create_private_file(&log_path)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1).filter(|a| a != "--no-wait"))
         .stdin(std::process::Stdio::null())
@@ -395,6 +428,7 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
     let request = CreateRequest {
         name: args.migration_name.clone(),
         properties,
+        properties_file: Some(std::path::absolute(&args.properties).unwrap_or_else(|_| args.properties.clone())),
         target: args.target.clone(),
         option: args.migration_option,
         mode: args.migration_mode.map(|m| match m {
@@ -403,14 +437,42 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
         }),
         copy: args.copy.options(cli),
     };
-    let m = migration::create(&mut store, &registry, request).await?;
+    let name = args.migration_name.clone();
+    let reader = store.reopen()?;
+    let m = interruptible(reader, &name, migration::create(&mut store, &registry, request)).await?;
     finish(cli, &store, &m)
 }
+
+/// Runs a migration's work until it ends or Ctrl-C: the work is then dropped (which stops
+/// its workers and child processes, and releases the runner's lease), and the message
+/// says how to go on.
+async fn interruptible(reader: Store, name: &str, work: impl std::future::Future<Output = Result<store::Migration>>) -> Result<store::Migration> {
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => {
+            let hint = match reader.find(name, None).ok().flatten() {
+                Some(m) if m.status.is_active() => format!(
+                    "migration {name:?} is left {} with no runner; `{}` carries it on, `{}` stops it and cleans up",
+                    m.status,
+                    migration::resume_command(&m),
+                    migration::cancel_command(&m)
+                ),
+                _ => format!("migration {name:?} was not recorded"),
+            };
+            Err(Interrupted(hint).into())
+        }
+    }
+}
+
+/// Ctrl-C (exit code 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: {0}")]
+struct Interrupted(String);
 
 impl CopyArgs {
     fn options(&self, cli: &Cli) -> CopyOptions {
         CopyOptions {
-            jobs: self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            jobs: self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             pg_bin: self.pg_bin.clone(),
             split_bytes: self.split_tables_larger_than,
             observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
@@ -422,7 +484,8 @@ async fn resume(cli: &Cli, name: &str, target: Option<&str>, properties: Option<
     let secrets = properties.map(|p| Properties::from_file(p)).transpose()?;
     let registry = registry(cli).await?;
     let mut store = open_store(cli)?;
-    let m = migration::resume(&mut store, &registry, name, target, secrets, copy.options(cli)).await?;
+    let reader = store.reopen()?;
+    let m = interruptible(reader, name, migration::resume(&mut store, &registry, name, target, secrets, copy.options(cli))).await?;
     finish(cli, &store, &m)
 }
 
@@ -433,6 +496,10 @@ fn finish(cli: &Cli, store: &Store, m: &store::Migration) -> Result<Exit> {
         State::Succeeded => Exit::Ok,
         State::ValidationFailed => Exit::ValidationFailed,
         State::Canceled => Exit::Canceled,
+        State::Canceling => {
+            eprintln!("Error: migration {:?} is still Canceling: what is listed under Leftovers is still on the servers; `{}` tries again", m.name, migration::cancel_command(m));
+            Exit::Canceling
+        }
         _ => Exit::Failed,
     })
 }
@@ -466,7 +533,9 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
                     _ => "built-in".into(),
                 };
                 let ids: Vec<&str> = r["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-                table.add_row([r["name"].as_str().unwrap_or(""), &origin, r["world"].as_str().unwrap_or(""), r["contract"].as_str().unwrap_or(""), &ids.join(", ")]);
+                // Ids come from the plugins: shown, never obeyed by the terminal.
+                let ids = pgferry::terminal::printable(&ids.join(", "), false);
+                table.add_row([r["name"].as_str().unwrap_or(""), &origin, r["world"].as_str().unwrap_or(""), r["contract"].as_str().unwrap_or(""), &ids]);
             }
             print(&format!("{table}\n"));
         }
@@ -499,9 +568,9 @@ async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
             plugin.shape.world,
             plugin.shape.contract,
             contract::CONTRACT_VERSION.range(),
-            provides.join(", "),
-            plugin.shape.imports.join(", "),
-            plugin.shape.exports.join(", "),
+            pgferry::terminal::printable(&provides.join(", "), false),
+            pgferry::terminal::printable(&plugin.shape.imports.join(", "), false),
+            pgferry::terminal::printable(&plugin.shape.exports.join(", "), false),
         )),
     }
     Ok(Exit::Ok)

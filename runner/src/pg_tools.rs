@@ -66,36 +66,76 @@ pub fn find(source_major: u32, explicit: Option<&Path>) -> Result<PgTools> {
 }
 
 impl PgTools {
-    /// A command for `tool` connected to `db` on `spec`'s server: the connection goes through
-    /// the environment (PGPASSWORD never appears on a command line).
+    /// `tool` connected to `db` on `spec`'s server (see [`libpq_command`]).
     pub fn command(&self, tool: &str, spec: &ConnSpec, db: &str) -> AsyncCommand {
-        let mut cmd = AsyncCommand::new(self.bin_dir.join(tool));
-        // A canceled migration drops this future: the tool must not outlive it.
-        cmd.kill_on_drop(true);
-        cmd.env("PGHOST", &spec.host)
-            .env("PGPORT", spec.port.to_string())
-            .env("PGUSER", &spec.user)
-            .env("PGDATABASE", db)
-            .env("PGAPPNAME", "pgferry")
-            .env("PGSSLMODE", match spec.ssl_mode {
-                SslMode::Disable => "disable",
-                SslMode::Prefer => "prefer",
-                SslMode::Require => "require",
-                SslMode::VerifyCA => "verify-ca",
-                SslMode::VerifyFull => "verify-full",
-            })
-            .env("PGCONNECT_TIMEOUT", spec.connect_timeout.as_secs().max(1).to_string())
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS");
-        match &spec.password {
-            Some(pw) => cmd.env("PGPASSWORD", pw.expose()),
-            None => cmd.env_remove("PGPASSWORD"),
-        };
-        if let Some(root) = &spec.root_cert {
-            cmd.env("PGSSLROOTCERT", root);
-        }
+        let mut cmd = libpq_command(self.bin_dir.join(tool), spec);
+        cmd.arg("--dbname").arg(conninfo(spec, db));
         cmd
     }
+
+    /// `tool` for work that connects nowhere (`pg_restore --list`), with the same clean
+    /// environment.
+    pub fn offline(&self, tool: &str) -> AsyncCommand {
+        let mut cmd = AsyncCommand::new(self.bin_dir.join(tool));
+        cmd.kill_on_drop(true);
+        clear_libpq_env(&mut cmd);
+        cmd
+    }
+}
+
+/// The one way pgferry starts a libpq program: none of pgferry's own `PG*` variables reach
+/// it (PGSERVICE, PGHOSTADDR, PGOPTIONS, PGSSLKEY… would redirect or change it), the
+/// connection is what pgferry decided, passed as [`conninfo`], and the password goes only
+/// through the child's environment, never its command line.
+pub fn libpq_command(program: impl AsRef<std::ffi::OsStr>, spec: &ConnSpec) -> AsyncCommand {
+    let mut cmd = AsyncCommand::new(program);
+    // A canceled migration drops this future: the tool must not outlive it.
+    cmd.kill_on_drop(true);
+    clear_libpq_env(&mut cmd);
+    if let Some(pw) = &spec.password {
+        cmd.env("PGPASSWORD", pw.expose());
+    }
+    cmd
+}
+
+fn clear_libpq_env(cmd: &mut AsyncCommand) {
+    for (key, _) in std::env::vars_os() {
+        if key.as_encoded_bytes().starts_with(b"PG") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// A libpq connection string for `db` on `spec`'s server. Every value is quoted, so a
+/// database named `host=elsewhere` or `postgresql://…` stays a name: libpq expands a
+/// `--dbname` that looks like a connection string, but not the values inside one.
+pub fn conninfo(spec: &ConnSpec, db: &str) -> String {
+    let sslmode = match spec.ssl_mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCA => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    };
+    let mut pairs = vec![
+        ("host", spec.host.clone()),
+        ("port", spec.port.to_string()),
+        ("user", spec.user.clone()),
+        ("dbname", db.to_string()),
+        ("sslmode", sslmode.to_string()),
+        ("connect_timeout", spec.connect_timeout.as_secs().max(1).to_string()),
+        ("application_name", "pgferry".to_string()),
+    ];
+    // As pgferry's own connections: the root certificate is for the modes that verify.
+    if let (Some(root), SslMode::VerifyCA | SslMode::VerifyFull) = (&spec.root_cert, spec.ssl_mode) {
+        pairs.push(("sslrootcert", root.to_string_lossy().into_owned()));
+    }
+    pairs.iter().map(|(k, v)| format!("{k}={}", conninfo_quote(v))).collect::<Vec<_>>().join(" ")
+}
+
+/// `'value'` with `\` and `'` escaped, as libpq's conninfo parser reads it.
+pub fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Runs a tool; the error names it, the server and what it printed.
@@ -107,4 +147,56 @@ pub async fn run(mut cmd: AsyncCommand, what: &str) -> Result<()> {
         bail!("{what} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::Role;
+
+    fn spec() -> ConnSpec {
+        ConnSpec {
+            role: Role::Source,
+            host: "db.example".into(),
+            port: 6432,
+            user: "o'brien".into(),
+            password: Some(crate::properties::Secret::new("pw-not-on-the-command-line")),
+            ssl_mode: SslMode::Require,
+            root_cert: Some("/certs/root.crt".into()),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn names_are_quoted_values_in_the_connection_string() {
+        let info = conninfo(&spec(), "host=127.0.0.1 port=1 dbname=x");
+        assert_eq!(
+            info,
+            r"host='db.example' port='6432' user='o\'brien' dbname='host=127.0.0.1 port=1 dbname=x' sslmode='require' connect_timeout='5' application_name='pgferry'"
+        );
+        assert!(!info.contains("pw-not"), "the password is not in the connection string");
+        assert_eq!(conninfo_quote(r"a\'b"), r"'a\\\'b'");
+        assert_eq!(conninfo_quote(""), "''");
+        let verify = ConnSpec { ssl_mode: SslMode::VerifyFull, ..spec() };
+        assert!(conninfo(&verify, "postgresql://evil/x").ends_with("sslrootcert='/certs/root.crt'"));
+    }
+
+    #[test]
+    fn children_get_no_pg_variable_but_the_password() {
+        let tools = PgTools { bin_dir: "/nonexistent".into(), major: 15 };
+        // SAFETY: this test alone touches these variables.
+        unsafe { std::env::set_var("PGSERVICE", "evil") };
+        let cmd = tools.command("pg_dump", &spec(), "db");
+        let std = cmd.as_std();
+        let envs: Vec<(String, Option<String>)> = std
+            .get_envs()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
+            .collect();
+        assert!(envs.contains(&("PGSERVICE".into(), None)), "{envs:?}");
+        let set: Vec<&(String, Option<String>)> = envs.iter().filter(|(_, v)| v.is_some()).collect();
+        assert_eq!(set, [&("PGPASSWORD".to_string(), Some("pw-not-on-the-command-line".to_string()))]);
+        let args: Vec<String> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args[0], "--dbname");
+        assert!(args[1].contains("dbname='db'"));
+    }
 }

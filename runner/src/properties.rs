@@ -73,7 +73,10 @@ pub struct Endpoint {
     /// `sslmode` of a postgres URI.
     #[serde(skip)]
     pub ssl_mode: Option<SslMode>,
-    /// What the user wrote (kept for `show`).
+    /// The password of a postgres URI: used, never kept.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// What the user wrote, less any password (kept for `show`).
     pub spelled: String,
 }
 
@@ -171,6 +174,8 @@ impl Properties {
         if source_user.is_some() {
             source.user = source_user;
         }
+        // A password written into the URI counts when no other is given, and goes no further.
+        let source_password = source_password.or(source.password.take());
         let target = take_string(&mut body, "targetdbserverfullyqualifieddomainname")?
             .map(|t| parse_endpoint(&t))
             .transpose()?;
@@ -280,27 +285,30 @@ fn parse_source(id: &str, fqdn: Option<&str>) -> Result<Endpoint> {
 
 /// `host[:port][@user]` or `postgres://user@host:port/…`.
 pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
-    let spelled = s.to_string();
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        let config: tokio_postgres::Config = s.parse().with_context(|| format!("{s:?} is not a valid postgres URI"))?;
+        // Messages and `show` name the URI without its password.
+        let spelled = without_password(s);
+        let config: tokio_postgres::Config = s.parse().map_err(|_| anyhow::anyhow!("{spelled:?} is not a valid postgres URI"))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => bail!("{s:?} names no TCP host"),
+            _ => bail!("{spelled:?} names no TCP host"),
         };
         // tokio-postgres knows only disable/prefer/require; read libpq's full set ourselves.
         let ssl_mode = s
             .split_once('?')
             .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("sslmode=")))
-            .map(|m| SslMode::parse(m).with_context(|| format!("sslmode {m:?} in {s:?} is not a libpq sslmode")))
+            .map(|m| SslMode::parse(m).with_context(|| format!("sslmode {m:?} in {spelled:?} is not a libpq sslmode")))
             .transpose()?;
         return Ok(Endpoint {
             host,
             port: config.get_ports().first().copied(),
             user: config.get_user().map(str::to_string),
             ssl_mode,
+            password: config.get_password().map(|p| Secret::new(String::from_utf8_lossy(p))),
             spelled,
         });
     }
+    let spelled = s.to_string();
     let (hostport, user) = match s.rsplit_once('@') {
         Some((hp, u)) if !u.is_empty() => (hp, Some(u.to_string())),
         _ => (s, None),
@@ -315,7 +323,35 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
     if host.is_empty() {
         bail!("{s:?} names no host (expected host:port@user)");
     }
-    Ok(Endpoint { host, port, user, ssl_mode: None, spelled })
+    Ok(Endpoint { host, port, user, ssl_mode: None, password: None, spelled })
+}
+
+/// A postgres URI less its secrets: the password of `user:password@` and a `password=`
+/// parameter.
+fn without_password(uri: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+    let (main, query) = match rest.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (rest, None),
+    };
+    // The authority ends at the first `/`; its user info at the last `@` before that.
+    let (authority, path) = match main.find('/') {
+        Some(i) => main.split_at(i),
+        None => (main, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => format!("{}@{hosts}", userinfo.split(':').next().unwrap_or_default()),
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query {
+        let kept: Vec<&str> = query.split('&').filter(|kv| !kv.split('=').next().unwrap_or_default().eq_ignore_ascii_case("password")).collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -362,6 +398,25 @@ mod tests {
         assert!(err(r#"{"properties": {"SourceDBServerResourceId": "h", "sslMode": "Sometimes"}}"#).contains("sslMode"));
         assert!(err(r#"{"properties": {"SourceDBServerResourceId": "/subscriptions/1/servers/pg1"}}"#)
             .contains("SourceDbServerFullyQualifiedDomainName"));
+    }
+
+    #[test]
+    fn a_password_in_a_uri_is_used_but_not_kept() {
+        let p = Properties::parse(r#"{"properties": {"SourceDBServerResourceId": "postgresql://alice:s3cr%40t@db.example:6432/app?sslmode=require"}}"#).unwrap();
+        assert_eq!(p.source_password.as_ref().map(Secret::expose), Some("s3cr@t"));
+        assert_eq!(p.source.spelled, "postgresql://alice@db.example:6432/app?sslmode=require");
+        assert_eq!((p.source.host.as_str(), p.source.port, p.source.user.as_deref()), ("db.example", Some(6432), Some("alice")));
+        // The properties' own password wins over the URI's.
+        let p = Properties::parse(
+            r#"{"properties": {"SourceDBServerResourceId": "postgres://alice:uri-pw@h/app?password=q-pw&application_name=x",
+                "SecretParameters": {"AdminCredentials": {"SourceServerPassword": "given"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.source_password.as_ref().map(Secret::expose), Some("given"));
+        assert_eq!(p.source.spelled, "postgres://alice@h/app?application_name=x");
+        assert_eq!(without_password("postgres://h?password=x"), "postgres://h");
+        let err = format!("{:#}", parse_endpoint("postgres://u:topsecret@h/db?sslmode=sometimes").unwrap_err());
+        assert!(!err.contains("topsecret"), "{err}");
     }
 
     #[test]

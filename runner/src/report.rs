@@ -6,7 +6,34 @@ use comfy_table::{presets::NOTHING, Table};
 use serde_json::{json, Value};
 
 use crate::migration::validation_in_progress::{CheckReport, LevelReport, ValidationReport};
-use crate::store::Migration;
+use crate::store::{Lease, Leftover, Migration};
+use crate::terminal::printable;
+
+/// What `show` says about who runs the migration and what a cancel left.
+pub struct Runner {
+    pub lease: Option<Lease>,
+    pub leftovers: Vec<Leftover>,
+    /// The commands that go on from here, as they work when typed.
+    pub resume: String,
+    pub cancel: String,
+}
+
+impl Runner {
+    fn alive(&self) -> bool {
+        self.lease.as_ref().is_some_and(Lease::alive)
+    }
+
+    /// The command to run next when the migration has not ended but no runner works on it.
+    fn next(&self, m: &Migration) -> Option<&str> {
+        if !m.status.is_active() && m.status != crate::lifecycle::Status::FAILED {
+            return None;
+        }
+        if self.alive() {
+            return None;
+        }
+        Some(if m.status == crate::lifecycle::Status::CANCELING { &self.cancel } else { &self.resume })
+    }
+}
 
 /// What `list --output json` gives per migration, and `show` starts with.
 fn summary(m: &Migration) -> serde_json::Map<String, Value> {
@@ -30,9 +57,20 @@ fn summary(m: &Migration) -> serde_json::Map<String, Value> {
 }
 
 /// The `show --output json` document.
-pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)]) -> Value {
+pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)], runner: &Runner) -> Value {
     let mut doc = summary(m);
     doc.extend([
+        (
+            "runner".to_string(),
+            json!({
+                "alive": runner.alive(),
+                "pid": runner.lease.as_ref().map(|l| l.pid),
+                "host": runner.lease.as_ref().map(|l| l.host.clone()),
+                "leaseExpiresAt": runner.lease.as_ref().map(|l| l.expires_at),
+            }),
+        ),
+        ("leftovers".to_string(), json!(runner.leftovers)),
+        ("next".to_string(), json!(runner.next(m))),
         ("properties".to_string(), m.properties.clone()),
         ("details".to_string(), m.details.clone()),
         ("validation".to_string(), m.validation.clone().unwrap_or(Value::Null)),
@@ -59,11 +97,24 @@ fn human_duration(d: chrono::Duration) -> String {
 }
 
 /// The `show` (and `create`) table rendering.
-pub fn show_text(m: &Migration) -> String {
+pub fn show_text(m: &Migration, runner: &Runner) -> String {
     let mut out = String::new();
     let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<15} {v}\n"));
     line(&mut out, "Migration", &m.name);
     line(&mut out, "Status", &format!("{} ({})", m.status.state, m.status.substate));
+    if m.status.is_active() {
+        let who = match &runner.lease {
+            Some(l) if runner.alive() => format!("process {} on {}", l.pid, l.host),
+            _ => "not alive".to_string(),
+        };
+        line(&mut out, "Runner", &who);
+    }
+    for l in &runner.leftovers {
+        line(&mut out, "Leftover", &format!("{} {} on the {}: {}", l.kind, l.object, l.server, l.problem));
+    }
+    if let Some(next) = runner.next(m) {
+        line(&mut out, "Next", next);
+    }
     line(&mut out, "Option / mode", &format!("{} / {}", m.option, m.mode));
     let tls = |key: &str| m.details.get(key).and_then(Value::as_str).map(|t| format!(", TLS {t}")).unwrap_or_default();
     let version = |key: &str| m.details.get(key).and_then(Value::as_str).map(|v| format!(", PostgreSQL {}", v.split_whitespace().next().unwrap_or(v))).unwrap_or_default();
@@ -181,12 +232,15 @@ fn check_text(check: &CheckReport) -> String {
         Warning => "WARN",
         Failed => "FAIL",
     };
-    let mut out = format!("  {mark} {:<34} {}\n", check.id, check.title);
+    // Ids, titles and findings may come from a plugin: shown, never obeyed by the terminal.
+    let line = |s: &str| printable(s, false);
+    let block = |s: &str, indent: &str| printable(s, true).replace('\n', &format!("\n{indent}"));
+    let mut out = format!("  {mark} {:<34} {}\n", line(&check.id), line(&check.title));
     for f in &check.findings {
-        let object = f.object.as_deref().map(|o| format!(" [{o}]")).unwrap_or_default();
-        out.push_str(&format!("       {} {}{}: {}\n", f.severity, f.code, object, f.message));
+        let object = f.object.as_deref().map(|o| format!(" [{}]", line(o))).unwrap_or_default();
+        out.push_str(&format!("       {} {}{}: {}\n", f.severity, line(&f.code), object, block(&f.message, "         ")));
         if let Some(fix) = &f.remediation {
-            out.push_str(&format!("         fix: {fix}\n"));
+            out.push_str(&format!("         fix: {}\n", block(fix, "              ")));
         }
     }
     out

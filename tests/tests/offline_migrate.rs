@@ -141,8 +141,15 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
     let pf = Pgferry::new();
     let props = pf.properties(&source, "shop", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
+    // A TMPDIR of the test's own, to see which work dirs are left.
+    let tmp = pf.dir().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let work_dirs = || -> Vec<String> {
+        std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("pgferry-")).collect()
+    };
     let mut running = pf
         .command()
+        .env("TMPDIR", &tmp)
         .args(["migration", "create", "--migration-name", "crash", "--properties", &props, "--target", &target_arg, "--jobs", "2", "--output", "json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -161,8 +168,13 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
     let done_before_kill = tables_done(&doc);
     let show = pf.show("crash");
     assert_eq!(show["state"], "InProgress", "a killed runner leaves the migration in progress");
+    let left = work_dirs();
+    assert_eq!(left.len(), 1, "the killed runner leaves its work dir: {left:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(tmp.join(&left[0])).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the work dir is private");
 
-    let out = pf.run(&["migration", "resume", "--migration-name", "crash", "--output", "json"]);
+    let tmp_env = tmp.display().to_string();
+    let out = pf.run_with(&["migration", "resume", "--migration-name", "crash", "--output", "json"], &[("TMPDIR", &tmp_env)]);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "Succeeded");
@@ -174,6 +186,7 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
         .map(|e| format!("{}.{}", e["table"]["schema"].as_str().unwrap(), e["table"]["name"].as_str().unwrap()))
         .collect();
     assert!(recopied.contains(&"public.big".to_string()), "{recopied:?}");
+    assert_eq!(work_dirs(), Vec::<String>::new(), "the resume removed the killed runner's work dir and its own");
     for table in &done_before_kill {
         assert!(!recopied.contains(table), "{table} was finished before the kill and copied again");
     }

@@ -185,14 +185,14 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
         .filter(|r| !r.name.starts_with("pg_") && !is_provider_object(&s.provider.roles, &r.name))
         .collect();
     let mut created = Vec::new();
+    let mut passwords = Vec::new();
     for role in &wanted {
         if target_info.roles.iter().any(|t| t.name == role.name) {
             continue;
         }
         let flag = |on: bool, name: &str| if on { name.to_string() } else { format!("NO{name}") };
-        let password = hashes.get(&role.name).map(|h| format!(" PASSWORD {}", quote_literal(h))).unwrap_or_default();
         let sql = format!(
-            "CREATE ROLE {} WITH {} {} {} {} {} {}{password}",
+            "CREATE ROLE {} WITH {} {} {} {} {} {}",
             quote_ident(&role.name),
             flag(role.can_login, "LOGIN"),
             flag(role.create_db, "CREATEDB"),
@@ -202,8 +202,12 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
             flag(role.superuser && may_superuser, "SUPERUSER"),
         );
         target.batch_execute(&sql).await.with_context(|| format!("creating role {} on the {}", role.name, s.target.describe()))?;
+        if let Some(hash) = hashes.get(&role.name) {
+            passwords.push((role.name.as_str(), hash.as_str()));
+        }
         created.push(role.name.clone());
     }
+    set_password_hashes(&target, &passwords).await.with_context(|| format!("setting the passwords of the roles created on the {}", s.target.describe()))?;
     for role in &wanted {
         for parent in &role.member_of {
             if parent.starts_with("pg_") || is_provider_object(&s.provider.roles, parent) {
@@ -216,6 +220,38 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
         }
     }
     Ok(created)
+}
+
+/// Gives roles their password hashes without a hash ever standing in a statement, where
+/// statement logging (tokio-postgres' at debug level, the server's log_statement) would
+/// record it: the hashes travel as COPY data into a temporary table, and the server sets
+/// them from there. A failure names the role, not the statement.
+async fn set_password_hashes(target: &Client, passwords: &[(&str, &str)]) -> Result<()> {
+    if passwords.is_empty() {
+        return Ok(());
+    }
+    // COPY's text format: backslash, tab and line ends escaped.
+    let field = |v: &str| v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
+    let rows: String = passwords.iter().map(|(role, hash)| format!("{}\t{}\n", field(role), field(hash))).collect();
+    target.batch_execute("BEGIN; CREATE TEMPORARY TABLE pgferry_role_password (role text, hash text) ON COMMIT DROP").await?;
+    let sink = target.copy_in("COPY pgferry_role_password FROM STDIN").await?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(rows)).await?;
+    sink.finish().await?;
+    let set = "DO $pgferry$ DECLARE r record; BEGIN
+                 FOR r IN SELECT role, hash FROM pgferry_role_password LOOP
+                   BEGIN
+                     EXECUTE format('ALTER ROLE %I PASSWORD %L', r.role, r.hash);
+                   EXCEPTION WHEN others THEN
+                     RAISE EXCEPTION 'setting the password of role % failed: %', r.role, SQLERRM;
+                   END;
+                 END LOOP;
+               END $pgferry$; COMMIT";
+    if let Err(e) = target.batch_execute(set).await {
+        let _ = target.batch_execute("ROLLBACK").await;
+        bail!("{}", pg_error(&e));
+    }
+    Ok(())
 }
 
 /// Creates the target database with the source's encoding, locale and owner, replacing an
@@ -278,7 +314,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
     let restore = |list: Option<&std::path::Path>, jobs: usize| {
         let mut cmd = s.tools.command("pg_restore", s.target, db);
-        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password", "--dbname", db]);
+        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password"]);
         if section == "post-data" {
             // Idempotent, so that a resumed migration can run it again.
             cmd.args(["--clean", "--if-exists"]);
@@ -305,7 +341,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
     drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
-    let mut list_cmd = s.tools.command("pg_restore", s.target, db);
+    let mut list_cmd = s.tools.offline("pg_restore");
     list_cmd.arg("--list").arg(&file);
     let listing = list_cmd.output().await.context("listing the post-data archive")?;
     anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
@@ -617,7 +653,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     let stage = |stage| {
         let _ = progress.send(Progress::StageReached { database: db.to_string(), stage });
     };
-    let dump_dir = s.work_dir.join(db.replace(['/', '\0'], "_"));
+    let dump_dir = crate::work_dir::WorkDir::database_dir(&s.work_dir, db);
     std::fs::create_dir_all(&dump_dir).with_context(|| format!("creating the work directory {}", dump_dir.display()))?;
     if state.stage < Stage::SchemaRestored {
         // Created by an interrupted run of this migration: ours to replace.

@@ -17,12 +17,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::connect::{ConnSpec, Role};
+use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
 use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
-use crate::store::{Migration, NewMigration, Store};
+use crate::store::{Leftover, Migration, NewMigration, Store};
 use migrating_data::{DatabaseState, Stage};
 use progress::{watched, Progress};
 pub use progress::Observer;
@@ -31,6 +32,8 @@ use validation_in_progress::CheckState;
 pub struct CreateRequest {
     pub name: String,
     pub properties: Properties,
+    /// Where the properties were read from, so that hints can name the file again.
+    pub properties_file: Option<std::path::PathBuf>,
     /// `--target` (host:port or a postgres URI); else `TargetDbServerFullyQualifiedDomainName`.
     pub target: Option<String>,
     pub option: Option<MigrationOption>,
@@ -78,7 +81,8 @@ pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
         .ssl_mode
         .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
         .unwrap_or(SslMode::Prefer);
-    Ok(spec(Role::Target, &endpoint, user, req.properties.target_password.clone(), ssl_mode))
+    let password = req.properties.target_password.clone().or(endpoint.password.clone());
+    Ok(spec(Role::Target, &endpoint, user, password, ssl_mode))
 }
 
 fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
@@ -163,40 +167,116 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         option: &format!("{option:?}"),
         databases: &props.dbs_to_migrate,
         properties: &properties,
+        properties_file: req.properties_file.as_deref(),
     })?;
-    drive(store, registry, migration.id, &req, adapter, source, target, BTreeMap::new(), observer).await
+    let lease = RunnerLease::acquire(store, migration.id, &req.name)?;
+    drive(store, registry, migration.id, &req, adapter, source, target, BTreeMap::new(), observer, &lease).await
 }
 
-/// Continues a migration whose runner died (kill -9, reboot): the databases and tables it
-/// finished are kept, the rest is done again. Passwords come from `secrets` (the properties
-/// file again) or the environment and ~/.pgpass: the store never held them.
+/// Continues a migration whose runner died (kill -9, reboot) or that failed: the databases
+/// and tables it finished are kept, the rest is done again. Passwords come from `secrets`
+/// (the properties file again) or the environment and ~/.pgpass: the store never held them.
+/// Nothing changes in the store until this process holds the migration's lease and has
+/// reached both servers with the credentials it found.
 pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: Option<&str>, secrets: Option<Properties>, mut copy: CopyOptions) -> Result<Migration> {
     let observer = copy.observer.take();
-    let m = store.find(name, target)?.with_context(|| format!("no migration named {name:?} in the state store {}", store.path().display()))?;
-    let failed_step = m.error.as_ref().and_then(|e| e.get("step")).and_then(serde_json::Value::as_str).unwrap_or("");
-    let failed_copying = m.status == Status::FAILED && matches!(failed_step, "MigratingData" | "CompletingMigration");
-    if !m.status.is_active() && !failed_copying {
-        bail!(
-            "migration {name:?} is {}; only an interrupted migration (InProgress) or one that failed while moving data can be resumed",
-            m.status.state
-        );
+    let m = store.find(name, target)?.ok_or_else(|| not_found(store, name))?;
+    if m.status == Status::CANCELING {
+        bail!("migration {name:?} is being canceled; finish the cancel with `{}`", cancel_command(&m));
     }
-    if let Some(pid) = live_runner(&m) {
-        bail!("migration {name:?} is still being run by process {pid} on this machine; follow it with `pgferry migration show`, or stop it with `pgferry migration update --cancel`");
+    if !m.status.is_active() && m.status != Status::FAILED {
+        bail!("migration {name:?} is {}; only one that was interrupted (its runner is gone) or that failed can be resumed", m.status.state);
     }
+    let lease = RunnerLease::acquire(store, m.id, name)?;
     let (options, adapter, source, target) = stored_request(registry, &m, secrets, copy).await?;
-    store.claim(m.id, std::process::id())?;
-    if failed_copying {
+    check_credentials(&m, &source, &target, "resume").await?;
+    let states = copy_states(&m)?;
+    if m.status == Status::FAILED {
+        let failed_step = m.error.as_ref().and_then(|e| e.get("step")).and_then(serde_json::Value::as_str).unwrap_or("");
+        let back_to = match failed_step {
+            "PerformingPreRequisiteSteps" => Status::CREATED,
+            "ValidationInProgress" => Status::VALIDATING,
+            _ => Status::MIGRATING,
+        };
         store.merge_details(m.id, json!({ "resumedAfter": m.error }))?;
-        store.transition(m.id, Status::MIGRATING)?;
+        store.transition(m.id, back_to)?;
     }
-    let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
-    drive(store, registry, m.id, &options, adapter, source, target, states, observer).await
+    drive(store, registry, m.id, &options, adapter, source, target, states, observer, &lease).await
 }
 
-/// The process running a migration, when it is alive on this machine (and not us).
-pub fn live_runner(m: &Migration) -> Option<u32> {
-    m.runner_pid.filter(|pid| *pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists())
+/// The resume record of a migration. One that does not decode is an error, never "nothing
+/// done": a cancel or resume reading it as empty would skip cleanup or redo finished work.
+fn copy_states(m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {
+    match m.details.get("copyState") {
+        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_value(v.clone()).with_context(|| {
+            format!("the resume record (copyState) of migration {:?} cannot be read; it was written by another pgferry version or damaged", m.name)
+        }),
+    }
+}
+
+/// The target databases this migration created (recorded once CREATE DATABASE succeeded):
+/// the only ones a failure or a cancel may drop.
+fn databases_created(m: &Migration) -> Result<Vec<String>> {
+    let states = copy_states(m)?;
+    Ok(m.databases.iter().filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created)).cloned().collect())
+}
+
+/// Reaches both servers with the credentials found, before anything changes: a missing
+/// password must never turn a migration that could be resumed or canceled into a dead one.
+async fn check_credentials(m: &Migration, source: &ConnSpec, target: &ConnSpec, command: &str) -> Result<()> {
+    for spec in [source, target] {
+        if let Err(e) = spec.connect("postgres").await {
+            let retry = match command {
+                "resume" => resume_command(m),
+                _ => cancel_command(m),
+            };
+            return Err(e.context(format!(
+                "migration {:?} was left unchanged: {command} needs to connect to the {} first; give its password with `{retry}`, or set PGFERRY_{}_PASSWORD, PGPASSWORD or ~/.pgpass",
+                m.name,
+                spec.describe(),
+                spec.role.to_string().to_uppercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `resume` command line for `m`, with the properties file it was created from.
+pub fn resume_command(m: &Migration) -> String {
+    format!("pgferry migration resume --migration-name {}{}", m.name, properties_flag(m))
+}
+
+/// The `update --cancel` command line for `m`, with the properties file it was created from.
+pub fn cancel_command(m: &Migration) -> String {
+    format!("pgferry migration update --migration-name {} --cancel{}", m.name, properties_flag(m))
+}
+
+fn properties_flag(m: &Migration) -> String {
+    m.properties_file.as_ref().map(|f| format!(" --properties {}", shell_word(&f.display().to_string()))).unwrap_or_default()
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_word(w: &str) -> String {
+    if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+fn not_found(store: &Store, name: &str) -> anyhow::Error {
+    NotFound(format!("no migration named {name:?} in the state store {}", store.path().display())).into()
+}
+
+/// No migration of that name (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Whether a live runner (this one or another process) holds the migration's lease.
+pub fn runner_alive(store: &Store, m: &Migration) -> Result<bool> {
+    Ok(store.lease(m.id)?.is_some_and(|l| l.alive()))
 }
 
 /// A stored migration's request and connection specs, as `create` had them but for the
@@ -209,10 +289,10 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
     let target_endpoint = parse_endpoint(&text("targetServer").context("the stored migration has no target server")?)?;
     let properties = Properties {
         source: Endpoint { user: text("sourceServerUserName"), ..source },
-        source_password: secrets.as_ref().and_then(|s| s.source_password.clone()),
+        source_password: secrets.as_ref().and_then(|s| s.source_password.clone()).or_else(|| role_password("SOURCE")),
         target: Some(target_endpoint),
         target_user: text("targetServerUserName"),
-        target_password: secrets.as_ref().and_then(|s| s.target_password.clone()),
+        target_password: secrets.as_ref().and_then(|s| s.target_password.clone()).or_else(|| role_password("TARGET")),
         dbs_to_migrate: m.databases.clone(),
         overwrite_dbs_in_target: p.get("overwriteDbsInTarget").and_then(serde_json::Value::as_bool).unwrap_or(false),
         set_replica_identity: p.get("setReplicaIdentity").and_then(serde_json::Value::as_bool).unwrap_or(false),
@@ -223,7 +303,7 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
         accepted: Default::default(),
         warnings: vec![],
     };
-    let options = CreateRequest { name: m.name.clone(), option: properties.option, mode: properties.mode, target: None, properties, copy };
+    let options = CreateRequest { name: m.name.clone(), option: properties.option, mode: properties.mode, target: None, properties, properties_file: m.properties_file.clone(), copy };
     let adapter = registry.require_adapter(&options.properties.source_type)?;
     let target = target_spec(&options)?;
     let props = &options.properties;
@@ -232,29 +312,60 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
     Ok((options, adapter, source, target))
 }
 
-/// `update --cancel`: the migration ends Canceled at once. A live runner notices within a
-/// second and removes what the migration made; when its runner is gone (killed), this
-/// does it: slots and publications on the source, origins and the databases the migration
-/// created on the target.
+/// `PGFERRY_SOURCE_PASSWORD` / `PGFERRY_TARGET_PASSWORD`: one password per server when
+/// PGPASSWORD (one for both) does not fit.
+pub fn role_password(role: &str) -> Option<crate::properties::Secret> {
+    std::env::var(format!("PGFERRY_{role}_PASSWORD")).ok().map(crate::properties::Secret::new)
+}
+
+/// How long `update --cancel` waits for a live runner to clean up before saying so.
+const CANCEL_WAIT: Duration = Duration::from_secs(120);
+
+/// `update --cancel`. With a live runner: records the cancel (Canceling) and waits for the
+/// runner to clean up. With none (killed, or the migration Failed): this process takes the
+/// lease and removes what the migration made: slots, publications and replica identities on
+/// the source, origins and the databases it created on the target. Canceled only when all
+/// of it is gone; otherwise it stays Canceling with the leftovers listed.
 pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secrets: Option<Properties>) -> Result<Migration> {
-    let canceled = store.transition(m.id, Status::CANCELED)?;
-    if live_runner(m).is_some() {
-        return Ok(canceled);
+    if !m.status.can_cancel() {
+        bail!("migration {:?} is {} already; there is nothing to cancel", m.name, m.status.state);
     }
-    let states: BTreeMap<String, DatabaseState> = serde_json::from_value(m.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
-    let replicating = waiting_for_cutover_trigger::records(m);
-    let created: Vec<String> = m
-        .databases
-        .iter()
-        .filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created) || replicating.contains_key(*db))
-        .cloned()
-        .collect();
-    if created.is_empty() && replicating.is_empty() {
-        return Ok(canceled);
+    if runner_alive(store, m)? {
+        store.request_cancel(m.id)?;
+        let deadline = std::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            let current = store.get_by_id(m.id)?;
+            if current.status != Status::CANCELING {
+                return Ok(current);
+            }
+            if !runner_alive(store, &current)? {
+                // The runner stopped with work left (or died): finish it here.
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("migration {:?} is still Canceling: its runner is cleaning up; follow it with `pgferry migration show --migration-name {}`", m.name, m.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
-    let (_, _, source, target) = stored_request(registry, m, secrets, copy).await?;
-    canceled_cleanup(store, m.id, &source, &target, &created).await
+    let m = store.get_by_id(m.id)?;
+    let created = databases_created(&m)?;
+    let replicating = waiting_for_cutover_trigger::records(&m);
+    let work = !created.is_empty() || !replicating.is_empty();
+    let servers = if work {
+        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
+        let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
+        check_credentials(&m, &source, &target, "cancel").await?;
+        Some((source, target))
+    } else {
+        None
+    };
+    let _lease = RunnerLease::acquire(store, m.id, &m.name)?;
+    store.request_cancel(m.id)?;
+    match servers {
+        Some((source, target)) => canceled_cleanup(store, m.id, &source, &target).await,
+        None => finish_cancel(store, m.id, Vec::new()),
+    }
 }
 
 /// Runs a recorded migration from its current status to its end.
@@ -269,6 +380,7 @@ async fn drive(
     target: ConnSpec,
     states: BTreeMap<String, DatabaseState>,
     observer: Option<Observer>,
+    lease: &RunnerLease,
 ) -> Result<Migration> {
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
@@ -290,10 +402,9 @@ async fn drive(
     let status = store.get_by_id(id)?.status;
     let validated = [Status::MIGRATING, Status::WAITING_FOR_CUTOVER, Status::COMPLETING].contains(&status);
     if option != MigrationOption::Migrate && !validated {
-        if status != Status::VALIDATING
-            && let Some(canceled) = advance(store, id, Status::VALIDATING)? {
-                return Ok(canceled);
-            }
+        if status != Status::VALIDATING && advance(store, id, Status::VALIDATING)?.is_some() {
+            return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
+        }
         let services = Arc::new(Services {
             inventory: prepared.inventory.clone(),
             sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
@@ -321,40 +432,70 @@ async fn drive(
         store.set_validation(id, &serde_json::to_value(&report)?)?;
         if report.status == CheckState::Failed || option == MigrationOption::Validate {
             let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
-            return Ok(advance(store, id, end)?.unwrap_or(store.get_by_id(id)?));
+            if advance(store, id, end)?.is_some() {
+                return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
+            }
+            return store.get_by_id(id);
         }
     }
-    if !validated
-        && let Some(canceled) = advance(store, id, Status::MIGRATING)? {
-            return Ok(canceled);
-        }
-    let work_dir = std::env::temp_dir().join(format!("pgferry-{}-{}", req.name, std::process::id()));
-    let progress = Progress::new(observer, states);
-    let result = migrate(store, id, req, adapter, &prepared, &work_dir, progress).await;
-    let _ = std::fs::remove_dir_all(&work_dir);
+    if !validated && advance(store, id, Status::MIGRATING)?.is_some() {
+        return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
+    }
+    let work_dir = match fresh_work_dir(store, id) {
+        Ok(dir) => dir,
+        Err(e) => return fail(store, id, "MigratingData", e),
+    };
+    let progress = Progress::new(observer, states, lease);
+    let result = migrate(store, id, req, adapter, &prepared, work_dir.path(), progress).await;
+    drop(work_dir);
     match result {
-        Ok(Some(canceled)) => Ok(canceled),
-        Ok(None) => Ok(advance(store, id, Status::SUCCEEDED)?.unwrap_or(store.get_by_id(id)?)),
-        Err((step, created, e)) => {
+        Ok(Some(_)) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
+        Ok(None) => match advance(store, id, Status::SUCCEEDED)? {
+            Some(_) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
+            None => store.get_by_id(id),
+        },
+        Err((step, _, e)) => {
+            if lease.lost() || store.check_lease(id).is_err() {
+                // Another process runs the migration now: its state and what it made on the
+                // servers are not ours to touch.
+                return Err(e);
+            }
             // An online migration's slots go first: the source must not keep WAL for it.
             // Streaming cannot go on without them, so a resume copies again.
-            let leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &store.get_by_id(id)?).await;
-            if !leftovers.is_empty() {
-                store.merge_details(id, json!({ "cleanupFailed": leftovers }))?;
+            let m = store.get_by_id(id)?;
+            let mut leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &m).await;
+            if leftovers.is_empty() {
+                // Kept otherwise: a cancel tries again from the records.
+                store.merge_details(id, json!({ "replication": {} }))?;
             }
-            store.merge_details(id, json!({ "replication": {} }))?;
             // Nothing half-copied may be left looking valid on the target; what could be
             // dropped starts over on resume, what could not (target down) is resumed.
-            let dropped = drop_databases(&prepared.target, &created).await;
-            let mut states: BTreeMap<String, DatabaseState> =
-                serde_json::from_value(store.get_by_id(id)?.details.get("copyState").cloned().unwrap_or_default()).unwrap_or_default();
+            let created = databases_created(&m)?;
+            let (dropped, not_dropped) = drop_databases(&prepared.target, &created).await;
+            leftovers.extend(not_dropped);
+            let mut states = copy_states(&m)?;
             for db in &dropped {
                 states.remove(db);
             }
             store.merge_details(id, json!({ "copyState": states, "droppedOnFailure": dropped }))?;
+            store.set_leftovers(id, &leftovers)?;
             fail(store, id, step, e)
         }
     }
+}
+
+/// A private work dir for this run, recorded so that a resume after a kill removes it;
+/// the one an earlier, killed run recorded is removed first.
+fn fresh_work_dir(store: &mut Store, id: i64) -> Result<crate::work_dir::WorkDir> {
+    use crate::work_dir::{prefix, WorkDir};
+    if let Some(stale) = store.get_by_id(id)?.details.get("workDir").and_then(serde_json::Value::as_str) {
+        if let Err(e) = WorkDir::remove_stale(std::path::Path::new(stale), &prefix(id)) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    let work_dir = WorkDir::create_in_temp(&prefix(id))?;
+    store.merge_details(id, json!({ "workDir": work_dir.path() }))?;
+    Ok(work_dir)
 }
 
 type StepError = (&'static str, Vec<String>, anyhow::Error);
@@ -386,7 +527,7 @@ async fn migrate(
         work_dir: work_dir.to_path_buf(),
     };
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
-    let _ = store.merge_details(id, json!({ "rolesCreated": roles }));
+    store.merge_details(id, json!({ "rolesCreated": roles })).map_err(|e| (step, vec![], e))?;
 
     let mode = req.mode.or(req.properties.mode).unwrap_or(MigrationMode::Offline);
     if mode == MigrationMode::Online {
@@ -405,15 +546,14 @@ async fn migrate(
         let work = migrating_data::run_database(&settings, db, &state, None, &tx);
         match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
             Some(database) => copied.push(database),
-            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
 
     let current = store.get_by_id(id).map_err(|e| (step, created.clone(), e))?.status;
     if current != Status::COMPLETING
-        && let Some(canceled) = advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))? {
-            drop_databases(&prepared.target, &created).await;
-            return Ok(Some(canceled));
+        && advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))?.is_some() {
+            return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e));
         }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
@@ -425,10 +565,10 @@ async fn migrate(
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
             }
-            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target, &created).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e)),
         }
     }
-    let _ = store.merge_details(id, json!({ "verification": verification }));
+    store.merge_details(id, json!({ "verification": verification })).map_err(|e| (step, created.clone(), e))?;
     check_verification(&verification).map_err(|e| (step, created, e))?;
     Ok(None)
 }
@@ -445,22 +585,61 @@ fn check_verification(verification: &[completing_migration::DatabaseVerification
     Ok(())
 }
 
-/// After a cancel: the target databases this migration created are dropped, so nothing
-/// half-copied is left looking valid.
-async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec, created: &[String]) -> Result<Migration> {
-    let leftovers = waiting_for_cutover_trigger::clean_up(source, target, &store.get_by_id(id)?).await;
-    drop_databases(target, created).await;
-    store.merge_details(id, json!({ "droppedOnCancel": created, "replication": {}, "cleanupFailed": leftovers }))?;
+/// After a cancel: what the migration made on either server is removed (slots,
+/// publications, replica identities, origins, the target databases it created), so nothing
+/// half-copied is left looking valid. Canceled when all of it is gone; else the migration
+/// stays Canceling with the leftovers recorded, and a new cancel tries again.
+async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target: &ConnSpec) -> Result<Migration> {
+    store.check_lease(id)?;
+    let m = store.get_by_id(id)?;
+    if m.status == Status::CANCELED {
+        return Ok(m);
+    }
+    let mut leftovers = waiting_for_cutover_trigger::clean_up(source, target, &m).await;
+    if leftovers.is_empty() {
+        store.merge_details(id, json!({ "replication": {} }))?;
+    }
+    let created = databases_created(&m)?;
+    let (dropped, not_dropped) = drop_databases(target, &created).await;
+    leftovers.extend(not_dropped);
+    let mut states = copy_states(&m)?;
+    for db in &dropped {
+        states.remove(db);
+    }
+    // The dumps of a runner that was killed.
+    if let Some(stale) = m.details.get("workDir").and_then(serde_json::Value::as_str)
+        && let Err(e) = crate::work_dir::WorkDir::remove_stale(std::path::Path::new(stale), &crate::work_dir::prefix(id))
+    {
+        tracing::warn!("{e:#}");
+    }
+    let mut all_dropped: Vec<String> = m.details.get("droppedOnCancel").and_then(|d| serde_json::from_value(d.clone()).ok()).unwrap_or_default();
+    all_dropped.extend(dropped);
+    store.merge_details(id, json!({ "droppedOnCancel": all_dropped, "copyState": states }))?;
+    finish_cancel(store, id, leftovers)
+}
+
+/// Records what is left; Canceled when nothing is.
+fn finish_cancel(store: &mut Store, id: i64, leftovers: Vec<Leftover>) -> Result<Migration> {
+    store.set_leftovers(id, &leftovers)?;
+    if leftovers.is_empty() {
+        store.transition(id, Status::CANCELED)?;
+    }
     store.get_by_id(id)
 }
 
-/// Best effort: drops what this migration created on the target; returns what it dropped.
-async fn drop_databases(target: &ConnSpec, names: &[String]) -> Vec<String> {
+/// Drops what this migration created on the target: the databases dropped, and a leftover
+/// for each that could not be.
+async fn drop_databases(target: &ConnSpec, names: &[String]) -> (Vec<String>, Vec<Leftover>) {
     if names.is_empty() {
-        return vec![];
+        return (vec![], vec![]);
     }
-    let Ok((client, _)) = target.connect("postgres").await else { return vec![] };
+    let leftover = |name: &String, problem: String| Leftover { server: "target".into(), kind: "database".into(), object: name.clone(), problem };
+    let client = match target.connect("postgres").await {
+        Ok((client, _)) => client,
+        Err(e) => return (vec![], names.iter().map(|n| leftover(n, format!("{e:#}"))).collect()),
+    };
     let mut dropped = Vec::new();
+    let mut left = Vec::new();
     for name in names {
         let drop = format!("DROP DATABASE IF EXISTS {}", migrating_data::quote_ident(name));
         // WITH (FORCE) ends other sessions from PostgreSQL 13 on; older targets get the plain form.
@@ -470,10 +649,10 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> Vec<String> {
         };
         match result {
             Ok(()) => dropped.push(name.clone()),
-            Err(e) => tracing::warn!("could not drop database {name} on the target: {}", crate::connect::pg_error(&e)),
+            Err(e) => left.push(leftover(name, format!("dropping it on the {}: {}", target.describe(), crate::connect::pg_error(&e)))),
         }
     }
-    dropped
+    (dropped, left)
 }
 
 /// Moves the migration on; `Some(migration)` when it was canceled from another shell in the
@@ -489,15 +668,23 @@ fn settle(store: &Store, id: i64, transitioned: Result<Migration>) -> Result<Opt
         Ok(_) => Ok(None),
         Err(e) if e.is::<IllegalTransition>() => {
             let current = store.get_by_id(id)?;
-            if current.status == Status::CANCELED { Ok(Some(current)) } else { Err(e) }
+            if current.status == Status::CANCELING { Ok(Some(current)) } else { Err(e) }
         }
         Err(e) => Err(e),
     }
 }
 
+/// Ends the migration Failed with the error and the step. When a cancel came first, the
+/// cancel stands: the cleanup the failure path did is its cleanup.
 fn fail(store: &mut Store, id: i64, step: &str, error: anyhow::Error) -> Result<Migration> {
     tracing::debug!("{step}: {error:#}");
     let error = json!({ "step": step, "message": format!("{error:#}") });
     let failed = store.transition_with_error(id, Status::FAILED, &error);
-    Ok(settle(store, id, failed)?.unwrap_or(store.get_by_id(id)?))
+    match settle(store, id, failed)? {
+        Some(_canceling) => {
+            let leftovers = store.leftovers(id)?;
+            finish_cancel(store, id, leftovers)
+        }
+        None => store.get_by_id(id),
+    }
 }

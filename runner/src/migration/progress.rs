@@ -35,6 +35,9 @@ pub(super) struct Progress {
     /// Events recorded since the last save.
     #[serde(skip)]
     unsaved: bool,
+    /// Set when another process took the migration over: the work stops.
+    #[serde(skip)]
+    pub(super) lease_lost: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// How often the counters are written while tables stream by: the document grows with the
@@ -61,8 +64,16 @@ struct DatabaseProgress {
 }
 
 impl Progress {
-    pub(super) fn new(observer: Option<Observer>, states: BTreeMap<String, DatabaseState>) -> Self {
-        Progress { observer, states, ..Default::default() }
+    pub(super) fn new(observer: Option<Observer>, states: BTreeMap<String, DatabaseState>, lease: &crate::lease::RunnerLease) -> Self {
+        Progress { observer, states, lease_lost: Some(lease.lost_flag()), ..Default::default() }
+    }
+
+    /// Fails when this runner lost the migration's lease.
+    pub(super) fn check_lease(&self) -> Result<()> {
+        if self.lease_lost.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)) {
+            anyhow::bail!("this runner lost the migration's lease: another pgferry process took the migration over after this one stalled for longer than the lease");
+        }
+        Ok(())
     }
 
     /// Shows an event without recording it.
@@ -153,14 +164,15 @@ impl Progress {
         }
     }
 
-    /// Writes the counters and the resume record to the store (advisory: a store hiccup must
-    /// not fail the copy; the next save catches up).
+    /// Writes the counters and the resume record to the store. A store hiccup must not fail
+    /// the copy: it is logged, and the next save (at most a tick later) catches up.
     pub(super) fn save(&mut self, store: &mut Store, id: i64) {
-        if let Ok(value) = serde_json::to_value(&*self) {
-            let _ = store.merge_details(id, json!({ "progress": value, "copyState": self.states }));
+        let saved = serde_json::to_value(&*self).map_err(anyhow::Error::from).and_then(|value| store.merge_details(id, json!({ "progress": value, "copyState": self.states })));
+        match saved {
+            Ok(()) => self.unsaved = false,
+            Err(e) => tracing::warn!("saving the progress of migration {id} to the state store (retried in a second): {e:#}"),
         }
         self.saved_at = Some(std::time::Instant::now());
-        self.unsaved = false;
     }
 }
 
@@ -191,7 +203,8 @@ pub(super) async fn watched<T>(
                 if progress.unsaved {
                     progress.save(store, id);
                 }
-                if store.get_by_id(id)?.status == Status::CANCELED {
+                progress.check_lease()?;
+                if store.get_by_id(id)?.status == Status::CANCELING {
                     return Ok(None);
                 }
             }

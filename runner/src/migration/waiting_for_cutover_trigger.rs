@@ -23,7 +23,7 @@ use crate::replication::apply::{self, ApplyStats};
 use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
 use crate::replication::stream::PgOutputStream;
 use crate::replication::{slot, Lsn, Names};
-use crate::store::{Migration, Store};
+use crate::store::{Leftover, Migration, RequestKind, Store};
 
 /// What the store keeps of one database's replication: enough to clean up after a crash,
 /// and to go on streaming after one.
@@ -73,8 +73,22 @@ pub(super) fn records(m: &Migration) -> BTreeMap<String, Record> {
     serde_json::from_value(m.details.get("replication").cloned().unwrap_or_default()).unwrap_or_default()
 }
 
+/// The cutover's receipt as the runner recorded it so far.
 pub fn cutover_of(m: &Migration) -> Option<Cutover> {
     serde_json::from_value(m.details.get("cutover").cloned()?).ok()
+}
+
+/// The cutover in progress: the receipt, else a new one from the request recorded by
+/// `update --cutover` (a row of its own, so the runner's writes cannot lose it).
+fn cutover_requested(store: &Store, m: &Migration) -> Result<Option<Cutover>> {
+    if let Some(cutover) = cutover_of(m) {
+        return Ok(Some(cutover));
+    }
+    Ok(store.requested(m.id, RequestKind::Cutover)?.map(|(at, options)| Cutover {
+        requested_at: at.to_rfc3339(),
+        read_only_source: options.get("readOnlySource").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        ..Default::default()
+    }))
 }
 
 fn save_records(store: &mut Store, id: i64, records: &BTreeMap<String, Record>) -> Result<()> {
@@ -164,10 +178,15 @@ pub(super) async fn run(
                 record.base_copied = true;
                 save_records(store, id, &records).map_err(err(created))?;
             }
-            None => return super::canceled_cleanup(store, id, s.source, s.target, created).await.map(Some).map_err(err(created)),
+            None => return super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(err(created)),
         }
     }
 
+    if store.get_by_id(id).map_err(err(created))?.status == Status::COMPLETING {
+        // A runner died after the fences were applied: the slots may be gone already, and
+        // nothing is left to stream. The cutover goes on from there.
+        return complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e));
+    }
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
@@ -183,7 +202,7 @@ pub(super) async fn run(
             Err((step, created.clone(), e))
         }
         Ok(Some(_)) => {
-            super::canceled_cleanup(store, id, s.source, s.target, created).await.map(Some).map_err(err(created))
+            super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(err(created))
         }
         Ok(None) => {
             // The fences are applied: everything the source committed before the request is
@@ -272,8 +291,9 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
             saved = Instant::now();
         }
 
+        progress.check_lease()?;
         let m = store.get_by_id(id)?;
-        if m.status == Status::CANCELED {
+        if m.status == Status::CANCELING {
             return Ok(Some(m));
         }
         let caught_up = streams.iter().all(|st| st.stats.lock().unwrap().caught_up_lsn >= st.goal);
@@ -283,7 +303,7 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
             }
             continue;
         }
-        let Some(mut cutover) = cutover_of(&m) else { continue };
+        let Some(mut cutover) = cutover_requested(store, &m)? else { continue };
         if m.status != Status::WAITING_FOR_CUTOVER {
             continue;
         }
@@ -366,8 +386,11 @@ async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
 /// verifies each database at a snapshot taken now and records the receipt.
 async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[String], records: &BTreeMap<String, Record>) -> Result<Option<Migration>> {
-    let mut cutover = cutover_of(&store.get_by_id(id)?).unwrap_or_default();
-    if let Some(canceled) = advance(store, id, Status::COMPLETING)? {
+    let m = store.get_by_id(id)?;
+    let mut cutover = cutover_of(&m).unwrap_or_default();
+    if m.status != Status::COMPLETING
+        && let Some(canceled) = advance(store, id, Status::COMPLETING)?
+    {
         return Ok(Some(canceled));
     }
     for db in databases {
@@ -392,7 +415,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             tables,
             large_objects: 0,
             recopied: vec![],
-            dump_dir: s.work_dir.join(db.replace(['/', '\0'], "_")),
+            dump_dir: crate::work_dir::WorkDir::database_dir(&s.work_dir, db),
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
         let checked = completing_migration::verify(s, &copied, &no_events).await?;
@@ -468,21 +491,22 @@ async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
 }
 
 /// Removes what an online migration left on both servers: slots and publications on the
-/// source (the source must never keep WAL for a dead migration), origins on the target.
-/// Best effort, for cancel and failure: returns what could not be removed.
-pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration) -> Vec<String> {
-    let mut problems = Vec::new();
+/// source (the source must never keep WAL for a dead migration), replica identities it
+/// changed, origins on the target. For cancel and failure: returns what could not be removed.
+pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration) -> Vec<Leftover> {
+    let mut left = Vec::new();
     for (db, record) in records(m) {
         if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
-            problems.push(format!("{e:#}"));
+            let object = format!("{} and publication {} in database {db}", record.names.slot, record.names.publication);
+            left.push(Leftover { server: "source".into(), kind: "replication slot".into(), object, problem: format!("{e:#}") });
         }
         if let Err(e) = slot::restore_replica_identities(source, &db, &record.replica_identities_set).await {
-            problems.push(format!("{e:#}"));
+            let tables: Vec<&str> = record.replica_identities_set.iter().map(|(t, _)| t.as_str()).collect();
+            left.push(Leftover { server: "source".into(), kind: "replica identity".into(), object: format!("{} in database {db}", tables.join(", ")), problem: format!("{e:#}") });
         }
         if let Err(e) = drop_origin(target, &record.names).await {
-            // The database itself may be gone already (dropped with the migration).
-            tracing::debug!("{e:#}");
+            left.push(Leftover { server: "target".into(), kind: "replication origin".into(), object: record.names.origin.clone(), problem: format!("{e:#}") });
         }
     }
-    problems
+    left
 }

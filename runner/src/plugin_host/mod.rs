@@ -3,6 +3,7 @@
 
 mod bindings;
 mod cache;
+mod inventory;
 pub mod contract;
 mod sandbox;
 mod services;
@@ -19,6 +20,7 @@ use wasmtime::{Config, Engine, Store};
 pub use bindings::*;
 use bindings::generated::{adapter, pgferry, ValidationRulePre};
 pub use contract::{ComponentShape, Version, World, CONTRACT_VERSION};
+pub use inventory::Inventory;
 pub use sandbox::Limits;
 pub use services::{BoxFuture, Services, SqlRunner};
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::bindings::generated::pgferry::plugin::{host, types};
 use super::bindings::{DatabaseInfo, LogLevel, QueryResult, ServerInfo, Side};
 use super::sandbox::StoreState;
-use crate::inventory::Inventory;
+use super::inventory::Inventory;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -179,6 +179,16 @@ pub async fn drop_slot_and_publication(source: &ConnSpec, db: &str, names: &Name
             Err(e) => anyhow::bail!("dropping replication slot {} on the {}: {}", names.slot, source.describe(), pg_error(&e)),
         }
     }
+    if let Some(row) = client.query_opt("select active_pid from pg_replication_slots where slot_name = $1", &[&names.slot]).await? {
+        let pid: Option<i32> = row.get(0);
+        anyhow::bail!(
+            "replication slot {} in database {db:?} on the {} is still there{}: it keeps WAL on the source; drop it with `select pg_drop_replication_slot('{}')` once nothing uses it",
+            names.slot,
+            source.describe(),
+            pid.map(|p| format!(", held by process {p}")).unwrap_or_default(),
+            names.slot
+        );
+    }
     client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&names.publication)))
         .await
