@@ -68,7 +68,7 @@ impl View {
                             }
                         }
                     }
-                    Progress::Replicating { .. } => {
+                    Progress::Replicating { .. } | Progress::TablesRecopying { .. } => {
                         let _ = multi.println(line(event));
                     }
                     Progress::TableFailed { database, schema, name, .. } => {
@@ -93,6 +93,9 @@ fn line(event: &Progress) -> String {
         Progress::Replicating { database, transactions, inserts, updates, deletes, latency_seconds, wal_bytes_pending } => {
             let pending = wal_bytes_pending.map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
             format!("{database}: replicating: {transactions} transactions applied ({inserts} inserts, {updates} updates, {deletes} deletes), latency {latency_seconds:.1}s{pending}")
+        }
+        Progress::TablesRecopying { database, tables } => {
+            format!("{database}: {} tables finished by an earlier run differ from the source at this run's snapshot, copying them again: {}", tables.len(), tables.join(", "))
         }
         Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
         Progress::TableFailed { database, schema, name, error } => format!("{database}: copying {schema}.{name} failed: {error}"),

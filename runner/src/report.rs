@@ -193,6 +193,10 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
                     n("largeObjects")
                 ),
             );
+            if n("tablesRecopied") > 0 {
+                let names: Vec<&str> = v.get("recopiedTables").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                line(&mut out, "  re-copied", &format!("{} tables changed since an earlier run copied them: {}", n("tablesRecopied"), names.join(", ")));
+            }
         }
     }
     if let Some(v) = &m.validation {

@@ -3,7 +3,8 @@
 //! source's values at the snapshot, then verification: per table, the digest (row count and
 //! order-independent checksum, see `copy_digest`) of the target's rows, read with COPY in
 //! the copy's format and column order, against the digest of what the copy read from the
-//! source at the snapshot.
+//! source at the snapshot (after a resume: the last run's, at which the tables of earlier
+//! runs were checksummed again or copied again).
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -38,6 +39,10 @@ pub struct DatabaseVerification {
     pub tables_verified: usize,
     pub sequences_set: usize,
     pub large_objects: u64,
+    /// Tables a resume copied again: copied by an earlier run at an earlier snapshot, they
+    /// differed from the source at the final one (changed on either side meanwhile).
+    pub tables_recopied: usize,
+    pub recopied_tables: Vec<String>,
     pub mismatches: Vec<TableCheck>,
 }
 
@@ -98,10 +103,18 @@ pub async fn digest_table(client: &Client, table: &TableToVerify) -> Result<Dige
     digest.finish().with_context(checksumming)
 }
 
-/// Digests every table on the target with `jobs` workers, biggest first, and compares each
-/// with the source's digest the copy took. A table without one (copied by an older pgferry
-/// before a resume) is read on the source too, at the snapshot.
-async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify]) -> Result<Vec<TableCheck>> {
+/// One table's digests on both sides.
+pub struct Compared {
+    /// `schema.name`.
+    pub table: String,
+    pub source: Digest,
+    pub target: Digest,
+}
+
+/// Digests every table on the target with `jobs` workers, biggest first, and pairs it with
+/// the source's: the digest the copy took, or, for a table without one, the source read
+/// at the snapshot (what a resumed copy checks the tables of earlier runs with).
+pub async fn compare_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify]) -> Result<Vec<Compared>> {
     let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1).min(tables.len().max(1)) {
@@ -111,7 +124,7 @@ async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[Tab
             let (dst, _) = target.connect(&db).await?;
             dst.batch_execute(&stable_text()).await?;
             let mut src = None;
-            let mut mismatches = Vec::new();
+            let mut compared = Vec::new();
             loop {
                 let Some(table) = queue.lock().await.pop_front() else { break };
                 let target_side = digest_table(&dst, &table);
@@ -130,27 +143,35 @@ async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[Tab
                         (source_side?, target_side?)
                     }
                 };
-                if source_digest != target_digest {
-                    mismatches.push(TableCheck {
-                        table: format!("{}.{}", table.schema, table.name),
-                        source_rows: source_digest.rows as i64,
-                        target_rows: target_digest.rows as i64,
-                        source_checksum: source_digest.hex(),
-                        target_checksum: target_digest.hex(),
-                        matches: false,
-                    });
-                }
+                compared.push(Compared { table: format!("{}.{}", table.schema, table.name), source: source_digest, target: target_digest });
             }
             if let Some(src) = src {
                 src.batch_execute("COMMIT").await?;
             }
-            anyhow::Ok(mismatches)
+            anyhow::Ok(compared)
         });
     }
-    let mut mismatches = Vec::new();
+    let mut compared = Vec::new();
     while let Some(worker) = workers.join_next().await {
-        mismatches.extend(worker.context("a verification worker panicked")??);
+        compared.extend(worker.context("a verification worker panicked")??);
     }
+    Ok(compared)
+}
+
+async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify]) -> Result<Vec<TableCheck>> {
+    let mut mismatches: Vec<TableCheck> = compare_tables(s, db, snapshot, tables)
+        .await?
+        .into_iter()
+        .filter(|c| c.source != c.target)
+        .map(|c| TableCheck {
+            table: c.table,
+            source_rows: c.source.rows as i64,
+            target_rows: c.target.rows as i64,
+            source_checksum: c.source.hex(),
+            target_checksum: c.target.hex(),
+            matches: false,
+        })
+        .collect();
     mismatches.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(mismatches)
 }
@@ -248,5 +269,14 @@ pub async fn verify(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio:
     copied.coordinator.batch_execute("COMMIT").await?;
     apply_database_properties(s, db).await?;
     let _ = std::fs::remove_dir_all(&copied.dump_dir);
-    Ok(DatabaseVerification { database: db.clone(), objects, tables_verified: tables.len(), sequences_set, large_objects: copied.large_objects, mismatches })
+    Ok(DatabaseVerification {
+        database: db.clone(),
+        objects,
+        tables_verified: tables.len(),
+        sequences_set,
+        large_objects: copied.large_objects,
+        tables_recopied: copied.recopied.len(),
+        recopied_tables: copied.recopied.clone(),
+        mismatches,
+    })
 }

@@ -5,7 +5,9 @@
 //! by parallel workers, biggest first, all reading at that same snapshot (a table copied
 //! whole is loaded with COPY FREEZE), then the large objects. The copy takes each table's
 //! digest from the stream as it passes (see `copy_digest`), for verification. The snapshot's coordinator connection stays
-//! open for CompletingMigration, which verifies against it.
+//! open for CompletingMigration, which verifies against it. A resumed run exports a new
+//! snapshot and brings what earlier runs copied to it (see `run_database`): the target ends
+//! as the source is at one snapshot, the last.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -69,8 +71,8 @@ pub struct TableToVerify {
     /// Quoted, in the source's order: the target is read in the same order.
     pub columns: Vec<String>,
     pub format: Format,
-    /// `None` only for a table an older pgferry copied before a resume: no digest was kept,
-    /// so verification reads the source again.
+    /// `None`: the source is read at the snapshot (an online migration's tables, whose
+    /// source moved on since their copy; a resumed copy checking earlier runs' tables).
     pub source: Option<Digest>,
 }
 
@@ -91,6 +93,8 @@ pub struct CopiedDatabase {
     /// Every table of the database, biggest first: what verification checks.
     pub tables: Vec<TableToVerify>,
     pub large_objects: u64,
+    /// `schema.name` of the tables resumes copied again (see `DatabaseState::recopied`).
+    pub recopied: Vec<String>,
     pub dump_dir: PathBuf,
 }
 
@@ -118,9 +122,14 @@ pub struct DatabaseState {
     /// `schema.name` of the tables copied completely (all parts).
     pub tables_done: Vec<String>,
     /// The digest of each table in `tables_done`, all parts together: the source as it was
-    /// copied, which verification compares the target with after a resume.
+    /// copied. A resume checks these tables at its own snapshot; for one that differs, this
+    /// tells which side changed since (its log says).
     #[serde(default)]
     pub digests: std::collections::BTreeMap<String, CopiedDigest>,
+    /// `schema.name` of the tables a resume copied again because they differed, at its
+    /// snapshot, from what an earlier run had copied at an earlier one.
+    #[serde(default)]
+    pub recopied: Vec<String>,
 }
 
 /// Progress the step reports while it works.
@@ -131,6 +140,9 @@ pub enum Progress {
     /// A worker took (a part of) a table.
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
+    /// A resume found these tables (`schema.name`), copied by an earlier run, different at its
+    /// snapshot: they are no longer done, and are emptied and copied again.
+    TablesRecopying { database: String, tables: Vec<String> },
     /// Copying (a part of) a table failed; the migration fails with this error.
     TableFailed { database: String, schema: String, name: String, error: String },
     StageReached { database: String, stage: Stage },
@@ -328,12 +340,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     // A resumed run may find foreign keys of an earlier attempt; they would keep --clean
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
-    let fks = target
-        .query("select format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname) from pg_constraint where contype = 'f'", &[])
-        .await?;
-    for fk in fks {
-        target.batch_execute(fk.get::<_, &str>(0)).await.context("dropping a foreign key of an earlier attempt")?;
-    }
+    drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
     let mut list_cmd = s.tools.offline("pg_restore");
     list_cmd.arg("--list").arg(&file);
     let listing = list_cmd.output().await.context("listing the post-data archive")?;
@@ -590,15 +597,36 @@ async fn begin_frozen_load(dst: &Client, table: &str) -> Result<bool, tokio_post
     }
 }
 
-/// Large objects' contents (their existence, owner, ACL and comment came with pre-data).
-async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str) -> Result<u64> {
+/// Large objects' contents at the coordinator's snapshot (their existence, owner, ACL and
+/// comment came with pre-data). A resumed run finds the objects as an earlier run left them,
+/// as of an earlier snapshot: it first makes the target's set the source's (unlinking those
+/// deleted since, creating those added since, with their owner) and empties each before
+/// writing it, as a shorter version would otherwise keep the old one's tail.
+async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str, resumed: bool) -> Result<u64> {
     let oids: Vec<u32> = coordinator.query("select oid from pg_largeobject_metadata order by oid", &[]).await?.iter().map(|r| r.get(0)).collect();
-    if oids.is_empty() {
+    if oids.is_empty() && !resumed {
         return Ok(0);
     }
     let (dst, _) = target.connect(db).await?;
+    if resumed {
+        let on_target: std::collections::BTreeSet<u32> = dst.query("select oid from pg_largeobject_metadata", &[]).await?.iter().map(|r| r.get(0)).collect();
+        let on_source: std::collections::BTreeSet<u32> = oids.iter().copied().collect();
+        for oid in on_target.difference(&on_source) {
+            dst.execute("select lo_unlink($1)", &[oid]).await.with_context(|| format!("unlinking large object {oid}, deleted on the source since an earlier run copied it"))?;
+        }
+        for oid in on_source.difference(&on_target) {
+            let owner: String = coordinator.query_one("select pg_get_userbyid(lomowner)::text from pg_largeobject_metadata where oid = $1", &[oid]).await?.get(0);
+            dst.execute("select lo_create($1)", &[oid]).await.with_context(|| format!("creating large object {oid}, added on the source since an earlier run"))?;
+            dst.batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO {}", quote_ident(&owner))).await.with_context(|| format!("giving large object {oid} to {owner}"))?;
+        }
+    }
     const CHUNK: i32 = 1 << 20;
+    const INV_WRITE: i32 = 0x20000;
     for oid in &oids {
+        if resumed {
+            // One statement, one transaction: the descriptor lives as long as it needs to.
+            dst.execute("select lo_truncate64(lo_open($1, $2), 0)", &[oid, &INV_WRITE]).await.with_context(|| format!("emptying large object {oid}"))?;
+        }
         let mut offset: i64 = 0;
         loop {
             let row = coordinator.query_one("select lo_get($1, $2, $3)", &[oid, &offset, &CHUNK]).await.with_context(|| format!("reading large object {oid}"))?;
@@ -618,7 +646,8 @@ async fn copy_large_objects(coordinator: &Client, target: &ConnSpec, db: &str) -
 
 /// The data step for one database, from where `state` says an earlier run stopped: a
 /// database not yet restored is (re)created; tables not completely copied are truncated and
-/// copied again; what was finished is kept.
+/// copied again; what was finished is kept if it still matches the source at this run's
+/// snapshot (see `recheck_earlier_tables`), else copied again too.
 /// `snapshot`: the replication slot's, for an online migration (else one is exported).
 pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, snapshot: Option<&str>, progress: &mpsc::UnboundedSender<Progress>) -> Result<CopiedDatabase> {
     let stage = |stage| {
@@ -638,29 +667,39 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     }
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
-    let mut all: Vec<TableToVerify> = tables
-        .iter()
-        .map(|t| {
-            let done = state.digests.get(&format!("{}.{}", t.schema, t.name));
-            TableToVerify {
-                schema: t.schema.clone(),
-                name: t.name.clone(),
-                columns: t.columns.clone(),
-                // What an earlier run copied is verified as it was copied.
-                format: done.map_or(t.format, |d| d.format),
-                source: done.map(|d| d.digest),
+    let key = |t: &TableJob| format!("{}.{}", t.schema, t.name);
+    let mut all: Vec<TableToVerify> =
+        tables.iter().map(|t| TableToVerify { schema: t.schema.clone(), name: t.name.clone(), columns: t.columns.clone(), format: t.format, source: None }).collect();
+    // A resumed run: the tables earlier runs finished were read at their snapshots, not this one.
+    let resumed = state.stage >= Stage::SchemaRestored;
+    let mut done: std::collections::HashSet<String> = if resumed { state.tables_done.iter().cloned().collect() } else { Default::default() };
+    let mut recopied: std::collections::BTreeSet<String> = state.recopied.iter().cloned().collect();
+    if !done.is_empty() {
+        let differ = recheck_earlier_tables(s, db, &snapshot, state, &mut all, &done).await?;
+        if !differ.is_empty() {
+            // Sent before they are emptied, and saved at once: a run killed from here on
+            // copies them again (and one killed before the save finds them different again).
+            let _ = progress.send(Progress::TablesRecopying { database: db.to_string(), tables: differ.clone() });
+            for table in differ {
+                done.remove(&table);
+                recopied.insert(table);
             }
-        })
-        .collect();
-    let mut large_objects = 0;
-    if state.stage < Stage::DataCopied {
-        let todo: Vec<TableJob> = tables.into_iter().filter(|t| !state.tables_done.contains(&format!("{}.{}", t.schema, t.name))).collect();
+        }
+    }
+    let todo: Vec<TableJob> = tables.into_iter().filter(|t| !done.contains(&key(t))).collect();
+    if state.stage < Stage::DataCopied || !todo.is_empty() {
         let _ = progress.send(Progress::DatabaseStarted {
             database: db.to_string(),
             tables_total: todo.len(),
             bytes_total: todo.iter().map(|t| t.size.max(0) as u64).sum(),
         });
-        if state.stage == Stage::SchemaRestored {
+        if state.stage == Stage::DataCopied {
+            // Post-data of an earlier run may be in place: its keys would refuse the
+            // TRUNCATE and the copy's order, its triggers would fire. Post-data runs again
+            // after the copy and makes both anew.
+            clear_post_data_for_copy(s, db, &todo).await?;
+        }
+        if resumed {
             // An interrupted copy may have left some rows of these tables behind.
             truncate(s.target, db, &todo).await?;
         }
@@ -676,11 +715,86 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
                 table.source = Some(*digest);
             }
         }
-        large_objects = copy_large_objects(&coordinator, s.target, db).await?;
+    }
+    // Every run copies the large objects at its own snapshot: a resumed one as well, since
+    // an earlier run's copy of them is as old as that run's snapshot.
+    let large_objects = copy_large_objects(&coordinator, s.target, db, resumed).await?;
+    if state.stage < Stage::DataCopied {
         copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);
     }
-    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, dump_dir })
+    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir })
+}
+
+/// A resumed run's check of the tables earlier runs finished (`done`), each copied at its
+/// run's snapshot: the source at this run's snapshot and the target are digested side by
+/// side. A table that matches keeps its copy and is verified against the source digest
+/// taken here (set in `all`); the ones that differ are returned, to be copied again. A target
+/// table that differs is overwritten too: the database is this migration's own, and a
+/// difference there (rows lost by a crash of the target, which the copy writes with
+/// synchronous_commit off, or a write nobody should have made yet) would otherwise fail
+/// the verification with nothing left to do but start over.
+async fn recheck_earlier_tables(
+    s: &Settings<'_>,
+    db: &str,
+    snapshot: &str,
+    state: &DatabaseState,
+    all: &mut [TableToVerify],
+    done: &std::collections::HashSet<String>,
+) -> Result<Vec<String>> {
+    let earlier: Vec<TableToVerify> = all.iter().filter(|t| done.contains(&format!("{}.{}", t.schema, t.name))).cloned().collect();
+    let compared = super::completing_migration::compare_tables(s, db, snapshot, &earlier)
+        .await
+        .with_context(|| format!("checking the tables an earlier run copied of database {db:?} against the source at this run's snapshot"))?;
+    let mut differ = Vec::new();
+    for c in compared {
+        if c.source == c.target {
+            if let Some(table) = all.iter_mut().find(|t| format!("{}.{}", t.schema, t.name) == c.table) {
+                table.source = Some(c.source);
+            }
+            continue;
+        }
+        // The earlier copy's digest tells which side moved.
+        let side = match state.digests.get(&c.table) {
+            Some(copied) if copied.digest == c.target => "on the source",
+            Some(copied) if copied.digest == c.source => "on the target",
+            _ => "",
+        };
+        tracing::info!("{db}: {} changed {side} since an earlier run copied it ({} rows on the source, {} on the target); copying it again", c.table, c.source.rows, c.target.rows);
+        differ.push(c.table);
+    }
+    differ.sort();
+    Ok(differ)
+}
+
+/// Before tables are copied again into a database whose post-data an earlier run restored:
+/// its foreign keys go (they would refuse the TRUNCATE and a copy in any order) and the
+/// tables' own triggers are disabled (they would fire on the copied rows). Post-data runs
+/// again afterwards, with `--clean`, and creates both as the source has them.
+async fn clear_post_data_for_copy(s: &Settings<'_>, db: &str, tables: &[TableJob]) -> Result<()> {
+    let (target, _) = s.target.connect(db).await?;
+    drop_foreign_keys(&target).await.with_context(|| format!("dropping the foreign keys of database {db:?} on the {} to copy tables again", s.target.describe()))?;
+    for t in tables {
+        let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        target
+            .batch_execute(&format!("ALTER TABLE ONLY {table} DISABLE TRIGGER USER"))
+            .await
+            .map_err(|e| anyhow::anyhow!(pg_error(&e)))
+            .with_context(|| format!("disabling the triggers of {}.{} in database {db:?} on the {} to copy it again", t.schema, t.name, s.target.describe()))?;
+    }
+    Ok(())
+}
+
+/// Drops every foreign key of the database `target` is connected to (one on a partition
+/// goes with its parent's).
+async fn drop_foreign_keys(target: &Client) -> Result<()> {
+    let fks = target
+        .query("select format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname) from pg_constraint where contype = 'f' and conparentid = 0", &[])
+        .await?;
+    for fk in fks {
+        target.batch_execute(fk.get::<_, &str>(0)).await.map_err(|e| anyhow::anyhow!(pg_error(&e)))?;
+    }
+    Ok(())
 }
 
 /// Rows users added to extensions' configuration tables (a custom SRID in PostGIS's

@@ -87,7 +87,9 @@ impl Progress {
         if let Some(observer) = &mut self.observer {
             observer(&event);
         }
-        let stage_reached = matches!(event, migrating_data::Progress::StageReached { .. });
+        // Saved at once: what the resume record says of a stage or of the tables a resume
+        // empties to copy again must hold when the runner dies right after.
+        let save_now = matches!(event, migrating_data::Progress::StageReached { .. } | migrating_data::Progress::TablesRecopying { .. });
         self.unsaved = true;
         match event {
             // Online counters have their own place in the store (see waiting_for_cutover_trigger).
@@ -133,6 +135,16 @@ impl Progress {
                 db.bytes_copied += table.bytes;
                 db.tables.push(table);
             }
+            migrating_data::Progress::TablesRecopying { database, tables } => {
+                let state = self.states.entry(database).or_default();
+                state.tables_done.retain(|t| !tables.contains(t));
+                for table in tables {
+                    state.digests.remove(&table);
+                    if !state.recopied.contains(&table) {
+                        state.recopied.push(table);
+                    }
+                }
+            }
             migrating_data::Progress::VerificationStarted { .. } => {}
             migrating_data::Progress::TableFailed { database, schema, name, error: _ } => {
                 let db = self.databases.entry(database).or_default();
@@ -147,7 +159,7 @@ impl Progress {
         }
         // Stages are saved at once; table counters at most every SAVE_EVERY. A table done
         // but not yet saved when the runner dies is only copied again on resume.
-        if stage_reached || self.saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) {
+        if save_now || self.saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) {
             self.save(store, id);
         }
     }

@@ -414,6 +414,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             snapshot,
             tables,
             large_objects: 0,
+            recopied: vec![],
             dump_dir: crate::work_dir::WorkDir::database_dir(&s.work_dir, db),
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
