@@ -151,6 +151,8 @@ pub struct Settings<'a> {
     pub split_bytes: u64,
     pub tools: &'a PgTools,
     pub work_dir: PathBuf,
+    /// Online: how long streaming keeps trying to reach a server it lost.
+    pub reconnect_timeout: std::time::Duration,
 }
 
 /// Creates the roles the migrated objects need that the target lacks, with their password
