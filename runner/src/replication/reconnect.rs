@@ -188,7 +188,7 @@ pub struct StreamState {
 /// the origin's positions.
 pub async fn supervise(spec: StreamSpec, state: StreamState) -> Result<()> {
     let mut reconnect = Reconnect::new(spec.limit, &spec.migration);
-    let what = format!("replicating database {:?}", spec.database);
+    let what = format!("streaming from slot {}", spec.names.slot);
     loop {
         let mark = |stats: &Mutex<ApplyStats>| {
             let s = stats.lock().unwrap();
