@@ -45,7 +45,8 @@ fn load(source: &Cluster, db: &str) {
 }
 
 /// A write load that outlives source restarts: short pgbench runs one after the other until
-/// stopped (a run cut by a restart just fails; its committed transactions stand).
+/// stopped (a run cut by a restart just fails; its committed transactions stand). Throttled:
+/// a debug build applying on two shared cores must keep up, or the cutover waits for it.
 struct Load {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<u32>>,
@@ -56,7 +57,7 @@ impl Load {
         let script = pf.write("script.sql", "INSERT INTO ledger (delta) VALUES (1);\n");
         let stop = Arc::new(AtomicBool::new(false));
         let mut cmd = pgbench(source);
-        cmd.args(["-n", "-c", "2", "-j", "1", "-T", "1", "-b", "tpcb-like@5", "-f"]).arg(format!("{}@5", script.display())).arg(db);
+        cmd.args(["-n", "-c", "2", "-j", "1", "-T", "1", "-R", "50", "-b", "tpcb-like@5", "-f"]).arg(format!("{}@5", script.display())).arg(db);
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
@@ -213,4 +214,34 @@ fn a_source_stalled_past_the_reconnect_timeout_fails_naming_the_server_and_resum
     assert!(message.contains("pgferry migration resume --migration-name stalled"), "the error says what to run next: {message}");
     assert_eq!(doc["error"]["step"], "WaitingForCutoverTrigger", "{doc:#}");
     assert_nothing_left(&source);
+}
+
+#[test]
+fn a_target_stalled_for_a_while_is_noticed_and_streaming_resumes_after_it() {
+    let source = source_cluster();
+    let target = Cluster::start().unwrap();
+    load(&source, "bench");
+    let proxy = Proxy::start(target.port()).unwrap();
+    let pf = Pgferry::new();
+    let props = online(&pf, source.port(), "bench");
+    let target_arg = format!("127.0.0.1:{}", proxy.port());
+    let load = Load::start(&source, &pf, "bench");
+    let out = pf.run(&["migration", "create", "--migration-name", "frozen", "--properties", &props, "--target", &target_arg, "--no-wait", "--reconnect-timeout", "60"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc = pf.wait_for("frozen", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    let before = applied(&doc);
+    let started = Instant::now();
+
+    // The applier waits for answers that do not come: the target's monitor notices.
+    proxy.stall(true);
+    let doc = pf.wait_for("frozen", "reconnecting", Duration::from_secs(30), |d| d["details"]["replicationProgress"]["bench"].get("reconnecting").is_some());
+    assert_eq!(doc["substate"], "WaitingForCutoverTrigger", "{doc:#}");
+    let server = format!("target server 127.0.0.1:{}", proxy.port());
+    assert_eq!(doc["details"]["replicationProgress"]["bench"]["reconnecting"]["server"], server.as_str(), "{doc:#}");
+    proxy.stall(false);
+
+    wait_for_applies(&pf, "frozen", "WaitingForCutoverTrigger", before, 20);
+    eprintln!("streaming again {:.1} s after the stall began", started.elapsed().as_secs_f64());
+    assert!(load.finish() > 0, "the load ran");
+    cut_over_and_check(&pf, "frozen", &source, &target);
 }

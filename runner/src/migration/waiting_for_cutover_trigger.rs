@@ -239,8 +239,11 @@ async fn start_stream(s: &Settings<'_>, migration: &str, db: &str, names: Names)
 async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream], progress: &mut Progress) -> Result<Option<Migration>> {
     let migration = store.get_by_id(id)?.name;
     let pending = Arc::new(Mutex::new(streams.iter().map(|st| (st.names.slot.clone(), None)).collect()));
-    let restarts = streams.iter().map(|st| st.state.restart.clone()).collect();
-    let mut watch = AbortOnDrop(tokio::spawn(reconnect::watch_source(s.source.clone(), migration.clone(), s.reconnect_timeout, pending.clone(), restarts)));
+    let restarts: Vec<_> = streams.iter().map(|st| st.state.restart.clone()).collect();
+    let mut watches = [
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.source.clone(), migration.clone(), s.reconnect_timeout, Some(pending.clone()), restarts.clone()))),
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.target.clone(), migration.clone(), s.reconnect_timeout, None, restarts))),
+    ];
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
     let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
@@ -253,9 +256,9 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
                 anyhow::bail!("replicating database {:?}: the apply task stopped", stream.database);
             }
         }
-        if watch.0.is_finished() {
-            (&mut watch.0).await.context("the source's monitor panicked")??;
-            anyhow::bail!("the source's monitor stopped");
+        if let Some(watch) = watches.iter_mut().find(|w| w.0.is_finished()) {
+            (&mut watch.0).await.context("a server's monitor panicked")??;
+            anyhow::bail!("a server's monitor stopped");
         }
         if polled_wal.elapsed() >= Duration::from_secs(5) {
             for stream in streams.iter_mut() {

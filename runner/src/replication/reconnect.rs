@@ -5,9 +5,9 @@
 //!
 //! One database's stream runs under [`supervise`]: on a lost connection it waits and starts
 //! again from the slot, and the target's replication origin says which transactions it
-//! already has (see `apply`), so nothing is lost or applied twice. [`watch_source`] polls
-//! the source for the WAL each slot holds, and notices a source that stopped answering,
-//! which a stream waiting for changes cannot tell from a quiet one.
+//! already has (see `apply`), so nothing is lost or applied twice. [`watch`] polls each
+//! server (the source for the WAL each slot holds) and notices one that stopped answering,
+//! which a stream waiting for changes or for an answer cannot tell from a quiet one.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -179,8 +179,30 @@ pub struct StreamState {
     pub stats: Arc<Mutex<ApplyStats>>,
     /// `Reconnect::status` while the stream is down, `None` while it streams.
     pub reconnecting: Arc<Mutex<Option<serde_json::Value>>>,
-    /// Ends the current session as lost (the source stopped answering the monitor).
-    pub restart: Arc<Notify>,
+    pub restart: Arc<Restart>,
+}
+
+/// Ends a stream's session as lost: a monitor found one of its servers silent, and a stream
+/// waiting for changes (or for the target's answer) cannot tell silence from quiet.
+#[derive(Default)]
+pub struct Restart {
+    notify: Notify,
+    server: Mutex<Option<(Role, String)>>,
+}
+
+impl Restart {
+    fn request(&self, server: &ConnSpec) {
+        *self.server.lock().unwrap() = Some((server.role, server.describe()));
+        self.notify.notify_waiters();
+    }
+
+    /// Waits for a request (only those made while waiting: a stale one would cut the next
+    /// session short) and gives it as the session's error.
+    async fn requested(&self) -> anyhow::Error {
+        self.notify.notified().await;
+        let (role, server) = self.server.lock().unwrap().take().unwrap_or((Role::Source, "server".into()));
+        ConnectionLost { role, message: format!("the {server} stopped answering") }.into()
+    }
 }
 
 /// Streams one database's changes to the target until a change fails or a server stays
@@ -218,52 +240,59 @@ pub async fn supervise(spec: StreamSpec, state: StreamState) -> Result<()> {
 /// good as down), then apply until something fails.
 async fn session(spec: &StreamSpec, state: &StreamState, deadline: Duration) -> Result<()> {
     let what = format!("replication slot {} (database {:?}) on the {}", spec.names.slot, spec.database, spec.source.describe());
+    let deadline = tokio::time::Instant::now() + deadline;
+    let silent = |server: &ConnSpec, doing: &str| anyhow::Error::from(ConnectionLost { role: server.role, message: format!("{doing}: no answer from the {}", server.describe()) });
+    // Start 0: from the slot's confirmed position, which is never past what the target
+    // committed; the origin's position skips what it already has.
     let connect = async {
-        // Start 0: from the slot's confirmed position, which is never past what the target
-        // committed; the origin's position skips what it already has.
         let client = ReplicationClient::connect_gated(slot::replication_config(&spec.source, &spec.database, &spec.names, 0)).await.map_err(|e| anyhow::Error::new(e).context(format!("connecting to stream from {what}")))?;
-        let stream = PgOutputStream::start(client, what.clone()).await?;
-        let (target, _) = spec.target.connect(&spec.database).await?;
-        anyhow::Ok((stream, target))
+        PgOutputStream::start(client, what.clone()).await
     };
-    let (stream, target) = match tokio::time::timeout(deadline, connect).await {
-        Ok(connected) => connected?,
-        Err(_) => return Err(ConnectionLost { role: Role::Source, message: format!("connecting to stream from {what}: no answer") }.into()),
-    };
+    let stream = tokio::time::timeout_at(deadline, connect).await.map_err(|_| silent(&spec.source, &format!("connecting to stream from {what}")))??;
+    let connect = spec.target.connect(&spec.database);
+    let (target, _) = tokio::time::timeout_at(deadline, connect).await.map_err(|_| silent(&spec.target, "connecting to apply changes"))??;
     *state.reconnecting.lock().unwrap() = None;
     tokio::select! {
         result = apply::run(stream, target, &spec.names.origin, state.stats.clone()) => result,
-        _ = state.restart.notified() => Err(ConnectionLost { role: Role::Source, message: format!("the {} stopped answering", spec.source.describe()) }.into()),
+        lost = state.restart.requested() => Err(lost),
     }
 }
 
-/// Polls the source for the WAL each slot holds (into `pending`, by slot name) until it
-/// stays out of reach past the time limit. When the source stops answering, the streams
-/// are restarted: their connections are as stuck as this one, and waiting for changes they
-/// cannot tell.
-pub async fn watch_source(source: ConnSpec, migration: String, limit: Duration, pending: Arc<Mutex<BTreeMap<String, Option<i64>>>>, streams: Vec<Arc<Notify>>) -> Result<()> {
-    let slots: Vec<String> = pending.lock().unwrap().keys().cloned().collect();
+/// Bytes of WAL each slot holds on the source, by slot name (`None`: not known).
+pub type WalPending = Arc<Mutex<BTreeMap<String, Option<i64>>>>;
+
+/// Polls a server until it stays out of reach past the time limit: the source for the WAL
+/// each slot holds (`pending`, by slot name), the target for an answer. When it stops
+/// answering, the streams are restarted: their connections to it are as stuck as this one.
+pub async fn watch(server: ConnSpec, migration: String, limit: Duration, pending: Option<WalPending>, streams: Vec<Arc<Restart>>) -> Result<()> {
+    let slots: Vec<String> = pending.as_ref().map(|p| p.lock().unwrap().keys().cloned().collect()).unwrap_or_default();
     let mut reconnect = Reconnect::new(limit, &migration);
     let mut monitor: Option<tokio_postgres::Client> = None;
     loop {
         let poll = async {
             if monitor.is_none() {
-                monitor = Some(source.connect("postgres").await?.0);
+                monitor = Some(server.connect("postgres").await?.0);
             }
             let client = monitor.as_ref().expect("connected above");
+            if pending.is_none() {
+                client.simple_query("select 1").await?;
+                return anyhow::Ok(BTreeMap::new());
+            }
             let rows = client
                 .query(
                     "select slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 from pg_replication_slots where slot_name = any($1)",
                     &[&slots],
                 )
                 .await?;
-            anyhow::Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1))).collect::<BTreeMap<_, _>>())
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1))).collect::<BTreeMap<_, _>>())
         };
-        let error = match tokio::time::timeout(source.connect_timeout.min(reconnect.remaining()), poll).await {
+        let error = match tokio::time::timeout(server.connect_timeout.min(reconnect.remaining()), poll).await {
             Ok(Ok(held)) => {
                 reconnect.recovered();
-                for (slot, bytes) in pending.lock().unwrap().iter_mut() {
-                    *bytes = held.get(slot).copied().flatten();
+                if let Some(pending) = &pending {
+                    for (slot, bytes) in pending.lock().unwrap().iter_mut() {
+                        *bytes = held.get(slot).copied().flatten();
+                    }
                 }
                 tokio::time::sleep(POLL).await;
                 continue;
@@ -271,19 +300,19 @@ pub async fn watch_source(source: ConnSpec, migration: String, limit: Duration, 
             Ok(Err(e)) if is_connection_lost(&e) => e,
             Ok(Err(e)) => {
                 // Not an outage (a permission, a setting): the numbers are only shown.
-                tracing::debug!("asking the {} for the WAL its slots hold: {e:#}", source.describe());
+                tracing::debug!("polling the {}: {e:#}", server.describe());
                 tokio::time::sleep(POLL).await;
                 continue;
             }
             Err(_) => {
                 for stream in &streams {
-                    stream.notify_waiters();
+                    stream.request(&server);
                 }
-                no_answer(&source)
+                no_answer(&server)
             }
         };
         monitor = None;
-        let wait = reconnect.failed(&error, &source.describe(), "watching the replication slots")?;
+        let wait = reconnect.failed(&error, &server.describe(), "watching the replication")?;
         tokio::time::sleep(wait).await;
     }
 }
