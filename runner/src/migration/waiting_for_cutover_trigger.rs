@@ -305,9 +305,13 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
         if cutover.fence_lsn.is_empty() {
             if cutover.read_only_source {
                 for stream in streams.iter() {
-                    let what = format!("making database {:?} read-only", stream.database);
-                    if reconnect::retry(s.reconnect_timeout, &migration, s.source, &what, || make_read_only(s.source, &stream.database)).await? {
-                        cutover.made_read_only.push(stream.database.clone());
+                    let db = &stream.database;
+                    let what = format!("making database {db:?} read-only");
+                    // Asked once, before: a retry after a lost connection could find our own setting.
+                    let already = reconnect::retry(s.reconnect_timeout, &migration, s.source, &what, || is_read_only(s.source, db)).await?;
+                    reconnect::retry(s.reconnect_timeout, &migration, s.source, &what, || make_read_only(s.source, db)).await?;
+                    if !already {
+                        cutover.made_read_only.push(db.clone());
                     }
                 }
             }
@@ -364,20 +368,24 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
     Ok(())
 }
 
-/// Makes a source database read-only for the applications before the fence, as
-/// pg_easy_replicate does: new transactions default to read-only and the sessions
-/// connected now are ended (replication connections are left alone). Whether the setting
-/// is new.
-async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
+/// Whether a source database is read-only for new transactions already.
+async fn is_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
     let (client, _) = source.connect("postgres").await?;
-    let already: bool = client
+    let row = client
         .query_one(
             "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
                              where d.datname = $1 and s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig))",
             &[&db],
         )
-        .await?
-        .get(0);
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Makes a source database read-only for the applications before the fence, as
+/// pg_easy_replicate does: new transactions default to read-only and the sessions
+/// connected now are ended (replication connections are left alone).
+async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
+    let (client, _) = source.connect("postgres").await?;
     client
         .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
         .await
@@ -389,7 +397,7 @@ async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
         )
         .await
         .map_err(|e| pg_failure(Role::Source, &e, format!("ending the sessions of database {db:?} on the {}", source.describe())))?;
-    Ok(!already)
+    Ok(())
 }
 
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
