@@ -139,6 +139,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // A read under way when the stall began: its bytes wait for the stall's end.
+                while shared.stalled.load(Ordering::SeqCst) && !shared.stopping.load(Ordering::SeqCst) {
+                    std::thread::sleep(TICK);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
