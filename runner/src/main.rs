@@ -162,6 +162,10 @@ struct CopyArgs {
     /// Directory of pg_dump/pg_restore, when the right version is not found on its own
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
+    /// Online: how long to keep reconnecting to a source or target that went away while
+    /// streaming before the migration fails
+    #[arg(long, value_name = "SECONDS", default_value_t = pgferry::replication::reconnect::DEFAULT_TIMEOUT.as_secs())]
+    reconnect_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -475,6 +479,7 @@ impl CopyArgs {
             jobs: self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             pg_bin: self.pg_bin.clone(),
             split_bytes: self.split_tables_larger_than,
+            reconnect_timeout: std::time::Duration::from_secs(self.reconnect_timeout),
             observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
         }
     }

@@ -49,6 +49,8 @@ pub struct CopyOptions {
     pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
     pub pg_bin: Option<std::path::PathBuf>,
+    /// Online: how long streaming keeps trying to reach a server it lost before failing.
+    pub reconnect_timeout: Duration,
     pub observer: Option<Observer>,
 }
 
@@ -353,7 +355,7 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
     let replicating = waiting_for_cutover_trigger::records(&m);
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
-        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
+        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::replication::reconnect::DEFAULT_TIMEOUT, observer: None };
         let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
         check_credentials(&m, &source, &target, "cancel").await?;
         Some((source, target))
@@ -525,6 +527,7 @@ async fn migrate(
         split_bytes: req.copy.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),
+        reconnect_timeout: req.copy.reconnect_timeout,
     };
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     store.merge_details(id, json!({ "rolesCreated": roles })).map_err(|e| (step, vec![], e))?;
