@@ -132,6 +132,32 @@ pub struct DatabaseState {
     pub recopied: Vec<String>,
 }
 
+impl DatabaseState {
+    /// As the store keeps it: rows, not one document.
+    pub fn to_record(&self) -> crate::store::ResumeDatabase {
+        crate::store::ResumeDatabase {
+            stage: serde_json::to_value(self.stage).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            recopied: self.recopied.clone(),
+            tables: self
+                .tables_done
+                .iter()
+                .filter_map(|t| Some((t.clone(), serde_json::to_value(self.digests.get(t)?).ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_record(database: &str, record: crate::store::ResumeDatabase) -> Result<DatabaseState> {
+        let context = || format!("the resume record of database {database:?} cannot be read; it was written by another pgferry version or damaged");
+        let stage = serde_json::from_value(serde_json::Value::String(record.stage)).with_context(context)?;
+        let mut state = DatabaseState { stage, recopied: record.recopied, ..Default::default() };
+        for (table, digest) in record.tables {
+            state.digests.insert(table.clone(), serde_json::from_value(digest).with_context(context)?);
+            state.tables_done.push(table);
+        }
+        Ok(state)
+    }
+}
+
 /// Progress the step reports while it works.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all_fields = "camelCase")]
