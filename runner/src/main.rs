@@ -365,6 +365,7 @@ async fn run(cli: Cli) -> Result<Exit> {
 fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
     let mut m = m.clone();
     m.details["copyState"] = migration::resume_record_json(store, &m)?;
+    m.details["replication"] = migration::replication_record_json(store, &m)?;
     let m = &m;
     let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {

@@ -102,6 +102,23 @@ const UPGRADES: &[&str] = &[
           from migration m, json_each(m.details, '$.copyState') d, json_each(d.value, '$.tablesDone') t
          where json_extract(d.value, '$.digests.\"' || t.value || '\"') is not null;
     update migration set details = json_remove(details, '$.copyState');
+    create table replication_object (
+        migration_id       integer not null references migration(id),
+        database           text not null,
+        slot               text not null,
+        publication        text not null,
+        origin             text not null,
+        consistent_point   text not null default '',
+        base_copied        integer not null default 0,
+        replica_identities text not null default '[]',
+        primary key (migration_id, database)
+    );
+    insert into replication_object (migration_id, database, slot, publication, origin, consistent_point, base_copied, replica_identities)
+        select m.id, r.key, json_extract(r.value, '$.names.slot'), json_extract(r.value, '$.names.publication'), json_extract(r.value, '$.names.origin'),
+               coalesce(json_extract(r.value, '$.consistentPoint'), ''), coalesce(json_extract(r.value, '$.baseCopied'), 0),
+               coalesce(json_extract(r.value, '$.replicaIdentitiesSet'), '[]')
+          from migration m, json_each(m.details, '$.replication') r;
+    update migration set details = json_remove(details, '$.replication');
     ",
 ];
 
@@ -220,6 +237,25 @@ pub struct ResumeDatabase {
     pub recopied: Vec<String>,
     /// Tables copied completely, in the order they finished, with their digests.
     pub tables: Vec<(String, serde_json::Value)>,
+}
+
+/// What an online migration made for one database, recorded before it exists on a server:
+/// what a cancel or a failure removes, and where a restart goes on streaming from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationObjects {
+    /// The logical replication slot on the source.
+    pub slot: String,
+    /// The publication in the source database.
+    pub publication: String,
+    /// The replication origin on the target.
+    pub origin: String,
+    /// Where the slot's snapshot is; empty until the slot exists.
+    pub consistent_point: String,
+    /// The base copy and post-data are done: a restart goes on streaming.
+    pub base_copied: bool,
+    /// Tables given a replica identity (SetReplicaIdentity), with their former setting.
+    pub replica_identities: Vec<(String, String)>,
 }
 
 /// Something a cleanup could not remove, and why.
@@ -540,6 +576,41 @@ impl Store {
         Ok(())
     }
 
+    /// The replication objects of an online migration, per database.
+    pub fn replication_objects(&self, id: i64) -> Result<std::collections::BTreeMap<String, ReplicationObjects>> {
+        let mut stmt = self.conn.prepare(
+            "select database, slot, publication, origin, consistent_point, base_copied, replica_identities from replication_object where migration_id = ?1",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, bool>(5)?, r.get::<_, String>(6)?))
+        })?;
+        let mut objects = std::collections::BTreeMap::new();
+        for row in rows {
+            let (database, slot, publication, origin, consistent_point, base_copied, identities) = row?;
+            let replica_identities = serde_json::from_str(&identities).with_context(|| format!("the replica identities recorded for database {database:?} in {}", self.path.display()))?;
+            objects.insert(database, ReplicationObjects { slot, publication, origin, consistent_point, base_copied, replica_identities });
+        }
+        Ok(objects)
+    }
+
+    /// Records the replication objects of an online migration (all its databases), in one
+    /// transaction under the runner's lease.
+    pub fn save_replication_objects(&mut self, id: i64, objects: &std::collections::BTreeMap<String, ReplicationObjects>) -> Result<()> {
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        tx.execute("delete from replication_object where migration_id = ?1", params![id])?;
+        for (database, o) in objects {
+            tx.execute(
+                "insert into replication_object (migration_id, database, slot, publication, origin, consistent_point, base_copied, replica_identities)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, database, o.slot, o.publication, o.origin, o.consistent_point, o.base_copied, serde_json::to_string(&o.replica_identities)?],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the resume record of databases that start over (dropped on the target).
     pub fn forget_databases(&mut self, id: i64, databases: &[String]) -> Result<()> {
         let fence = self.fence.clone();
@@ -821,7 +892,9 @@ mod tests {
                 "stage": "SchemaRestored",
                 "tablesDone": ["public.a", "public.b.c"],
                 "digests": { "public.a": { "format": "binary", "rows": 2, "sum": "00ff" }, "public.b.c": { "format": "text", "rows": 0, "sum": "0" } }
-            } }, "sourceTls": "None" });
+            } }, "sourceTls": "None",
+               "replication": { "app": { "names": { "slot": "pgferry_1_0", "publication": "pgferry_1_0", "origin": "pgferry_1_0" },
+                                         "consistentPoint": "0/16B3748", "baseCopied": true, "replicaIdentitiesSet": [["public.t", "d"]] } } });
             conn.execute(
                 "insert into migration (name, target_server, source_server, source_type, mode, option, status, databases, properties, created_at, details)
                  values ('old', 't:5432', 's:5432', 'OnPremises', 'Offline', 'Migrate', 'InProgress/MigratingData', '[\"app\"]', '{}', '2026-12-01T00:00:00Z', ?1)",
@@ -842,6 +915,19 @@ mod tests {
         assert_eq!(tables, ["public.a", "public.b.c"]);
         assert_eq!(app.tables[0].1["sum"], "00ff");
         assert!(old.details.get("copyState").is_none());
+        let replication = store.replication_objects(old.id).unwrap();
+        assert_eq!(
+            replication["app"],
+            ReplicationObjects {
+                slot: "pgferry_1_0".into(),
+                publication: "pgferry_1_0".into(),
+                origin: "pgferry_1_0".into(),
+                consistent_point: "0/16B3748".into(),
+                base_copied: true,
+                replica_identities: vec![("public.t".into(), "d".into())],
+            }
+        );
+        assert!(old.details.get("replication").is_none());
         assert_eq!(old.details["sourceTls"], "None");
         let version: i64 = store.conn.query_row("pragma user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version as usize, UPGRADES.len());

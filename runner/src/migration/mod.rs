@@ -223,6 +223,11 @@ pub fn resume_record_json(store: &Store, m: &Migration) -> Result<serde_json::Va
     Ok(serde_json::to_value(resume_states(store, m)?)?)
 }
 
+/// The replication records as `show` gives them (`details.replication`).
+pub fn replication_record_json(store: &Store, m: &Migration) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(store.replication_objects(m.id)?)?)
+}
+
 /// The target databases this migration created (recorded once CREATE DATABASE succeeded):
 /// the only ones a failure or a cancel may drop.
 fn databases_created(store: &Store, m: &Migration) -> Result<Vec<String>> {
@@ -358,7 +363,7 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
     }
     let m = store.get_by_id(m.id)?;
     let created = databases_created(store, &m)?;
-    let replicating = waiting_for_cutover_trigger::records(&m);
+    let replicating = waiting_for_cutover_trigger::records(store, m.id)?;
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
         let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::replication::reconnect::DEFAULT_TIMEOUT, observer: None };
@@ -471,10 +476,10 @@ async fn drive(
             // An online migration's slots go first: the source must not keep WAL for it.
             // Streaming cannot go on without them, so a resume copies again.
             let m = store.get_by_id(id)?;
-            let mut leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &m).await;
+            let mut leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &waiting_for_cutover_trigger::records(store, id)?).await;
             if leftovers.is_empty() {
                 // Kept otherwise: a cancel tries again from the records.
-                store.merge_details(id, json!({ "replication": {} }))?;
+                waiting_for_cutover_trigger::forget_records(store, id)?;
             }
             // Nothing half-copied may be left looking valid on the target; what could be
             // dropped starts over on resume, what could not (target down) is resumed.
@@ -601,9 +606,9 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     if m.status == Status::CANCELED {
         return Ok(m);
     }
-    let mut leftovers = waiting_for_cutover_trigger::clean_up(source, target, &m).await;
+    let mut leftovers = waiting_for_cutover_trigger::clean_up(source, target, &waiting_for_cutover_trigger::records(store, id)?).await;
     if leftovers.is_empty() {
-        store.merge_details(id, json!({ "replication": {} }))?;
+        waiting_for_cutover_trigger::forget_records(store, id)?;
     }
     let created = databases_created(store, &m)?;
     let (dropped, not_dropped) = drop_databases(target, &created).await;

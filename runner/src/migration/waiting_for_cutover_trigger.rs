@@ -69,8 +69,21 @@ pub struct Cutover {
     pub completed_at: Option<String>,
 }
 
-pub(super) fn records(m: &Migration) -> BTreeMap<String, Record> {
-    serde_json::from_value(m.details.get("replication").cloned().unwrap_or_default()).unwrap_or_default()
+/// The replication records of a migration, from the store's catalog.
+pub(super) fn records(store: &Store, id: i64) -> Result<BTreeMap<String, Record>> {
+    let objects = store.replication_objects(id).context("reading the replication objects the migration recorded")?;
+    Ok(objects
+        .into_iter()
+        .map(|(db, o)| {
+            let record = Record {
+                names: Names { slot: o.slot, publication: o.publication, origin: o.origin },
+                consistent_point: o.consistent_point,
+                base_copied: o.base_copied,
+                replica_identities_set: o.replica_identities,
+            };
+            (db, record)
+        })
+        .collect())
 }
 
 /// The cutover's receipt as the runner recorded it so far.
@@ -92,7 +105,26 @@ fn cutover_requested(store: &Store, m: &Migration) -> Result<Option<Cutover>> {
 }
 
 fn save_records(store: &mut Store, id: i64, records: &BTreeMap<String, Record>) -> Result<()> {
-    store.merge_details(id, json!({ "replication": records }))
+    let objects = records
+        .iter()
+        .map(|(db, r)| {
+            let objects = crate::store::ReplicationObjects {
+                slot: r.names.slot.clone(),
+                publication: r.names.publication.clone(),
+                origin: r.names.origin.clone(),
+                consistent_point: r.consistent_point.clone(),
+                base_copied: r.base_copied,
+                replica_identities: r.replica_identities_set.clone(),
+            };
+            (db.clone(), objects)
+        })
+        .collect();
+    store.save_replication_objects(id, &objects)
+}
+
+/// Forgets the replication records once everything they name is gone from the servers.
+pub(super) fn forget_records(store: &mut Store, id: i64) -> Result<()> {
+    save_records(store, id, &BTreeMap::new())
 }
 
 /// One database's apply task and its counters.
@@ -126,7 +158,7 @@ pub(super) async fn run(
         move |e| (step, created, e)
     };
     check_apply_privileges(s.target).await.map_err(err(created))?;
-    let mut records = records(&store.get_by_id(id).map_err(err(created))?);
+    let mut records = records(store, id).map_err(err(created))?;
     for (index, db) in databases.iter().enumerate() {
         if records.get(db).is_some_and(|r| r.base_copied) {
             created.push(db.clone());
@@ -532,9 +564,9 @@ async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
 /// Removes what an online migration left on both servers: slots and publications on the
 /// source (the source must never keep WAL for a dead migration), replica identities it
 /// changed, origins on the target. For cancel and failure: returns what could not be removed.
-pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration) -> Vec<Leftover> {
+pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, records: &BTreeMap<String, Record>) -> Vec<Leftover> {
     let mut left = Vec::new();
-    for (db, record) in records(m) {
+    for (db, record) in records {
         if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
             let object = format!("{} and publication {} in database {db}", record.names.slot, record.names.publication);
             left.push(Leftover { server: "source".into(), kind: "replication slot".into(), object, problem: format!("{e:#}") });
