@@ -233,7 +233,7 @@ async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream
     let (source, _) = s.source.connect(db).await?;
     let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
     let goal = parse_lsn(&goal).context("the source's WAL position does not parse")?;
-    let client = tokio::time::timeout(s.source.connect_timeout * 3, pgwire_replication::ReplicationClient::connect_gated(slot::replication_config(s.source, db, &names, 0)))
+    let client = tokio::time::timeout(s.source.connect_timeout * 3, pgwire_replication::ReplicationClient::connect_gated(slot::replication_config(s.source, db, &names, 0).await?))
         .await
         .map_err(|_| anyhow::anyhow!("connecting to stream from {what}: no answer"))?
         .with_context(|| format!("connecting to stream from {what}"))?;
