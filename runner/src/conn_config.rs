@@ -18,8 +18,8 @@
 //! | `connect_timeout` | — | `?connect_timeout=` (seconds) | `PGCONNECT_TIMEOUT` | 10 |
 //! | `application_name` | — | `?application_name=` | `PGAPPNAME` | `pgferry` |
 //!
-//! `dbname` is the database for server-wide work (inventory, roles, creating databases);
-//! the migrated databases are named by `DBsToMigrate`. `PGDATABASE` is not read: it usually
+//! `dbname` is the database for server-wide work (inventory, roles, creating and dropping
+//! databases), so it may not be one of `DBsToMigrate`, which names the migrated databases. `PGDATABASE` is not read: it usually
 //! names an application database, which does not exist on the target yet.
 //!
 //! Not honoured, on purpose, for any connection (pgferry's own, replication, children):

@@ -133,6 +133,16 @@ fn bad_input_is_refused_with_a_clear_message_and_nothing_recorded() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("letters, digits and hyphens"), "{}", out.transcript());
 
+    // A target URI naming a migrated database: that is where pgferry would create it from.
+    let uri = format!("postgresql://postgres@127.0.0.1:{}/app?sslmode=disable", s.target.port());
+    let out = pf.run(&["migration", "create", "--migration-name", "m4", "--properties", &props, "--target", &uri, "--migration-option", "Validate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("is given with database \"app\", which is being migrated"), "{}", out.transcript());
+    // And a URI parameter pgferry does not take is named.
+    let out = pf.run(&["migration", "create", "--migration-name", "m5", "--properties", &props, "--target", &format!("{uri}&hostaddr=10.0.0.1"), "--migration-option", "Validate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("parameter `hostaddr` is not supported"), "{}", out.transcript());
+
     let unreachable = {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut p: Value = serde_json::from_str(&std::fs::read_to_string(&props).unwrap()).unwrap();

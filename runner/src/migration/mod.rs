@@ -132,6 +132,17 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     let adapter = registry.require_adapter(&props.source_type)?;
     let target = target_spec(&req)?;
     let (source, moved) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
+    for spec in [&source, &target] {
+        // Server-wide work happens there: creating and dropping the migrated databases on
+        // the target, ending their sessions on the source at a read-only cutover.
+        if props.dbs_to_migrate.contains(&spec.dbname) {
+            bail!(
+                "the {} is given with database {:?}, which is being migrated; pgferry connects to that database for server-wide work: name another that exists there (postgres, the default) or none in the URI",
+                spec.describe(),
+                spec.dbname
+            );
+        }
+    }
 
     let target_server = format!("{}:{}", target.host, target.port);
     if let Some(status) = store.name_taken(&target_server, &req.name)? {

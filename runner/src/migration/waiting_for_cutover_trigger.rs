@@ -218,7 +218,7 @@ pub(super) async fn run(
 /// Applying needs what PostgreSQL's apply worker has; found out before anything is created
 /// rather than after the base copy.
 async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     client.batch_execute("SET session_replication_role = replica; SELECT pg_replication_origin_session_is_setup()").await.map_err(|e| {
         anyhow::anyhow!(
             "the target user {} cannot apply replicated changes: {}; online migration applies them as PostgreSQL's apply worker does, which needs a superuser (or, from PostgreSQL 15, SET on session_replication_role and EXECUTE on the pg_replication_origin functions)",
@@ -251,7 +251,7 @@ async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream
 /// database caught up, writes the fences when the cutover is asked for, and returns once
 /// they are applied. `Ok(Some(_))`: canceled.
 async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream], progress: &mut Progress) -> Result<Option<Migration>> {
-    let (monitor, _) = s.source.connect("postgres").await?;
+    let (monitor, _) = s.source.connect(&s.source.dbname).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
     let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
@@ -360,7 +360,7 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
 /// connected now are ended (replication connections are left alone). Whether the setting
 /// is new.
 async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
-    let (client, _) = source.connect("postgres").await?;
+    let (client, _) = source.connect(&source.dbname).await?;
     let already: bool = client
         .query_one(
             "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
@@ -422,7 +422,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
         if cutover.made_read_only.contains(db) {
             // The source's settings were just carried over, this one included: the target is
             // where the applications go next.
-            let (target, _) = s.target.connect("postgres").await?;
+            let (target, _) = s.target.connect(&s.target.dbname).await?;
             target.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(db))).await?;
         }
         tables_verified += checked.tables_verified;
@@ -474,7 +474,7 @@ async fn refresh_materialized_views(s: &Settings<'_>, db: &str) -> Result<()> {
 /// Drops a replication origin on the target (idempotent). The apply session
 /// that used it may take a moment to go away after its task was stopped.
 async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     for attempt in 0..50 {
         let result = client
             .execute("select pg_replication_origin_drop($1) where pg_replication_origin_oid($1) is not null", &[&names.origin])
