@@ -194,11 +194,15 @@ impl ConnParams {
     }
 
     fn from_vars(var: impl Fn(&str) -> Option<String>, with_host: bool) -> Result<ConnParams> {
-        for name in IGNORED_VARIABLES {
-            if var(name).is_some() {
-                tracing::warn!("{name} is set but pgferry does not use it (see the connection settings in README)");
+        // Once per run, though both servers read the environment.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            for name in IGNORED_VARIABLES {
+                if var(name).is_some() {
+                    tracing::warn!("{name} is set but pgferry does not use it (see the connection settings in README)");
+                }
             }
-        }
+        });
         let number = |name: &str| -> Result<Option<u64>> {
             var(name).filter(|v| !v.is_empty()).map(|v| v.trim().parse().with_context(|| format!("{name}={v:?} is not a number"))).transpose()
         };

@@ -40,7 +40,18 @@ fn a_target_uri_with_sslmode_verify_full_verifies_the_target_for_every_connectio
 fn the_replication_connection_verifies_the_source_as_verify_ca_does() {
     // The certificate names db.test.internal while pgferry connects to 127.0.0.1: VerifyCA
     // must accept it (chain checked, name not), on the replication connection too.
-    let certs = test_ca_and_server_cert(&["db.test.internal"]);
+    stream_verified("VerifyCA", &["db.test.internal"], "VerifiedCa");
+}
+
+#[test]
+fn the_replication_connection_verifies_the_source_as_verify_full_does() {
+    stream_verified("VerifyFull", &["127.0.0.1"], "VerifiedFull");
+}
+
+/// An online migration from a TLS source with `mode` and its CA as PGSSLROOTCERT: the base
+/// copy, a change streamed over the (encrypted) replication connection, the cutover.
+fn stream_verified(mode: &str, sans: &[&str], expected_tls: &str) {
+    let certs = test_ca_and_server_cert(sans);
     let source = Cluster::builder()
         .ssl(&certs.server_cert_pem, &certs.server_key_pem)
         .setting("wal_level", "logical")
@@ -53,14 +64,14 @@ fn the_replication_connection_verifies_the_source_as_verify_ca_does() {
     source.psql("app", "create table t (id int primary key, note text); insert into t values (1, 'before');").unwrap();
     let pf = Pgferry::new();
     let ca = pf.write("ca.pem", &certs.ca_pem).display().to_string();
-    let props = pf.properties(&source, "app", json!({"MigrationMode": "Online", "sslMode": "VerifyCA"}));
+    let props = pf.properties(&source, "app", json!({"MigrationMode": "Online", "sslMode": mode}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let env = [("PGSSLROOTCERT", ca.as_str())];
 
     let out = pf.run_with(&["migration", "create", "--migration-name", "streamed", "--properties", &props, "--target", &target_arg, "--no-wait"], &env);
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc = pf.wait_for("streamed", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
-    assert_eq!(doc["details"]["sourceTls"], "VerifiedCa", "{doc:#}");
+    assert_eq!(doc["details"]["sourceTls"], expected_tls, "{doc:#}");
 
     // A change made now reaches the target through the replication connection, which is
     // encrypted.
