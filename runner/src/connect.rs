@@ -86,13 +86,23 @@ impl ConnSpec {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config(verify, seen.clone()).map_err(ConnectError::Other)?);
         let (client, connection) = match tokio::time::timeout(self.connect_timeout, config.connect(tls)).await {
             Ok(Ok(pair)) => pair,
+            // A server down or restarting is worth trying again; a refused login is not.
+            Ok(Err(e)) if is_lost(&e) => {
+                return Err(ConnectError::Other(ConnectionLost { role: self.role, message: format!("{:#}", self.explain(&e, dbname)) }.into()));
+            }
             Ok(Err(e)) => return Err(ConnectError::Postgres(self.explain(&e, dbname), e)),
             Err(_) => {
-                return Err(ConnectError::Other(anyhow::anyhow!(
-                    "cannot connect to the {}: no answer within {:?}; check that the host is reachable from this machine (firewall, security group) or raise PGCONNECT_TIMEOUT",
-                    self.describe(),
-                    self.connect_timeout
-                )));
+                return Err(ConnectError::Other(
+                    ConnectionLost {
+                        role: self.role,
+                        message: format!(
+                            "cannot connect to the {}: no answer within {:?}; check that the host is reachable from this machine (firewall, security group) or raise PGCONNECT_TIMEOUT",
+                            self.describe(),
+                            self.connect_timeout
+                        ),
+                    }
+                    .into(),
+                ));
             }
         };
         let describe = self.describe();
@@ -269,6 +279,55 @@ fn is_tls_failure(e: &ConnectError) -> bool {
         source = s.source();
     }
     false
+}
+
+/// A connection that failed or ended because the server or the network went away (a
+/// restart, a reset, no answer), not because the server refused what was asked: trying
+/// again later may succeed. Also an earlier session of ours still holding a slot or an
+/// origin, which goes away with its connection.
+#[derive(Debug)]
+pub struct ConnectionLost {
+    /// Which server went away.
+    pub role: Role,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectionLost {}
+
+/// Whether a tokio-postgres error means the connection is lost (or could not be made): it
+/// closed, the socket failed, the server is shutting down or starting up (57P01
+/// admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now) or a connection exception
+/// (class 08).
+pub fn is_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return matches!(code.code(), "57P01" | "57P02" | "57P03") || code.code().starts_with("08");
+    }
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()).is_some_and(is_lost_io)
+}
+
+/// Socket errors of a peer that went away; not those of bad data or a refused handshake.
+pub fn is_lost_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe | UnexpectedEof | TimedOut | HostUnreachable | NetworkUnreachable | NetworkDown
+    )
+}
+
+/// `context: pg_error(e)` as an error, marked as a [`ConnectionLost`] of the `role`
+/// server when it is one, so that streaming rides it out.
+pub fn pg_failure(role: Role, e: &tokio_postgres::Error, context: impl std::fmt::Display) -> anyhow::Error {
+    let message = format!("{context}: {}", pg_error(e));
+    if is_lost(e) { ConnectionLost { role, message }.into() } else { anyhow::anyhow!(message) }
 }
 
 /// PostgreSQL's own words for an error: message, SQLSTATE, and DETAIL, HINT and CONTEXT

@@ -163,6 +163,10 @@ struct CopyArgs {
     /// Directory of pg_dump/pg_restore, when the right version is not found on its own
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
+    /// Online: how long to keep reconnecting to a source or target that went away while
+    /// streaming before the migration fails
+    #[arg(long, value_name = "SECONDS", default_value_t = pgferry::replication::reconnect::DEFAULT_TIMEOUT.as_secs())]
+    reconnect_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -362,6 +366,9 @@ async fn run(cli: Cli) -> Result<Exit> {
 }
 
 fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
+    let mut m = m.clone();
+    m.details["copyState"] = migration::resume_record_json(store, &m)?;
+    let m = &m;
     let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {
         Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?, &runner)),
@@ -478,6 +485,7 @@ impl CopyArgs {
             jobs: self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             pg_bin: self.pg_bin.clone(),
             split_bytes: self.split_tables_larger_than,
+            reconnect_timeout: std::time::Duration::from_secs(self.reconnect_timeout),
             observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
         }
     }

@@ -413,3 +413,31 @@ fn a_runner_that_stalls_past_its_lease_is_taken_over_and_stands_down() {
     assert_eq!(doc["error"], Value::Null, "the stalled runner wrote no error: {doc:#}");
     assert_exact(&source, &target);
 }
+
+/// A target written to behind the migration's back: the cutover's verification finds it,
+/// the migration ends Failed naming the table, and nothing of the migration stays on the source.
+#[test]
+fn a_target_changed_behind_the_migration_fails_the_cutover_verification_naming_the_table() {
+    let (source, target) = (source_cluster(), target_cluster());
+    load_shop(&source, 1000);
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, &target, "Online");
+    let runner = pf
+        .command()
+        .args(["migration", "create", "--migration-name", "diverged", "--properties", &props, "--migration-option", "Migrate"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    pf.wait_for("diverged", "WaitingForCutoverTrigger", Duration::from_secs(60), |d| d["substate"] == "WaitingForCutoverTrigger");
+    target.psql("shop", "update customers set name = 'changed on the target' where id = 3").unwrap();
+    let cutover = pf.run(&["migration", "update", "--migration-name", "diverged", "--cutover", "--output", "json"]);
+    assert_eq!(cutover.code, 5, "{}", cutover.transcript());
+    let doc: Value = serde_json::from_str(&cutover.stdout).unwrap();
+    let message = doc["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("verification failed") && message.contains("public.customers") && message.contains("contents differ"), "{doc:#}");
+    assert!(!message.contains("public.orders"), "only the changed table is named: {message}");
+    let mut runner = runner;
+    assert!(!runner.wait().unwrap().success());
+    assert_nothing_left_by_replication(&source, &target);
+}

@@ -51,6 +51,8 @@ pub struct CopyOptions {
     pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
     pub pg_bin: Option<std::path::PathBuf>,
+    /// Online: how long streaming keeps trying to reach a server it lost before failing.
+    pub reconnect_timeout: Duration,
     pub observer: Option<Observer>,
 }
 
@@ -192,7 +194,7 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
     let lease = RunnerLease::acquire(store, m.id, name)?;
     let (options, adapter, source, target) = stored_request(registry, &m, secrets, copy).await?;
     check_credentials(&m, &source, &target, "resume").await?;
-    let states = copy_states(&m)?;
+    let states = resume_states(store, &m)?;
     if m.status == Status::FAILED {
         let failed_step = m.error.as_ref().and_then(|e| e.get("step")).and_then(serde_json::Value::as_str).unwrap_or("");
         let back_to = match failed_step {
@@ -208,19 +210,25 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
 
 /// The resume record of a migration. One that does not decode is an error, never "nothing
 /// done": a cancel or resume reading it as empty would skip cleanup or redo finished work.
-fn copy_states(m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {
-    match m.details.get("copyState") {
-        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_value(v.clone()).with_context(|| {
-            format!("the resume record (copyState) of migration {:?} cannot be read; it was written by another pgferry version or damaged", m.name)
-        }),
-    }
+fn resume_states(store: &Store, m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {
+    store
+        .resume_record(m.id)
+        .with_context(|| format!("reading the resume record of migration {:?}", m.name))?
+        .into_iter()
+        .map(|(db, record)| Ok((db.clone(), DatabaseState::from_record(&db, record)?)))
+        .collect()
+}
+
+/// The resume record as `show` gives it (`details.copyState`): per database, its stage,
+/// the tables done with their digests, and the tables a resume copied again.
+pub fn resume_record_json(store: &Store, m: &Migration) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(resume_states(store, m)?)?)
 }
 
 /// The target databases this migration created (recorded once CREATE DATABASE succeeded):
 /// the only ones a failure or a cancel may drop.
-fn databases_created(m: &Migration) -> Result<Vec<String>> {
-    let states = copy_states(m)?;
+fn databases_created(store: &Store, m: &Migration) -> Result<Vec<String>> {
+    let states = resume_states(store, m)?;
     Ok(m.databases.iter().filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created)).cloned().collect())
 }
 
@@ -359,11 +367,11 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
         }
     }
     let m = store.get_by_id(m.id)?;
-    let created = databases_created(&m)?;
+    let created = databases_created(store, &m)?;
     let replicating = waiting_for_cutover_trigger::records(&m);
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
-        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
+        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::replication::reconnect::DEFAULT_TIMEOUT, observer: None };
         let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
         check_credentials(&m, &source, &target, "cancel").await?;
         Some((source, target))
@@ -484,14 +492,11 @@ async fn drive(
             }
             // Nothing half-copied may be left looking valid on the target; what could be
             // dropped starts over on resume, what could not (target down) is resumed.
-            let created = databases_created(&m)?;
+            let created = databases_created(store, &m)?;
             let (dropped, not_dropped) = drop_databases(&prepared.target, &created).await;
             leftovers.extend(not_dropped);
-            let mut states = copy_states(&m)?;
-            for db in &dropped {
-                states.remove(db);
-            }
-            store.merge_details(id, json!({ "copyState": states, "droppedOnFailure": dropped }))?;
+            store.forget_databases(id, &dropped)?;
+            store.merge_details(id, json!({ "droppedOnFailure": dropped }))?;
             store.set_leftovers(id, &leftovers)?;
             fail(store, id, step, e)
         }
@@ -539,6 +544,7 @@ async fn migrate(
         split_bytes: req.copy.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),
+        reconnect_timeout: req.copy.reconnect_timeout,
     };
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     store.merge_details(id, json!({ "rolesCreated": roles })).map_err(|e| (step, vec![], e))?;
@@ -613,13 +619,10 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     if leftovers.is_empty() {
         store.merge_details(id, json!({ "replication": {} }))?;
     }
-    let created = databases_created(&m)?;
+    let created = databases_created(store, &m)?;
     let (dropped, not_dropped) = drop_databases(target, &created).await;
     leftovers.extend(not_dropped);
-    let mut states = copy_states(&m)?;
-    for db in &dropped {
-        states.remove(db);
-    }
+    store.forget_databases(id, &dropped)?;
     // The dumps of a runner that was killed.
     if let Some(stale) = m.details.get("workDir").and_then(serde_json::Value::as_str)
         && let Err(e) = crate::work_dir::WorkDir::remove_stale(std::path::Path::new(stale), &crate::work_dir::prefix(id))
@@ -628,7 +631,7 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     }
     let mut all_dropped: Vec<String> = m.details.get("droppedOnCancel").and_then(|d| serde_json::from_value(d.clone()).ok()).unwrap_or_default();
     all_dropped.extend(dropped);
-    store.merge_details(id, json!({ "droppedOnCancel": all_dropped, "copyState": states }))?;
+    store.merge_details(id, json!({ "droppedOnCancel": all_dropped }))?;
     finish_cancel(store, id, leftovers)
 }
 

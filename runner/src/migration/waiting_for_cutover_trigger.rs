@@ -17,11 +17,11 @@ use super::completing_migration;
 use super::migrating_data::{self, quote_ident, DatabaseState, Settings, Stage};
 use super::progress::{watched, Progress};
 use super::{advance, StepError};
-use crate::connect::{pg_error, ConnSpec};
+use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::lifecycle::Status;
-use crate::replication::apply::{self, ApplyStats};
+use crate::replication::apply::ApplyStats;
 use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
-use crate::replication::stream::PgOutputStream;
+use crate::replication::reconnect::{self, StreamSpec, StreamState};
 use crate::replication::{slot, Lsn, Names};
 use crate::store::{Leftover, Migration, RequestKind, Store};
 
@@ -100,6 +100,9 @@ struct Stream {
     database: String,
     names: Names,
     stats: Arc<Mutex<ApplyStats>>,
+    /// Whether it is reconnecting, and to restart it when the source stops answering.
+    state: StreamState,
+    /// Ends only with an error that is not a lost connection, or past the time limit.
     task: JoinHandle<Result<()>>,
     /// The source's WAL position when streaming started: reaching it is catching up.
     goal: Lsn,
@@ -182,15 +185,18 @@ pub(super) async fn run(
         }
     }
 
-    if store.get_by_id(id).map_err(err(created))?.status == Status::COMPLETING {
+    let current = store.get_by_id(id).map_err(err(created))?;
+    if current.status == Status::COMPLETING {
         // A runner died after the fences were applied: the slots may be gone already, and
         // nothing is left to stream. The cutover goes on from there.
         return complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e));
     }
+    // What a stream that gives up tells the user to run once the server is back.
+    let resume = super::resume_command(&current);
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
-        streams.push(start_stream(s, db, names).await.map_err(err(created))?);
+        streams.push(start_stream(s, &resume, db, names).await.map_err(err(created))?);
     }
     let outcome = follow(store, id, s, &mut streams, progress).await;
     for stream in &streams {
@@ -228,30 +234,37 @@ async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
     })
 }
 
-async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream> {
-    let what = format!("replication slot {} (database {db:?}) on the {}", names.slot, s.source.describe());
-    let (source, _) = s.source.connect(db).await?;
-    let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
-    let goal = parse_lsn(&goal).context("the source's WAL position does not parse")?;
-    let client = tokio::time::timeout(s.source.connect_timeout * 3, pgwire_replication::ReplicationClient::connect_gated(slot::replication_config(s.source, db, &names, 0).await?))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to stream from {what}: no answer"))?
-        .with_context(|| format!("connecting to stream from {what}"))?;
-    let stream = PgOutputStream::start(client, what).await?;
-    let (target, _) = s.target.connect(db).await?;
-    let stats = Arc::new(Mutex::new(ApplyStats::default()));
-    let task = tokio::spawn({
-        let (stats, origin) = (stats.clone(), names.origin.clone());
-        async move { apply::run(stream, target, &origin, stats).await }
-    });
-    Ok(Stream { database: db.to_string(), names, stats, task, goal, wal_pending: None })
+async fn start_stream(s: &Settings<'_>, resume: &str, db: &str, names: Names) -> Result<Stream> {
+    let goal = reconnect::retry(s.reconnect_timeout, resume, s.source, &format!("reading the WAL position of database {db:?}"), || async {
+        let (source, _) = s.source.connect(db).await?;
+        let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
+        parse_lsn(&goal).context("the source's WAL position does not parse")
+    })
+    .await?;
+    let state = StreamState::default();
+    let spec = StreamSpec {
+        source: s.source.clone(),
+        target: s.target.clone(),
+        database: db.to_string(),
+        names: names.clone(),
+        resume: resume.to_string(),
+        limit: s.reconnect_timeout,
+    };
+    let task = tokio::spawn(reconnect::supervise(spec, state.clone()));
+    Ok(Stream { database: db.to_string(), names, stats: state.stats.clone(), state, task, goal, wal_pending: None })
 }
 
 /// Follows the streams: saves their counters, moves to WaitingForCutoverTrigger once every
 /// database caught up, writes the fences when the cutover is asked for, and returns once
 /// they are applied. `Ok(Some(_))`: canceled.
 async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream], progress: &mut Progress) -> Result<Option<Migration>> {
-    let (monitor, _) = s.source.connect(&s.source.dbname).await?;
+    let resume = super::resume_command(&store.get_by_id(id)?);
+    let pending = Arc::new(Mutex::new(streams.iter().map(|st| (st.names.slot.clone(), None)).collect()));
+    let restarts: Vec<_> = streams.iter().map(|st| st.state.restart.clone()).collect();
+    let mut watches = [
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.source.clone(), resume.clone(), s.reconnect_timeout, Some(pending.clone()), restarts.clone()))),
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.target.clone(), resume.clone(), s.reconnect_timeout, None, restarts))),
+    ];
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
     let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
@@ -264,9 +277,13 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
                 anyhow::bail!("replicating database {:?}: the apply task stopped", stream.database);
             }
         }
+        if let Some(watch) = watches.iter_mut().find(|w| w.0.is_finished()) {
+            (&mut watch.0).await.context("a server's monitor panicked")??;
+            anyhow::bail!("a server's monitor stopped");
+        }
         if polled_wal.elapsed() >= Duration::from_secs(5) {
             for stream in streams.iter_mut() {
-                stream.wal_pending = slot::wal_pending(&monitor, &stream.names).await.ok().flatten();
+                stream.wal_pending = pending.lock().unwrap().get(&stream.names.slot).copied().flatten();
                 if stream.wal_pending == Some(0) {
                     // The target has applied all the WAL the source has: not behind at all,
                     // even when no keepalive has said so (a source with no WAL traffic).
@@ -310,14 +327,20 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
         if cutover.fence_lsn.is_empty() {
             if cutover.read_only_source {
                 for stream in streams.iter() {
-                    if make_read_only(s.source, &stream.database).await? {
-                        cutover.made_read_only.push(stream.database.clone());
+                    let db = &stream.database;
+                    let what = format!("making database {db:?} read-only");
+                    // Asked once, before: a retry after a lost connection could find our own setting.
+                    let already = reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || is_read_only(s.source, db)).await?;
+                    reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || make_read_only(s.source, db)).await?;
+                    if !already {
+                        cutover.made_read_only.push(db.clone());
                     }
                 }
             }
             let token = format!("migration {id} cutover {}", cutover.requested_at);
             for stream in streams.iter() {
-                let lsn = slot::emit_fence(s.source, &stream.database, &token).await?;
+                let what = format!("writing the cutover fence in database {:?}", stream.database);
+                let lsn = reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || slot::emit_fence(s.source, &stream.database, &token)).await?;
                 cutover.fence_lsn.insert(stream.database.clone(), lsn_to_string(lsn));
             }
             store.merge_details(id, json!({ "cutover": cutover }))?;
@@ -336,6 +359,15 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
     }
 }
 
+/// A task that ends with its owner (the source's monitor ends when following does).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Writes every stream's counters to `replicationProgress` unless they equal `last`.
 fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serde_json::Value) -> Result<()> {
     let counters: serde_json::Map<String, serde_json::Value> = streams
@@ -344,6 +376,9 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
             let stats = st.stats.lock().unwrap().clone();
             let mut value = serde_json::to_value(&stats).unwrap_or_default();
             value["walBytesPending"] = json!(st.wal_pending);
+            if let Some(reconnecting) = st.state.reconnecting.lock().unwrap().clone() {
+                value["reconnecting"] = reconnecting;
+            }
             (st.database.clone(), value)
         })
         .collect();
@@ -355,32 +390,36 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
     Ok(())
 }
 
-/// Makes a source database read-only for the applications before the fence, as
-/// pg_easy_replicate does: new transactions default to read-only and the sessions
-/// connected now are ended (replication connections are left alone). Whether the setting
-/// is new.
-async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
+/// Whether a source database is read-only for new transactions already.
+async fn is_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
     let (client, _) = source.connect(&source.dbname).await?;
-    let already: bool = client
+    let row = client
         .query_one(
             "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
                              where d.datname = $1 and s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig))",
             &[&db],
         )
-        .await?
-        .get(0);
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Makes a source database read-only for the applications before the fence, as
+/// pg_easy_replicate does: new transactions default to read-only and the sessions
+/// connected now are ended (replication connections are left alone).
+async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
+    let (client, _) = source.connect(&source.dbname).await?;
     client
         .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
         .await
-        .map_err(|e| anyhow::anyhow!("making database {db:?} read-only on the {}: {}", source.describe(), pg_error(&e)))?;
+        .map_err(|e| pg_failure(Role::Source, &e, format!("making database {db:?} read-only on the {}", source.describe())))?;
     client
         .execute(
             "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid() and backend_type = 'client backend'",
             &[&db],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("ending the sessions of database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
-    Ok(!already)
+        .map_err(|e| pg_failure(Role::Source, &e, format!("ending the sessions of database {db:?} on the {}", source.describe())))?;
+    Ok(())
 }
 
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration

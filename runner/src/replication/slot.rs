@@ -194,17 +194,6 @@ async fn writable(source: &ConnSpec, db: &str) -> Result<tokio_postgres::Client>
     Ok(client)
 }
 
-/// Bytes of WAL the source keeps for the slot that the target has not confirmed yet.
-pub async fn wal_pending(source: &tokio_postgres::Client, names: &Names) -> Result<Option<i64>> {
-    let row = source
-        .query_opt(
-            "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 from pg_replication_slots where slot_name = $1",
-            &[&names.slot],
-        )
-        .await?;
-    Ok(row.and_then(|r| r.get(0)))
-}
-
 /// Writes the cutover fence into the source's WAL for one database: a transactional
 /// logical message carrying the migration's token. Returns its LSN.
 pub async fn emit_fence(source: &ConnSpec, db: &str, token: &str) -> Result<Lsn> {
@@ -212,7 +201,7 @@ pub async fn emit_fence(source: &ConnSpec, db: &str, token: &str) -> Result<Lsn>
     let row = client
         .query_one(&format!("select pg_logical_emit_message(true, {}, $1::text)::text", quote_literal(super::FENCE_PREFIX)), &[&token])
         .await
-        .map_err(|e| anyhow::anyhow!("writing the cutover fence in database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
+        .map_err(|e| crate::connect::pg_failure(source.role, &e, format!("writing the cutover fence in database {db:?} on the {}", source.describe())))?;
     let lsn: String = row.get(0);
     super::pgoutput::parse_lsn(&lsn).with_context(|| format!("the fence's LSN {lsn:?} does not parse"))
 }
