@@ -12,6 +12,7 @@ use pgferry::lifecycle::{State, Status};
 use pgferry::migration::{self, CopyOptions, CreateRequest};
 use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
 use pgferry::plugins::{self, Registry};
+use pgferry::conn_config::{ConnParams, Role, SslMode};
 use pgferry::properties::{MigrationMode, MigrationOption, Properties};
 use pgferry::report;
 use pgferry::store::{self, Store};
@@ -338,8 +339,10 @@ async fn run(cli: Cli) -> Result<Exit> {
             }
             MigrationCommand::CheckNameAvailability { migration_name, target } => {
                 let store = open_store(&cli)?;
+                // The same key `create` records: the target resolved as it would be.
                 let endpoint = pgferry::properties::parse_endpoint(target)?;
-                let server = format!("{}:{}", endpoint.host, endpoint.port.unwrap_or(5432));
+                let spec = endpoint.params.or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)?;
+                let server = format!("{}:{}", spec.host, spec.port);
                 let valid = migration::validate_name(migration_name);
                 let taken = store.name_taken(&server, migration_name)?;
                 let (available, reason) = match (&valid, taken) {

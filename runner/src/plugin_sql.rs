@@ -26,7 +26,7 @@ impl PluginSql {
 
     async fn run(&self, side: Side, database: Option<&str>, sql: &str) -> Result<QueryResult, String> {
         let spec = if side == Side::Source { &self.source } else { &self.target };
-        let db = database.unwrap_or("postgres").to_string();
+        let db = database.unwrap_or(&spec.dbname).to_string();
         let mut clients = self.clients.lock().await;
         let key = (side == Side::Source, db.clone());
         if !clients.contains_key(&key) {

@@ -197,8 +197,8 @@ pub struct Settings<'a> {
 /// hashes when the source lets them be read (superuser); otherwise without: set them after.
 /// The hashes go from one server to the other and nowhere else (no log, no store).
 pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
-    let (target, _) = s.target.connect("postgres").await?;
-    let (source, _) = s.source.connect("postgres").await?;
+    let (target, _) = s.target.connect(&s.target.dbname).await?;
+    let (source, _) = s.source.connect(&s.source.dbname).await?;
     let hashes: std::collections::HashMap<String, String> = match source.query("select rolname::text, rolpassword from pg_authid where rolpassword is not null", &[]).await {
         Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
         Err(_) => Default::default(), // not superuser: pg_authid is not readable
@@ -286,7 +286,7 @@ async fn set_password_hashes(target: &Client, passwords: &[(&str, &str)]) -> Res
 /// existing one only when the user asked for it (validation has passed by now).
 pub async fn create_target_database(s: &Settings<'_>, name: &str, ours: bool) -> Result<()> {
     let summary = s.inventory.source.databases.iter().find(|d| d.name == name).with_context(|| format!("database {name:?} does not exist on the {}", s.source.describe()))?;
-    let (target, _) = s.target.connect("postgres").await?;
+    let (target, _) = s.target.connect(&s.target.dbname).await?;
     let exists = target.query_opt("select 1 from pg_database where datname = $1", &[&name]).await?.is_some();
     if exists {
         if !s.overwrite && !ours {

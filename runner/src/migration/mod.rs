@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::conn_config::ConnParams;
 use crate::connect::{ConnSpec, Role};
 use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
@@ -23,6 +24,7 @@ use crate::plugin_host::{self, CheckContext, Services};
 use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
+use performing_prerequisite_steps::EndpointChange;
 use crate::store::{Leftover, Migration, NewMigration, Store};
 use migrating_data::{DatabaseState, Stage};
 use progress::{watched, Progress};
@@ -66,44 +68,29 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The target endpoint of a request, as a `host:port` key and a connection spec.
+/// The target's settings: `--target` (host:port or a URI), else
+/// `TargetDbServerFullyQualifiedDomainName`, over the environment (PGHOST included).
 pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
     let endpoint = match (&req.target, &req.properties.target) {
-        (Some(t), _) => parse_endpoint(t).with_context(|| format!("--target {t:?}"))?,
-        (None, Some(t)) => t.clone(),
-        (None, None) => match std::env::var("PGHOST") {
-            Ok(host) => Endpoint { host, ..Default::default() },
-            Err(_) => bail!("no target server: pass --target host:port (or a postgres URI), set TargetDbServerFullyQualifiedDomainName in the properties, or PGHOST"),
-        },
+        (Some(t), _) => parse_endpoint(t).with_context(|| format!("--target {t:?}"))?.params,
+        (None, Some(t)) => t.params.clone(),
+        (None, None) => ConnParams::default(),
     };
-    let user = req.properties.target_user.clone().or(endpoint.user.clone());
     // sslMode of the properties is about the source (as in the cloud service); the target's
     // comes from its URI or PGSSLMODE, as libpq would take it.
-    let ssl_mode = endpoint
-        .ssl_mode
-        .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
-        .unwrap_or(SslMode::Prefer);
-    let password = req.properties.target_password.clone().or(endpoint.password.clone());
-    Ok(spec(Role::Target, &endpoint, user, password, ssl_mode))
+    let given = ConnParams { user: req.properties.target_user.clone(), password: req.properties.target_password.clone(), ..Default::default() };
+    given.or(endpoint).or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)
 }
 
-fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
-    let timeout = std::env::var("PGCONNECT_TIMEOUT").ok().and_then(|s| s.parse().ok()).filter(|s| *s > 0).unwrap_or(10);
-    ConnSpec {
-        role,
-        host: e.host.clone(),
-        port: e.port.or_else(|| std::env::var("PGPORT").ok()?.parse().ok()).unwrap_or(5432),
-        user: user.or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into()),
-        password,
-        ssl_mode,
-        root_cert: None,
-        connect_timeout: Duration::from_secs(timeout),
-    }
-    .resolve_from_env()
+/// The source's settings before the adapter has its say: the properties' own keys, over
+/// `SourceDBServerResourceId` (a URI included), over the environment.
+fn source_params(props: &Properties) -> Result<ConnParams> {
+    let given = ConnParams { password: props.source_password.clone(), sslmode: props.ssl_mode, ..Default::default() };
+    Ok(given.or(props.source.params.clone()).or(ConnParams::from_env(false)?))
 }
 
 /// What the store keeps of the properties: everything but the secrets.
-fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, option: MigrationOption, mode: MigrationMode) -> serde_json::Value {
+fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, moved: Option<&EndpointChange>, option: MigrationOption, mode: MigrationMode) -> serde_json::Value {
     let mut notes: Vec<String> = p
         .accepted
         .keys()
@@ -119,6 +106,11 @@ fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, optio
         "dbsToMigrate": p.dbs_to_migrate,
         "overwriteDbsInTarget": p.overwrite_dbs_in_target,
         "setReplicaIdentity": p.set_replica_identity,
+        "allowAdapterEndpointChange": p.allow_adapter_endpoint_change,
+        "adapterEndpointChange": moved,
+        // What a resume connects with (libpq's keys, no password).
+        "sourceConnection": source.params(),
+        "targetConnection": target.params(),
         "migrationMode": mode,
         "migrationOption": option,
         "sourceType": p.source_type,
@@ -141,8 +133,18 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     }
     let adapter = registry.require_adapter(&props.source_type)?;
     let target = target_spec(&req)?;
-    let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
-    let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
+    let (source, moved) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
+    for spec in [&source, &target] {
+        // Server-wide work happens there: creating and dropping the migrated databases on
+        // the target, ending their sessions on the source at a read-only cutover.
+        if props.dbs_to_migrate.contains(&spec.dbname) {
+            bail!(
+                "the {} is given with database {:?}, which is being migrated; pgferry connects to that database for server-wide work: name another that exists there (postgres, the default) or none in the URI",
+                spec.describe(),
+                spec.dbname
+            );
+        }
+    }
 
     let target_server = format!("{}:{}", target.host, target.port);
     if let Some(status) = store.name_taken(&target_server, &req.name)? {
@@ -159,7 +161,7 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
             };
             bail!("migration {:?} is still {} on target {target_server}; {next}", active.name, active.status);
         }
-    let properties = stored_properties(props, &source, &target, option, mode);
+    let properties = stored_properties(props, &source, &target, moved.as_ref(), option, mode);
     let migration = store.create(&NewMigration {
         name: &req.name,
         target_server: &target_server,
@@ -239,7 +241,7 @@ fn databases_created(store: &Store, m: &Migration) -> Result<Vec<String>> {
 /// password must never turn a migration that could be resumed or canceled into a dead one.
 async fn check_credentials(m: &Migration, source: &ConnSpec, target: &ConnSpec, command: &str) -> Result<()> {
     for spec in [source, target] {
-        if let Err(e) = spec.connect("postgres").await {
+        if let Err(e) = spec.connect(&spec.dbname).await {
             let retry = match command {
                 "resume" => resume_command(m),
                 _ => cancel_command(m),
@@ -298,17 +300,26 @@ pub fn runner_alive(store: &Store, m: &Migration) -> Result<bool> {
 async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Option<Properties>, copy: CopyOptions) -> Result<(CreateRequest, &'r crate::plugins::AdapterPlugin, ConnSpec, ConnSpec)> {
     let p = &m.properties;
     let text = |k: &str| p.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
-    let source = parse_endpoint(&text("sourceServer").context("the stored migration has no source server")?)?;
-    let target_endpoint = parse_endpoint(&text("targetServer").context("the stored migration has no target server")?)?;
+    let stored = |connection: &str, server: &str, user: &str| -> Result<ConnParams> {
+        match p.get(connection) {
+            Some(v) => serde_json::from_value(v.clone()).with_context(|| format!("the stored {connection} of migration {:?} cannot be read", m.name)),
+            // Recorded before pgferry stored the whole connection: host, port and user.
+            None => {
+                let server = text(server).with_context(|| format!("the stored migration {:?} has no {server}", m.name))?;
+                Ok(ConnParams { user: text(user), ..parse_endpoint(&server)?.params })
+            }
+        }
+    };
     let properties = Properties {
-        source: Endpoint { user: text("sourceServerUserName"), ..source },
+        source: Endpoint { params: stored("sourceConnection", "sourceServer", "sourceServerUserName")?, spelled: text("sourceDbServerResourceId").unwrap_or_default() },
         source_password: secrets.as_ref().and_then(|s| s.source_password.clone()).or_else(|| role_password("SOURCE")),
-        target: Some(target_endpoint),
+        target: Some(Endpoint { params: stored("targetConnection", "targetServer", "targetServerUserName")?, spelled: String::new() }),
         target_user: text("targetServerUserName"),
         target_password: secrets.as_ref().and_then(|s| s.target_password.clone()).or_else(|| role_password("TARGET")),
         dbs_to_migrate: m.databases.clone(),
         overwrite_dbs_in_target: p.get("overwriteDbsInTarget").and_then(serde_json::Value::as_bool).unwrap_or(false),
         set_replica_identity: p.get("setReplicaIdentity").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        allow_adapter_endpoint_change: p.get("allowAdapterEndpointChange").and_then(serde_json::Value::as_bool).unwrap_or(false),
         mode: serde_json::from_value(p["migrationMode"].clone()).ok(),
         option: serde_json::from_value(p["migrationOption"].clone()).ok(),
         source_type: m.source_type.clone(),
@@ -320,8 +331,7 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
     let adapter = registry.require_adapter(&options.properties.source_type)?;
     let target = target_spec(&options)?;
     let props = &options.properties;
-    let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
-    let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
+    let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
     Ok((options, adapter, source, target))
 }
 
@@ -441,6 +451,10 @@ async fn drive(
         let mut report = validation_in_progress::run(registry, adapter, services, &ctx).await;
         if mode == MigrationMode::Online && props.set_replica_identity {
             report.consent("replica-identity-missing", "SetReplicaIdentity: pgferry gives it one on the source (USING a unique index when one fits, else FULL) and restores it when the migration ends");
+        }
+        let moved = store.get_by_id(id)?.properties.get("adapterEndpointChange").and_then(|v| serde_json::from_value::<EndpointChange>(v.clone()).ok());
+        if let Some(change) = moved {
+            report.endpoint_changed(&change);
         }
         store.set_validation(id, &serde_json::to_value(&report)?)?;
         if report.status == CheckState::Failed || option == MigrationOption::Validate {
@@ -642,7 +656,7 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> (Vec<String>, Ve
         return (vec![], vec![]);
     }
     let leftover = |name: &String, problem: String| Leftover { server: "target".into(), kind: "database".into(), object: name.clone(), problem };
-    let client = match target.connect("postgres").await {
+    let client = match target.connect(&target.dbname).await {
         Ok((client, _)) => client,
         Err(e) => return (vec![], names.iter().map(|n| leftover(n, format!("{e:#}"))).collect()),
     };

@@ -256,7 +256,7 @@ pub(super) async fn run(
 /// Applying needs what PostgreSQL's apply worker has; found out before anything is created
 /// rather than after the base copy.
 async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     client.batch_execute("SET session_replication_role = replica; SELECT pg_replication_origin_session_is_setup()").await.map_err(|e| {
         anyhow::anyhow!(
             "the target user {} cannot apply replicated changes: {}; online migration applies them as PostgreSQL's apply worker does, which needs a superuser (or, from PostgreSQL 15, SET on session_replication_role and EXECUTE on the pg_replication_origin functions)",
@@ -424,7 +424,7 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
 
 /// Whether a source database is read-only for new transactions already.
 async fn is_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
-    let (client, _) = source.connect("postgres").await?;
+    let (client, _) = source.connect(&source.dbname).await?;
     let row = client
         .query_one(
             "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
@@ -439,7 +439,7 @@ async fn is_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
 /// pg_easy_replicate does: new transactions default to read-only and the sessions
 /// connected now are ended (replication connections are left alone).
 async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
-    let (client, _) = source.connect("postgres").await?;
+    let (client, _) = source.connect(&source.dbname).await?;
     client
         .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
         .await
@@ -493,7 +493,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
         if cutover.made_read_only.contains(db) {
             // The source's settings were just carried over, this one included: the target is
             // where the applications go next.
-            let (target, _) = s.target.connect("postgres").await?;
+            let (target, _) = s.target.connect(&s.target.dbname).await?;
             target.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(db))).await?;
         }
         tables_verified += checked.tables_verified;
@@ -545,7 +545,7 @@ async fn refresh_materialized_views(s: &Settings<'_>, db: &str) -> Result<()> {
 /// Drops a replication origin on the target (idempotent). The apply session
 /// that used it may take a moment to go away after its task was stopped.
 async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     for attempt in 0..50 {
         let result = client
             .execute("select pg_replication_origin_drop($1) where pg_replication_origin_oid($1) is not null", &[&names.origin])

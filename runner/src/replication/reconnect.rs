@@ -247,7 +247,7 @@ async fn session(spec: &StreamSpec, state: &StreamState, deadline: Duration) -> 
     // Start 0: from the slot's confirmed position, which is never past what the target
     // committed; the origin's position skips what it already has.
     let connect = async {
-        let client = ReplicationClient::connect_gated(slot::replication_config(&spec.source, &spec.database, &spec.names, 0)).await.map_err(|e| anyhow::Error::new(e).context(format!("connecting to stream from {what}")))?;
+        let client = ReplicationClient::connect_gated(slot::replication_config(&spec.source, &spec.database, &spec.names, 0).await?).await.map_err(|e| anyhow::Error::new(e).context(format!("connecting to stream from {what}")))?;
         PgOutputStream::start(client, what.clone()).await
     };
     let stream = tokio::time::timeout_at(deadline, connect).await.map_err(|_| silent(&spec.source, &format!("connecting to stream from {what}")))??;
@@ -273,7 +273,7 @@ pub async fn watch(server: ConnSpec, resume: String, limit: Duration, pending: O
     loop {
         let poll = async {
             if monitor.is_none() {
-                monitor = Some(server.connect("postgres").await?.0);
+                monitor = Some(server.connect(&server.dbname).await?.0);
             }
             let client = monitor.as_ref().expect("connected above");
             if pending.is_none() {
