@@ -481,7 +481,7 @@ async fn drive(
             Some(_) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
             None => store.get_by_id(id),
         },
-        Err((step, _, e)) => {
+        Err(StepError { step, error: e }) => {
             if lease.lost() || store.check_lease(id).is_err() {
                 // Another process runs the migration now: its state and what it made on the
                 // servers are not ours to touch.
@@ -522,7 +522,16 @@ fn fresh_work_dir(store: &mut Store, id: i64) -> Result<crate::work_dir::WorkDir
     Ok(work_dir)
 }
 
-type StepError = (&'static str, Vec<String>, anyhow::Error);
+/// An error of the data steps, and the step it happened in.
+pub(super) struct StepError {
+    step: &'static str,
+    error: anyhow::Error,
+}
+
+/// Tags an error with its step: `.map_err(at(step))`.
+pub(super) fn at(step: &'static str) -> impl FnOnce(anyhow::Error) -> StepError {
+    move |error| StepError { step, error }
+}
 
 /// MigratingData then CompletingMigration, database by database. On error: the step, the
 /// target databases created so far, and the error.
@@ -535,10 +544,9 @@ async fn migrate(
     work_dir: &std::path::Path,
     mut progress: Progress,
 ) -> Result<Option<Migration>, StepError> {
-    let mut created: Vec<String> = Vec::new();
     let step = "MigratingData";
     let source_major = prepared.inventory.source.version_num / 10000;
-    let tools = crate::pg_tools::find(source_major, req.copy.pg_bin.as_deref()).map_err(|e| (step, vec![], e))?;
+    let tools = crate::pg_tools::find(source_major, req.copy.pg_bin.as_deref()).map_err(at(step))?;
     let settings = migrating_data::Settings {
         source: &prepared.source,
         target: &prepared.target,
@@ -551,13 +559,13 @@ async fn migrate(
         work_dir: work_dir.to_path_buf(),
         reconnect_timeout: req.copy.reconnect_timeout,
     };
-    let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
-    store.merge_details(id, json!({ "rolesCreated": roles })).map_err(|e| (step, vec![], e))?;
+    let roles = migrating_data::create_roles(&settings).await.map_err(at(step))?;
+    store.merge_details(id, json!({ "rolesCreated": roles })).map_err(at(step))?;
 
     let mode = req.mode.or(req.properties.mode).unwrap_or(MigrationMode::Offline);
     if mode == MigrationMode::Online {
         let props = &req.properties;
-        return waiting_for_cutover_trigger::run(store, id, &settings, &props.dbs_to_migrate, props.set_replica_identity, &mut progress, &mut created).await;
+        return waiting_for_cutover_trigger::run(store, id, &settings, &props.dbs_to_migrate, props.set_replica_identity, &mut progress).await;
     }
     let states = progress.states.clone();
     let mut copied = Vec::new();
@@ -567,34 +575,33 @@ async fn migrate(
             continue;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        created.push(db.clone());
         let work = migrating_data::run_database(&settings, db, &state, None, &tx);
-        match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+        match watched(store, id, work, &mut rx, &mut progress).await.map_err(at(step))? {
             Some(database) => copied.push(database),
-            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
         }
     }
 
-    let current = store.get_by_id(id).map_err(|e| (step, created.clone(), e))?.status;
+    let current = store.get_by_id(id).map_err(at(step))?.status;
     if current != Status::COMPLETING
-        && advance(store, id, Status::COMPLETING).map_err(|e| (step, created.clone(), e))?.is_some() {
-            return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e));
+        && advance(store, id, Status::COMPLETING).map_err(at(step))?.is_some() {
+            return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step));
         }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
     for database in &copied {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let work = completing_migration::run_database(&settings, database, &tx);
-        match watched(store, id, work, &mut rx, &mut progress).await.map_err(|e| (step, created.clone(), e))? {
+        match watched(store, id, work, &mut rx, &mut progress).await.map_err(at(step))? {
             Some(checked) => {
                 verification.push(checked);
                 progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
             }
-            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(|e| (step, created.clone(), e)),
+            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
         }
     }
-    store.merge_details(id, json!({ "verification": verification })).map_err(|e| (step, created.clone(), e))?;
-    check_verification(&verification).map_err(|e| (step, created, e))?;
+    store.merge_details(id, json!({ "verification": verification })).map_err(at(step))?;
+    check_verification(&verification).map_err(at(step))?;
     Ok(None)
 }
 

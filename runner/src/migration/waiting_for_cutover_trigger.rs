@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::completing_migration;
 use super::migrating_data::{self, quote_ident, DatabaseState, Settings, Stage};
 use super::progress::{watched, Progress};
-use super::{advance, StepError};
+use super::{advance, at, StepError};
 use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::lifecycle::Status;
 use crate::replication::apply::ApplyStats;
@@ -150,18 +150,12 @@ pub(super) async fn run(
     databases: &[String],
     set_replica_identity: bool,
     progress: &mut Progress,
-    created: &mut Vec<String>,
 ) -> Result<Option<Migration>, StepError> {
     let step = "MigratingData";
-    let err = |created: &Vec<String>| {
-        let created = created.clone();
-        move |e| (step, created, e)
-    };
-    check_apply_privileges(s.target).await.map_err(err(created))?;
-    let mut records = records(store, id).map_err(err(created))?;
+    check_apply_privileges(s.target).await.map_err(at(step))?;
+    let mut records = records(store, id).map_err(at(step))?;
     for (index, db) in databases.iter().enumerate() {
         if records.get(db).is_some_and(|r| r.base_copied) {
-            created.push(db.clone());
             continue;
         }
         // A base copy interrupted by a crash cannot go on: its snapshot died with it.
@@ -169,7 +163,7 @@ pub(super) async fn run(
         // created by this migration, is replaced).
         let restarted = records.remove(db);
         if let Some(old) = &restarted {
-            slot::drop_slot_and_publication(s.source, db, &old.names).await.map_err(err(created))?;
+            slot::drop_slot_and_publication(s.source, db, &old.names).await.map_err(at(step))?;
         }
         // Whether an earlier attempt created the target database (ours to replace).
         let ours = restarted.is_some() || progress.states.remove(db).is_some_and(|st| st.stage >= Stage::Created);
@@ -180,19 +174,18 @@ pub(super) async fn run(
         }
         records.insert(db.clone(), record);
         // Recorded before anything exists on the source, so that cancel and failure find it.
-        save_records(store, id, &records).map_err(err(created))?;
+        save_records(store, id, &records).map_err(at(step))?;
         let state = DatabaseState { stage: if ours { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
-        created.push(db.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         if set_replica_identity {
-            let changed = slot::set_replica_identities(s.source, db, &s.provider.schemas).await.map_err(err(created))?;
+            let changed = slot::set_replica_identities(s.source, db, &s.provider.schemas).await.map_err(at(step))?;
             let record = records.get_mut(db).expect("recorded above");
             for change in changed {
                 if !record.replica_identities_set.iter().any(|(t, _)| *t == change.0) {
                     record.replica_identities_set.push(change);
                 }
             }
-            save_records(store, id, &records).map_err(err(created))?;
+            save_records(store, id, &records).map_err(at(step))?;
         }
         let work = async {
             slot::create_publication(s.source, db, &names, &s.provider.schemas).await?;
@@ -206,29 +199,29 @@ pub(super) async fn run(
             let _ = std::fs::remove_dir_all(&copied.dump_dir);
             anyhow::Ok(created_slot.consistent_point)
         };
-        match watched(store, id, work, &mut rx, progress).await.map_err(err(created))? {
+        match watched(store, id, work, &mut rx, progress).await.map_err(at(step))? {
             Some(consistent_point) => {
                 let record = records.get_mut(db).expect("recorded above");
                 record.consistent_point = lsn_to_string(consistent_point);
                 record.base_copied = true;
-                save_records(store, id, &records).map_err(err(created))?;
+                save_records(store, id, &records).map_err(at(step))?;
             }
-            None => return super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(err(created)),
+            None => return super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(at(step)),
         }
     }
 
-    let current = store.get_by_id(id).map_err(err(created))?;
+    let current = store.get_by_id(id).map_err(at(step))?;
     if current.status == Status::COMPLETING {
         // A runner died after the fences were applied: the slots may be gone already, and
         // nothing is left to stream. The cutover goes on from there.
-        return complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e));
+        return complete(store, id, s, databases, &records).await.map_err(at("CompletingMigration"));
     }
     // What a stream that gives up tells the user to run once the server is back.
     let resume = super::resume_command(&current);
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
-        streams.push(start_stream(s, &resume, db, names).await.map_err(err(created))?);
+        streams.push(start_stream(s, &resume, db, names).await.map_err(at(step))?);
     }
     let outcome = follow(store, id, s, &mut streams, progress).await;
     for stream in &streams {
@@ -237,10 +230,10 @@ pub(super) async fn run(
     match outcome {
         Err(e) => {
             let step = if store.get_by_id(id).is_ok_and(|m| m.status == Status::WAITING_FOR_CUTOVER) { "WaitingForCutoverTrigger" } else { step };
-            Err((step, created.clone(), e))
+            Err(StepError { step, error: e })
         }
         Ok(Some(_)) => {
-            super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(err(created))
+            super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(at(step))
         }
         Ok(None) => {
             // The fences are applied: everything the source committed before the request is
@@ -248,7 +241,7 @@ pub(super) async fn run(
             for stream in streams {
                 let _ = stream.task.await;
             }
-            complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e))
+            complete(store, id, s, databases, &records).await.map_err(at("CompletingMigration"))
         }
     }
 }
