@@ -40,6 +40,8 @@ impl View {
                 let multi = MultiProgress::new();
                 let mut bars: HashMap<String, (ProgressBar, usize, usize)> = HashMap::new();
                 let mut parts_seen: HashMap<String, usize> = HashMap::new();
+                // Bytes shown so far of each (part of a) table still streaming.
+                let mut streamed: HashMap<String, u64> = HashMap::new();
                 let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
                     .expect("template")
                     .progress_chars("=> ");
@@ -57,7 +59,8 @@ impl View {
                                 *done += 1;
                             }
                             // COPY's binary stream is not the on-disk size: grow the bar if needed.
-                            let pos = bar.position() + table.bytes;
+                            let shown = streamed.remove(&format!("{database}\0{}.{}\0{:?}", table.schema, table.name, table.part)).unwrap_or(0);
+                            let pos = bar.position() - shown.min(bar.position()) + table.bytes;
                             if pos > bar.length().unwrap_or(0) {
                                 bar.set_length(pos);
                             }
@@ -66,6 +69,16 @@ impl View {
                             if done == total {
                                 bar.finish_with_message(format!("{total}/{total} tables copied"));
                             }
+                        }
+                    }
+                    Progress::TableBytes { database, schema, name, part, bytes } => {
+                        if let Some((bar, _, _)) = bars.get(database) {
+                            let before = streamed.insert(format!("{database}\0{schema}.{name}\0{part:?}"), *bytes).unwrap_or(0);
+                            let pos = bar.position() - before.min(bar.position()) + bytes;
+                            if pos > bar.length().unwrap_or(0) {
+                                bar.set_length(pos);
+                            }
+                            bar.set_position(pos);
                         }
                     }
                     Progress::Replicating { .. } | Progress::TablesRecopying { .. } => {
@@ -99,6 +112,10 @@ fn line(event: &Progress) -> String {
         }
         Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
         Progress::TableFailed { database, schema, name, error } => format!("{database}: copying {schema}.{name} failed: {error}"),
+        Progress::TableBytes { database, schema, name, part, bytes } => {
+            let part = part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
+            format!("{database}: copying {schema}.{name}{part}: {bytes} bytes so far")
+        }
         Progress::TableCopied { database, table } => {
             let part = table.part.map(|p| format!(" (part from block {p})")).unwrap_or_default();
             format!("{database}: copied {}.{}{part}: {} rows, {} bytes in {:.2}s", table.schema, table.name, table.rows, table.bytes, table.seconds)

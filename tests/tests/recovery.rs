@@ -360,6 +360,9 @@ fn ctrl_c_stops_the_runner_with_a_message_and_resume_finishes() {
     let pf = Pgferry::new();
     let props = properties(&pf, &source, &target, "Offline");
     let runner = start_copying(&pf, "interrupted", &props);
+    // The bytes move while the one big table streams, not only when it ends.
+    let streaming = pf.wait_for("interrupted", "bytes of the table being copied", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["bytesCopied"].as_u64() > Some(0));
+    assert_eq!(streaming["details"]["progress"]["databases"]["shop"]["tablesDone"], 0, "{streaming:#}");
     // SAFETY: signals a child process this test started.
     assert_eq!(unsafe { libc::kill(runner.id() as i32, libc::SIGINT) }, 0);
     let out = runner.wait_with_output().unwrap();

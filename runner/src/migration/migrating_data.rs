@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -166,6 +166,8 @@ pub enum Progress {
     /// A worker took (a part of) a table.
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
+    /// Bytes of (a part of) a table sent so far, while it streams (twice a second).
+    TableBytes { database: String, schema: String, name: String, part: Option<i64>, bytes: u64 },
     /// A resume found these tables (`schema.name`), copied by an earlier run, different at its
     /// snapshot: they are no longer done, and are emptied and copied again.
     TablesRecopying { database: String, tables: Vec<String> },
@@ -545,7 +547,7 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             loop {
                 let Some(job) = queue.lock().await.pop_front() else { break };
                 let _ = progress.send(Progress::TableStarted { database: db.clone(), schema: job.schema.clone(), name: job.name.clone() });
-                let copy = match copy_table(&src, &dst, &job).await {
+                let copy = match copy_table(&src, &dst, &job, &db, &progress).await {
                     Ok(copy) => copy,
                     Err(e) => {
                         let _ = progress.send(Progress::TableFailed { database: db.clone(), schema: job.schema.clone(), name: job.name.clone(), error: format!("{e:#}") });
@@ -577,7 +579,10 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
     }
 }
 
-async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableCopy> {
+/// How often a table that streams says how far it got.
+const BYTES_EVERY: Duration = Duration::from_millis(500);
+
+async fn copy_table(src: &Client, dst: &Client, job: &TableJob, db: &str, progress: &mpsc::UnboundedSender<Progress>) -> Result<TableCopy> {
     let started = Instant::now();
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.name));
     let columns = if job.columns.is_empty() { String::new() } else { format!(" ({})", job.columns.join(", ")) };
@@ -606,6 +611,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
     // row. Rows are gathered into batches instead: memory stays bounded (one batch).
     const BATCH: usize = 256 << 10;
     let mut batch = bytes::BytesMut::with_capacity(BATCH);
+    let mut said = Instant::now();
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(source_err)?;
         bytes += chunk.len() as u64;
@@ -613,6 +619,11 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob) -> Result<TableC
         batch.extend_from_slice(&chunk);
         if batch.len() >= BATCH {
             sink.send(batch.split().freeze()).await.map_err(target_err)?;
+            if said.elapsed() >= BYTES_EVERY {
+                said = Instant::now();
+                let part = job.blocks.map(|(start, _)| start);
+                let _ = progress.send(Progress::TableBytes { database: db.to_string(), schema: job.schema.clone(), name: job.name.clone(), part, bytes });
+            }
         }
     }
     if !batch.is_empty() {

@@ -57,6 +57,10 @@ struct DatabaseProgress {
     errored_tables: Vec<String>,
     #[serde(skip)]
     loading: std::collections::BTreeSet<String>,
+    /// Bytes sent so far of each (part of a) table still streaming: counted in
+    /// `bytes_copied` until the table ends and its own count replaces them.
+    #[serde(skip)]
+    streaming: std::collections::HashMap<String, u64>,
     rows_copied: u64,
     bytes_copied: u64,
     bytes_total: u64,
@@ -132,7 +136,8 @@ impl Progress {
                     state.tables_done.push(key);
                 }
                 db.rows_copied += table.rows;
-                db.bytes_copied += table.bytes;
+                let streamed = db.streaming.remove(&format!("{}.{}\0{:?}", table.schema, table.name, table.part)).unwrap_or(0);
+                db.bytes_copied = db.bytes_copied - streamed + table.bytes;
                 db.tables.push(table);
             }
             migrating_data::Progress::TablesRecopying { database, tables } => {
@@ -144,6 +149,11 @@ impl Progress {
                         state.recopied.push(table);
                     }
                 }
+            }
+            migrating_data::Progress::TableBytes { database, schema, name, part, bytes } => {
+                let db = self.databases.entry(database).or_default();
+                let before = db.streaming.insert(format!("{schema}.{name}\0{part:?}"), bytes).unwrap_or(0);
+                db.bytes_copied = db.bytes_copied - before + bytes;
             }
             migrating_data::Progress::VerificationStarted { .. } => {}
             migrating_data::Progress::TableFailed { database, schema, name, error: _ } => {
