@@ -16,6 +16,7 @@ pub mod progress_view;
 pub mod properties;
 pub mod replication;
 pub mod report;
+pub mod sql_text;
 pub mod store;
 pub mod terminal;
 pub mod work_dir;

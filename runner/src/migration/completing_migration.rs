@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::copy_digest::{stable_text, CopyDigester, Digest};
-use super::migrating_data::{dump_and_restore, quote_ident, quote_literal, CopiedDatabase, Progress, Settings, TableToVerify};
+use super::copy_digest::{CopyDigester, Digest};
+use crate::sql_text::{quote_ident, quote_literal, stable_text};
+use super::migrating_data::{dump_and_restore, CopiedDatabase, Progress, Settings, TableToVerify};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

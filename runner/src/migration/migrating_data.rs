@@ -20,20 +20,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::Client;
 
-use super::copy_digest::{stable_text, CopyDigester, Digest, Format};
+use super::copy_digest::{CopyDigester, Digest, Format};
+use crate::sql_text::{quote_ident, quote_literal, stable_text};
 use crate::connect::{pg_error, ConnSpec};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
-
-/// `"name"`, always quoted: safe for every identifier, however odd.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
 
 /// Does `name` match one of the adapter's provider object names (`*` suffix = prefix)?
 pub fn is_provider_object(patterns: &[String], name: &str) -> bool {

@@ -670,7 +670,7 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> (Vec<String>, Ve
     let mut dropped = Vec::new();
     let mut left = Vec::new();
     for name in names {
-        let drop = format!("DROP DATABASE IF EXISTS {}", migrating_data::quote_ident(name));
+        let drop = format!("DROP DATABASE IF EXISTS {}", crate::sql_text::quote_ident(name));
         // WITH (FORCE) ends other sessions from PostgreSQL 13 on; older targets get the plain form.
         let result = match client.batch_execute(&format!("{drop} WITH (FORCE)")).await {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR) => client.batch_execute(&drop).await,

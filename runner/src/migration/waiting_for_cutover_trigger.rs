@@ -14,7 +14,8 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::completing_migration;
-use super::migrating_data::{self, quote_ident, DatabaseState, Settings, Stage};
+use super::migrating_data::{self, DatabaseState, Settings, Stage};
+use crate::sql_text::quote_ident;
 use super::progress::{watched, Progress};
 use super::{advance, at, StepError};
 use crate::connect::{pg_error, pg_failure, ConnSpec, Role};

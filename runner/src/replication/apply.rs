@@ -20,8 +20,7 @@ use super::pgoutput::{lsn_to_string, Message, OldRow, ReplicaIdentity, Relation,
 use super::stream::{ChangeStream, Event};
 use super::{Lsn, FENCE_PREFIX};
 use crate::connect::{is_lost, pg_error, pg_failure, ConnectionLost, Role};
-use crate::migration::copy_digest::stable_text;
-use crate::migration::migrating_data::{quote_ident, quote_literal};
+use crate::sql_text::{quote_ident, quote_literal, stable_text};
 
 /// Source transactions merged into one target transaction at most; keeps a commit's
 /// latency bounded under a steady stream of small transactions.

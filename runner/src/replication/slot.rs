@@ -10,7 +10,7 @@ use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig};
 
 use super::{Lsn, Names};
 use crate::connect::{pg_error, ConnSpec};
-use crate::migration::migrating_data::{quote_ident, quote_literal};
+use crate::sql_text::{quote_ident, quote_literal};
 
 /// How long slot creation may wait for the transactions open on the source to end.
 const SLOT_CREATION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,7 +26,7 @@ pub async fn replication_config(source: &ConnSpec, db: &str, names: &Names, star
         .with_start_lsn(WireLsn(start))
         .with_status_interval(Duration::from_millis(500))
         .with_application_name(format!("pgferry {}", names.slot))
-        .with_options(crate::migration::copy_digest::stable_text_options()))
+        .with_options(crate::sql_text::stable_text_options()))
 }
 
 /// Publishes the tables the base copy copies: permanent leaf tables outside the provider's
