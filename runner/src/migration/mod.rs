@@ -174,7 +174,8 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         properties_file: req.properties_file.as_deref(),
     })?;
     let lease = RunnerLease::acquire(store, migration.id, &req.name)?;
-    drive(store, registry, migration.id, &req, adapter, source, target, BTreeMap::new(), observer, &lease).await
+    let run = Run { registry, id: migration.id, req: &req, adapter, lease: &lease };
+    drive(store, &run, source, target, BTreeMap::new(), observer).await
 }
 
 /// Continues a migration whose runner died (kill -9, reboot) or that failed: the databases
@@ -205,7 +206,8 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
         store.merge_details(m.id, json!({ "resumedAfter": m.error }))?;
         store.transition(m.id, back_to)?;
     }
-    drive(store, registry, m.id, &options, adapter, source, target, states, observer, &lease).await
+    let run = Run { registry, id: m.id, req: &options, adapter, lease: &lease };
+    drive(store, &run, source, target, states, observer).await
 }
 
 /// The resume record of a migration. One that does not decode is an error, never "nothing
@@ -391,20 +393,21 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
     }
 }
 
-/// Runs a recorded migration from its current status to its end.
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    store: &mut Store,
-    registry: &Registry,
+/// One run of a recorded migration by this process: what its steps share.
+struct Run<'a> {
+    registry: &'a Registry,
     id: i64,
-    req: &CreateRequest,
-    adapter: &crate::plugins::AdapterPlugin,
-    source: ConnSpec,
-    target: ConnSpec,
-    states: BTreeMap<String, DatabaseState>,
-    observer: Option<Observer>,
-    lease: &RunnerLease,
-) -> Result<Migration> {
+    req: &'a CreateRequest,
+    adapter: &'a crate::plugins::AdapterPlugin,
+    /// Held for the whole run; the store refuses this run's writes once it is lost.
+    lease: &'a RunnerLease,
+}
+
+/// Runs a recorded migration from its current status to its end: the steps still to do
+/// are read from the store (its status and the resume record), so a resumed run picks up
+/// where an earlier one stopped.
+async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnSpec, states: BTreeMap<String, DatabaseState>, observer: Option<Observer>) -> Result<Migration> {
+    let Run { registry, id, req, adapter, lease } = *run;
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
     let mode = req.mode.or(props.mode).unwrap_or(MigrationMode::Offline);
@@ -473,7 +476,7 @@ async fn drive(
         Err(e) => return fail(store, id, "MigratingData", e),
     };
     let progress = Progress::new(observer, states, lease);
-    let result = migrate(store, id, req, adapter, &prepared, work_dir.path(), progress).await;
+    let result = migrate(store, run, &prepared, work_dir.path(), progress).await;
     drop(work_dir);
     match result {
         Ok(Some(_)) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
@@ -535,15 +538,8 @@ pub(super) fn at(step: &'static str) -> impl FnOnce(anyhow::Error) -> StepError 
 
 /// MigratingData then CompletingMigration, database by database. On error: the step, the
 /// target databases created so far, and the error.
-async fn migrate(
-    store: &mut Store,
-    id: i64,
-    req: &CreateRequest,
-    adapter: &crate::plugins::AdapterPlugin,
-    prepared: &performing_prerequisite_steps::Prepared,
-    work_dir: &std::path::Path,
-    mut progress: Progress,
-) -> Result<Option<Migration>, StepError> {
+async fn migrate(store: &mut Store, run: &Run<'_>, prepared: &performing_prerequisite_steps::Prepared, work_dir: &std::path::Path, mut progress: Progress) -> Result<Option<Migration>, StepError> {
+    let Run { id, req, adapter, .. } = *run;
     let step = "MigratingData";
     let source_major = prepared.inventory.source.version_num / 10000;
     let tools = crate::pg_tools::find(source_major, req.copy.pg_bin.as_deref()).map_err(at(step))?;
