@@ -42,6 +42,9 @@ pub const BUILTIN: &[(&str, &[u8])] = &[
     builtin!("rules-online"),
 ];
 
+/// Bytes of settings (names and values) one plugin may be given.
+const SETTINGS_BYTES: usize = 64 << 10;
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
@@ -186,7 +189,7 @@ fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
                 deadline: entry.deadline_ms.map(Duration::from_millis).unwrap_or(defaults.deadline),
                 memory_bytes: entry.memory_mb.map(|mb| mb << 20).unwrap_or(defaults.memory_bytes),
             };
-            let settings = entry
+            let settings: Vec<(String, String)> = entry
                 .settings
                 .into_iter()
                 .map(|(k, v)| (k, match v {
@@ -194,6 +197,11 @@ fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
                     other => other.to_string(),
                 }))
                 .collect();
+            // Settings cross into the plugin on every call that asks for them.
+            let size: usize = settings.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if size > SETTINGS_BYTES {
+                bail!("plugin `{name}` in {}: its settings take {size} bytes, over the cap of {SETTINGS_BYTES}; pass large data another way", path.display());
+            }
             Ok(host.load(&name, Origin::File(file.clone()), &bytes, grants, settings, limits)?)
         })
         .collect()
