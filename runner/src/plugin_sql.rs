@@ -7,10 +7,14 @@
 //!    looked up in the server's catalog, every candidate of each name (overloads, schemas),
 //!    so no resolution the server makes can escape the check: a volatile function (one that
 //!    may change something: signals, slots, locks, sequences, files, settings, large
-//!    objects, sleeps) is refused, and so are the few stable ones that read what this check
-//!    cannot see (`DENIED_FUNCTIONS`). A view that is not PostgreSQL's own is checked by its
-//!    definition, recursively; foreign tables (a remote server) and the catalogs that hold
-//!    secrets or server files (`DENIED_RELATIONS`) are refused.
+//!    objects, sleeps) is refused, but for PostgreSQL's own that only read sizes, WAL
+//!    positions and the clock (`READ_ONLY_VOLATILE`), and so are the few stable ones that
+//!    read what this check cannot see (`DENIED_FUNCTIONS`). Code that is not PostgreSQL's own is judged the same
+//!    way, recursively: view definitions, row-level-security policies and the bodies of SQL
+//!    functions; a function in any other language but C (an extension's compiled code,
+//!    trusted for its declared volatility) is refused, since a plpgsql function declared
+//!    stable can still call a volatile one. Foreign tables (a remote server) and the catalogs
+//!    that hold secrets or server files (`DENIED_RELATIONS`) are refused.
 //! 3. The statement runs in a READ ONLY transaction that is rolled back, under a statement
 //!    timeout equal to what is left of the plugin's deadline, with a row cap and a byte cap
 //!    (per row, enforced by the server before a row is sent, and for the whole result).
@@ -31,8 +35,9 @@ pub const ROW_CAP: usize = 1000;
 pub const RESULT_BYTES: usize = 4 << 20;
 /// Longest statement text a plugin may send.
 pub const SQL_TEXT_BYTES: usize = 64 << 10;
-/// Views on views deeper than this are refused rather than followed.
-const MAX_VIEWS: usize = 64;
+/// Views, functions and policies a statement may reach before it is refused as too much to
+/// judge.
+const MAX_CODE_OBJECTS: usize = 64;
 
 /// Stable functions that are refused although they change nothing (volatile ones are refused
 /// anyway). Found by reading every non-volatile function of PostgreSQL 15's pg_proc for
@@ -54,6 +59,26 @@ const DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ("pg_tablespace_location", "shows the server's directories"),
     ("pg_current_xact_id", "assigns a transaction id"),
     ("txid_current", "assigns a transaction id"),
+];
+
+/// PostgreSQL's own volatile functions that only read: sizes, WAL positions, recovery state
+/// and the clock. They are volatile because their answer may change within a statement, not
+/// because they change anything; validation rules need them (a database's size, a lagging
+/// replica). Same-named functions that are not PostgreSQL's own are judged as any other.
+const READ_ONLY_VOLATILE: &[&str] = &[
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+    "pg_database_size",
+    "pg_tablespace_size",
+    "pg_is_in_recovery",
+    "pg_is_wal_replay_paused",
+    "pg_current_wal_lsn",
+    "pg_last_wal_receive_lsn",
+    "pg_last_wal_replay_lsn",
+    "pg_last_xact_replay_timestamp",
+    "clock_timestamp",
 ];
 
 /// Relations a plugin may not read, whatever the admin may.
@@ -152,26 +177,28 @@ impl Statement {
     }
 
     /// The server's judgement: every function, operator, cast and relation the statement
-    /// (and any view it reads, recursively) may reach is harmless.
+    /// may reach is harmless, and so is the code behind them that is not PostgreSQL's own
+    /// (view definitions, SQL function bodies, row-level-security policies), recursively.
     async fn check_against(&self, client: &Client) -> Result<(), String> {
-        // Each entry: names to check, and the view whose definition they come from.
+        // Each entry: names to check, and the object whose code they come from.
         let mut pending = vec![(self.names.clone(), None::<String>)];
-        let mut views_seen = BTreeSet::new();
-        while let Some((names, view)) = pending.pop() {
-            let within = |e: String| match &view {
-                Some(view) => format!("{e} (in the definition of view {view})"),
+        let mut seen = BTreeSet::new();
+        while let Some((names, within)) = pending.pop() {
+            let within_it = |e: String| match &within {
+                Some(object) => format!("{e} (in {object})"),
                 None => e,
             };
-            check_functions(client, &names).await.map_err(within)?;
-            for (oid, relation, definition) in check_relations(client, &names).await.map_err(within)? {
-                if !views_seen.insert(oid) {
+            let mut reached = check_functions(client, &names).await.map_err(within_it)?;
+            reached.extend(check_relations(client, &names).await.map_err(within_it)?);
+            for code in reached {
+                if !seen.insert(code.oid) {
                     continue;
                 }
-                if views_seen.len() > MAX_VIEWS {
-                    return Err(format!("SQL refused: it reads more than {MAX_VIEWS} views"));
+                if seen.len() > MAX_CODE_OBJECTS {
+                    return Err(format!("SQL refused: it reaches more than {MAX_CODE_OBJECTS} views, functions and policies"));
                 }
-                let (_, inner) = parse_select(&definition).map_err(|e| format!("{e} (in the definition of view {relation})"))?;
-                pending.push((inner, Some(relation)));
+                let inner = parse_selects(&code.text).map_err(|e| format!("{e} (in {})", code.object))?;
+                pending.push((inner, Some(code.object)));
             }
         }
         Ok(())
@@ -196,23 +223,40 @@ fn parse_select(sql: &str) -> Result<(String, Names), String> {
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return Err(format!("SQL refused: it holds {} statements; send exactly one SELECT", parsed.protobuf.stmts.len()));
     };
-    let tree = serde_json::to_value(raw).map_err(|e| format!("SQL refused: its parse tree cannot be read: {e}"))?;
-    if tree.pointer("/stmt/node/SelectStmt").is_none() {
-        let kind = tree.pointer("/stmt/node").and_then(Value::as_object).and_then(|o| o.keys().next().cloned()).unwrap_or_default();
-        return Err(format!("SQL refused: it is a {kind}; only a single SELECT may run"));
-    }
     let mut names = Names::default();
-    let mut problems = Vec::new();
-    walk(&tree, &mut names, &mut problems);
-    if let Some(problem) = problems.into_iter().next() {
-        return Err(format!("SQL refused: {problem}"));
-    }
+    judge(raw, &mut names)?;
     let start = usize::try_from(raw.stmt_location).unwrap_or(0);
     let text = match usize::try_from(raw.stmt_len) {
         Ok(len) if len > 0 => &sql[start..start + len],
         _ => &sql[start..],
     };
     Ok((text.to_string(), names))
+}
+
+/// The names used by code the statement reaches (a SQL function's body may hold several
+/// statements), each of which must be a plain SELECT as well.
+fn parse_selects(sql: &str) -> Result<Names, String> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).map_err(|e| format!("SQL refused: it does not parse: {e}"))?;
+    let mut names = Names::default();
+    for raw in &parsed.protobuf.stmts {
+        judge(raw, &mut names)?;
+    }
+    Ok(names)
+}
+
+/// Insists that one parsed statement is a plain SELECT and adds the names it uses.
+fn judge(raw: &pg_query::protobuf::RawStmt, names: &mut Names) -> Result<(), String> {
+    let tree = serde_json::to_value(raw).map_err(|e| format!("SQL refused: its parse tree cannot be read: {e}"))?;
+    if tree.pointer("/stmt/node/SelectStmt").is_none() {
+        let kind = tree.pointer("/stmt/node").and_then(Value::as_object).and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+        return Err(format!("SQL refused: it is a {kind}; only a single SELECT may run"));
+    }
+    let mut problems = Vec::new();
+    walk(&tree, names, &mut problems);
+    match problems.into_iter().next() {
+        Some(problem) => Err(format!("SQL refused: {problem}")),
+        None => Ok(()),
+    }
 }
 
 /// Visits every node of the parse tree (serialised generically, so no node kind is
@@ -301,13 +345,25 @@ fn split(names: &BTreeSet<(String, String)>) -> (Vec<String>, Vec<String>) {
     names.iter().cloned().unzip()
 }
 
-/// Refuses when any candidate of a function, operator or cast name is volatile or denied.
-async fn check_functions(client: &Client, names: &Names) -> Result<(), String> {
+/// Code that is not PostgreSQL's own, reached by a statement, to be judged in turn.
+struct Code {
+    oid: u32,
+    /// As users call it: "view public.v", "function f(integer)", "policy p on public.t".
+    object: String,
+    /// SQL whose statements must all be plain SELECTs using harmless names.
+    text: String,
+}
+
+/// Refuses when any candidate of a function, operator or cast name is volatile or denied,
+/// or is not PostgreSQL's own and written in a language other than C (an extension's
+/// compiled code, trusted for its volatility) or SQL (whose body is returned, to be judged).
+async fn check_functions(client: &Client, names: &Names) -> Result<Vec<Code>, String> {
     let denied: Vec<String> = DENIED_FUNCTIONS.iter().map(|(n, _)| n.to_string()).collect();
+    let read_only_volatile: Vec<String> = READ_ONLY_VOLATILE.iter().map(|n| n.to_string()).collect();
     let (fs, fn_) = split(&names.functions);
     let (os, on) = split(&names.operators);
     let (ts, tn) = split(&names.types);
-    // Each row: what the statement wrote, and a function it may reach that is refused.
+    // Each row: what the statement wrote, and a function it may reach that needs a look.
     let rows = client
         .query(
             "with wanted_f as (select * from unnest($1::text[], $2::text[]) as w(schema, name)),
@@ -327,31 +383,45 @@ async fn check_functions(client: &Client, names: &Names) -> Result<(), String> {
                       join pg_catalog.pg_namespace n on n.oid = t.typnamespace and (w.schema = '' or n.nspname = w.schema)
                       join pg_catalog.pg_proc f on f.oid = t.typinput
                         or f.oid in (select c.castfunc from pg_catalog.pg_cast c where c.casttarget = t.oid))
-             select r.what, p.oid::pg_catalog.regprocedure::text, p.provolatile = 'v', p.proname
-               from reached r join pg_catalog.pg_proc p on p.oid = r.oid
-              where p.provolatile = 'v' or p.proname = any($7::text[])
-              order by 1, 2
-              limit 1",
-            &[&fs, &fn_, &os, &on, &ts, &tn, &denied],
+             select * from (
+               select r.what, p.oid::pg_catalog.regprocedure::text as function,
+                      p.provolatile = 'v' and not (p.oid < $8 and p.proname = any($9::text[])) as volatile,
+                      p.proname::text, p.proname = any($7::text[]) as denied, p.oid, l.lanname::text, p.prosrc
+                 from reached r join pg_catalog.pg_proc p on p.oid = r.oid
+                 join pg_catalog.pg_language l on l.oid = p.prolang) f
+              where f.volatile or f.denied or (f.oid >= $8 and f.lanname not in ('c', 'internal'))
+              order by f.volatile desc, f.denied desc, 1, 2",
+            &[&fs, &fn_, &os, &on, &ts, &tn, &denied, &FIRST_NORMAL_OID, &read_only_volatile],
         )
         .await
         .map_err(|e| format!("cannot check the statement against the server's catalog: {}", pg_error(&e)))?;
-    let Some(row) = rows.first() else { return Ok(()) };
-    let (what, function, volatile, proname): (String, String, bool, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    let via = if what == format!("function {proname}") { String::new() } else { format!(" (through {what})") };
-    if volatile {
-        Err(format!(
-            "SQL refused: it may call {function}{via}, which is volatile (it can change something); plugin SQL may call only immutable and stable functions"
-        ))
-    } else {
-        let why = DENIED_FUNCTIONS.iter().find(|(n, _)| *n == proname).map(|(_, why)| *why).unwrap_or_default();
-        Err(format!("SQL refused: it may call {function}{via}, which {why}"))
+    let mut bodies = Vec::new();
+    for row in rows {
+        let (what, function, volatile, proname, denied): (String, String, bool, String, bool) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let via = if what == format!("function {proname}") { String::new() } else { format!(" (through {what})") };
+        if volatile {
+            return Err(format!(
+                "SQL refused: it may call {function}{via}, which is volatile (it can change something); plugin SQL may call only immutable and stable functions"
+            ));
+        }
+        if denied {
+            let why = DENIED_FUNCTIONS.iter().find(|(n, _)| *n == proname).map(|(_, why)| *why).unwrap_or_default();
+            return Err(format!("SQL refused: it may call {function}{via}, which {why}"));
+        }
+        let (oid, language, body): (u32, String, String) = (row.get(5), row.get(6), row.get(7));
+        if language != "sql" || body.trim().is_empty() {
+            return Err(format!(
+                "SQL refused: it may call {function}{via}, written in {language}, whose body this check cannot read (a function declared stable may still change something); plugin SQL may call PostgreSQL's own functions, extensions' C functions and SQL functions"
+            ));
+        }
+        bodies.push(Code { oid, object: format!("the body of function {function}"), text: body });
     }
+    Ok(bodies)
 }
 
-/// Refuses foreign tables and denied catalogs; returns the views that are not PostgreSQL's
-/// own as (oid, name, definition), to be checked in turn.
-async fn check_relations(client: &Client, names: &Names) -> Result<Vec<(u32, String, String)>, String> {
+/// Refuses foreign tables and denied catalogs; returns the code behind the relations that is
+/// not PostgreSQL's own: view definitions and row-level-security policies.
+async fn check_relations(client: &Client, names: &Names) -> Result<Vec<Code>, String> {
     for (_, relation) in &names.relations {
         if let Some((_, why)) = DENIED_RELATIONS.iter().find(|(n, _)| n == relation) {
             return Err(format!("SQL refused: it reads {relation}, which {why}"));
@@ -360,27 +430,33 @@ async fn check_relations(client: &Client, names: &Names) -> Result<Vec<(u32, Str
     let (schemas, relations) = split(&names.relations);
     let rows = client
         .query(
-            "select c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text,
-                    case when c.relkind = 'v' and c.oid >= $3 then pg_catalog.pg_get_viewdef(c.oid) end
-               from unnest($1::text[], $2::text[]) as w(schema, name)
-               join pg_catalog.pg_class c on c.relname = w.name
-               join pg_catalog.pg_namespace n on n.oid = c.relnamespace and (w.schema = '' or n.nspname = w.schema)
-              where c.relkind in ('v', 'f')",
+            "with wanted as (
+                select c.oid, c.relkind, c.relrowsecurity, pg_catalog.format('%I.%I', n.nspname, c.relname) as name
+                  from unnest($1::text[], $2::text[]) as w(schema, name)
+                  join pg_catalog.pg_class c on c.relname = w.name
+                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace and (w.schema = '' or n.nspname = w.schema))
+             select w.oid, w.name, w.relkind::text, case when w.relkind = 'v' and w.oid >= $3 then pg_catalog.pg_get_viewdef(w.oid) end
+               from wanted w where w.relkind in ('v', 'f')
+             union all
+             select p.oid, pg_catalog.format('policy %I on %s', p.polname, w.name), 'policy',
+                    'select ' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true')
+               from wanted w join pg_catalog.pg_policy p on p.polrelid = w.oid
+              where w.relrowsecurity",
             &[&schemas, &relations, &FIRST_NORMAL_OID],
         )
         .await
         .map_err(|e| format!("cannot check the statement against the server's catalog: {}", pg_error(&e)))?;
-    let mut views = Vec::new();
+    let mut code = Vec::new();
     for row in rows {
-        let (oid, name, kind, definition): (u32, String, String, Option<String>) = (row.get(0), row.get(1), row.get(2), row.get(3));
-        if kind == "f" {
-            return Err(format!("SQL refused: it reads {name}, a foreign table (a query to another server)"));
-        }
-        if let Some(definition) = definition {
-            views.push((oid, name, definition));
+        let (oid, name, kind, text): (u32, String, String, Option<String>) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        match (kind.as_str(), text) {
+            ("f", _) => return Err(format!("SQL refused: it reads {name}, a foreign table (a query to another server)")),
+            ("policy", Some(text)) => code.push(Code { oid, object: name, text }),
+            (_, Some(text)) => code.push(Code { oid, object: format!("the definition of view {name}"), text }),
+            _ => {}
         }
     }
-    Ok(views)
+    Ok(code)
 }
 
 async fn collect(client: &Client, sql: &str) -> Result<QueryResult, String> {

@@ -90,14 +90,21 @@ async fn granted_sql_cannot_change_the_server() {
     let victim = cluster.client("app").await.unwrap();
     let pid: i32 = victim.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
     let pid = pid.to_string();
-    // A volatile function reached through an operator and through a view of the database.
+    // A volatile function reached through an operator, a view, functions that claim to be
+    // stable and a row-level-security policy of the database.
     psql(
         &cluster,
         "app",
         &format!(
             "create function public.reap(int, int) returns bool language sql volatile as 'select pg_terminate_backend($1)';
              create operator public.=== (leftarg = int, rightarg = int, function = public.reap);
-             create view public.reaper as select pg_terminate_backend({pid}) as done"
+             create view public.reaper as select pg_terminate_backend({pid}) as done;
+             create function public.reap_stable_sql(int) returns bool language sql stable as 'select pg_terminate_backend($1)';
+             create function public.reap_stable_plpgsql(int) returns bool language plpgsql stable
+                 as $$ begin perform pg_terminate_backend($1); return true; end $$;
+             create table public.guarded (i int);
+             alter table public.guarded enable row level security;
+             create policy reap on public.guarded using (pg_terminate_backend({pid}))"
         ),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +124,10 @@ async fn granted_sql_cannot_change_the_server() {
         ("lo-export", "volatile"),
         ("terminate", "pg_terminate_backend"),
         ("terminate-via-operator", "through operator ==="),
-        ("terminate-via-view", "in the definition of view"),
+        ("terminate-via-view", "(in the definition of view public.reaper)"),
+        ("terminate-via-sql-function", "(in the body of function reap_stable_sql(integer))"),
+        ("terminate-via-plpgsql-function", "written in plpgsql, whose body this check cannot read"),
+        ("terminate-via-policy", "(in policy reap on public.guarded)"),
         ("slot", "pg_create_logical_replication_slot"),
         ("prepare-transaction", "it is a TransactionStmt"),
         ("reload-conf", "pg_reload_conf"),
@@ -137,7 +147,10 @@ async fn granted_sql_cannot_change_the_server() {
         assert!(message.contains("SQL refused: "), "{attack}: {message}");
         assert!(message.contains(expected), "{attack}: expected {expected:?} in {message}");
     }
-    assert!(attacker.refused("terminate-via-view", &settings).await.contains("pg_terminate_backend"));
+    // The code behind a name is judged by what it calls.
+    for attack in ["terminate-via-view", "terminate-via-sql-function", "terminate-via-policy"] {
+        assert!(attacker.refused(attack, &settings).await.contains("it may call pg_terminate_backend(integer,bigint)"), "{attack}");
+    }
 
     // The server shows no effect.
     assert!(!file.exists(), "the server wrote {path}");

@@ -18,6 +18,9 @@ fn one_shot(attack: &str, path: &str, pid: &str) -> Option<String> {
         "terminate" => format!("select pg_terminate_backend({pid})"),
         "terminate-via-operator" => format!("select 1 where {pid} operator(public.===) 0"),
         "terminate-via-view" => "select * from public.reaper".into(),
+        "terminate-via-sql-function" => format!("select public.reap_stable_sql({pid})"),
+        "terminate-via-plpgsql-function" => format!("select public.reap_stable_plpgsql({pid})"),
+        "terminate-via-policy" => "select * from public.guarded".into(),
         "slot" => "select pg_create_logical_replication_slot('pgferry_attack', 'pgoutput')".into(),
         "prepare-transaction" => "prepare transaction 'pgferry_attack'".into(),
         "reload-conf" => "select pg_reload_conf()".into(),
@@ -32,7 +35,9 @@ fn one_shot(attack: &str, path: &str, pid: &str) -> Option<String> {
         "password-hashes-xml" => "select table_to_xml('pg_catalog.pg_authid', true, false, '')".into(),
         "big-row" => "select repeat('x', 8 * 1024 * 1024)".into(),
         "two-statements" => "select 1; select pg_terminate_backend(0)".into(),
-        "catalog-read" => "select datname from pg_database where datname = 'app' union all select relname::text from pg_class where relname = 'victim'".into(),
+        "catalog-read" => "select datname from pg_database where datname = 'app' and pg_database_size(datname) > 0 \
+                           union all select relname::text from pg_class where relname = 'victim' and pg_total_relation_size(oid) >= 0 and not pg_is_in_recovery()"
+            .into(),
         _ => return None,
     })
 }
