@@ -10,8 +10,8 @@
 //!    objects, sleeps) is refused, but for PostgreSQL's own that only read sizes, WAL
 //!    positions and the clock (`READ_ONLY_VOLATILE`), and so are the few stable ones that
 //!    read what this check cannot see (`DENIED_FUNCTIONS`). Code that is not PostgreSQL's own is judged the same
-//!    way, recursively: view definitions, row-level-security policies and the bodies of SQL
-//!    functions; a function in any other language but C (an extension's compiled code,
+//!    way, recursively: view definitions, row-level-security policies, the CHECKs of domains
+//!    cast to, aggregates' support functions and the bodies of SQL functions; a function in any other language but C (an extension's compiled code,
 //!    trusted for its declared volatility) is refused, since a plpgsql function declared
 //!    stable can still call a volatile one. Foreign tables (a remote server) and the catalogs
 //!    that hold secrets or server files (`DENIED_RELATIONS`) are refused.
@@ -178,7 +178,8 @@ impl Statement {
 
     /// The server's judgement: every function, operator, cast and relation the statement
     /// may reach is harmless, and so is the code behind them that is not PostgreSQL's own
-    /// (view definitions, SQL function bodies, row-level-security policies), recursively.
+    /// (view definitions, SQL function bodies, aggregates' support functions,
+    /// row-level-security policies, domain constraints), recursively.
     async fn check_against(&self, client: &Client) -> Result<(), String> {
         // Each entry: names to check, and the object whose code they come from.
         let mut pending = vec![(self.names.clone(), None::<String>)];
@@ -190,6 +191,7 @@ impl Statement {
             };
             let mut reached = check_functions(client, &names).await.map_err(within_it)?;
             reached.extend(check_relations(client, &names).await.map_err(within_it)?);
+            reached.extend(check_domains(client, &names).await.map_err(within_it)?);
             for code in reached {
                 if !seen.insert(code.oid) {
                     continue;
@@ -303,6 +305,12 @@ fn walk(value: &Value, names: &mut Names, problems: &mut Vec<String>) {
                             names.functions.insert((String::new(), fields[fields.len() - 1].clone()));
                         }
                     }
+                    "AIndirection" => {
+                        // `(x).f` may call f(x) the same way.
+                        if let Some(field) = strings(&inner["indirection"]).pop() {
+                            names.functions.insert((String::new(), field));
+                        }
+                    }
                     "RangeVar" => {
                         let schema = inner["schemaname"].as_str().unwrap_or_default().to_string();
                         let relation = inner["relname"].as_str().unwrap_or_default().to_string();
@@ -382,12 +390,20 @@ async fn check_functions(client: &Client, names: &Names) -> Result<Vec<Code>, St
                       from wanted_t w join pg_catalog.pg_type t on t.typname = w.name
                       join pg_catalog.pg_namespace n on n.oid = t.typnamespace and (w.schema = '' or n.nspname = w.schema)
                       join pg_catalog.pg_proc f on f.oid = t.typinput
-                        or f.oid in (select c.castfunc from pg_catalog.pg_cast c where c.casttarget = t.oid))
+                        or f.oid in (select c.castfunc from pg_catalog.pg_cast c where c.casttarget = t.oid)),
+                  -- An aggregate runs its support functions (recorded as its dependencies).
+                  reached_all as (
+                    select * from reached
+                    union all
+                    select r.what, d.refobjid
+                      from reached r join pg_catalog.pg_depend d
+                        on d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and d.objid = r.oid
+                       and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass)
              select * from (
                select r.what, p.oid::pg_catalog.regprocedure::text as function,
                       p.provolatile = 'v' and not (p.oid < $8 and p.proname = any($9::text[])) as volatile,
                       p.proname::text, p.proname = any($7::text[]) as denied, p.oid, l.lanname::text, p.prosrc
-                 from reached r join pg_catalog.pg_proc p on p.oid = r.oid
+                 from reached_all r join pg_catalog.pg_proc p on p.oid = r.oid
                  join pg_catalog.pg_language l on l.oid = p.prolang) f
               where f.volatile or f.denied or (f.oid >= $8 and f.lanname not in ('c', 'internal'))
               order by f.volatile desc, f.denied desc, 1, 2",
@@ -417,6 +433,32 @@ async fn check_functions(client: &Client, names: &Names) -> Result<Vec<Code>, St
         bodies.push(Code { oid, object: format!("the body of function {function}"), text: body });
     }
     Ok(bodies)
+}
+
+/// The CHECK constraints of the domains a statement casts to (and of the domains under them),
+/// which the cast evaluates.
+async fn check_domains(client: &Client, names: &Names) -> Result<Vec<Code>, String> {
+    let (schemas, types) = split(&names.types);
+    let rows = client
+        .query(
+            "with recursive domains as (
+                select t.oid, pg_catalog.format('%I.%I', n.nspname, t.typname) as name
+                  from unnest($1::text[], $2::text[]) as w(schema, name)
+                  join pg_catalog.pg_type t on t.typname = w.name and t.typtype = 'd'
+                  join pg_catalog.pg_namespace n on n.oid = t.typnamespace and (w.schema = '' or n.nspname = w.schema)
+                union
+                select b.oid, pg_catalog.format('%I.%I', n.nspname, b.typname)
+                  from domains d join pg_catalog.pg_type t on t.oid = d.oid
+                  join pg_catalog.pg_type b on b.oid = t.typbasetype and b.typtype = 'd'
+                  join pg_catalog.pg_namespace n on n.oid = b.typnamespace)
+             select c.oid, pg_catalog.format('constraint %I of domain %s', c.conname, d.name),
+                    'select ' || pg_catalog.pg_get_expr(c.conbin, 0)
+               from domains d join pg_catalog.pg_constraint c on c.contypid = d.oid and c.contype = 'c'",
+            &[&schemas, &types],
+        )
+        .await
+        .map_err(|e| format!("cannot check the statement against the server's catalog: {}", pg_error(&e)))?;
+    Ok(rows.iter().map(|row| Code { oid: row.get(0), object: row.get(1), text: row.get(2) }).collect())
 }
 
 /// Refuses foreign tables and denied catalogs; returns the code behind the relations that is

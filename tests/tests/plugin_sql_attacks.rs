@@ -91,7 +91,7 @@ async fn granted_sql_cannot_change_the_server() {
     let pid: i32 = victim.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
     let pid = pid.to_string();
     // A volatile function reached through an operator, a view, functions that claim to be
-    // stable and a row-level-security policy of the database.
+    // stable, a row-level-security policy, a domain's CHECK and an aggregate's step.
     psql(
         &cluster,
         "app",
@@ -104,7 +104,11 @@ async fn granted_sql_cannot_change_the_server() {
                  as $$ begin perform pg_terminate_backend($1); return true; end $$;
              create table public.guarded (i int);
              alter table public.guarded enable row level security;
-             create policy reap on public.guarded using (pg_terminate_backend({pid}))"
+             create policy reap on public.guarded using (pg_terminate_backend({pid}));
+             create domain public.reaping as int check (pg_terminate_backend(value));
+             create function public.reap_step(int, int) returns int language sql stable
+                 as 'select case when pg_terminate_backend($2) then 1 else 0 end';
+             create aggregate public.reap_all(int) (sfunc = public.reap_step, stype = int)"
         ),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -128,6 +132,8 @@ async fn granted_sql_cannot_change_the_server() {
         ("terminate-via-sql-function", "(in the body of function reap_stable_sql(integer))"),
         ("terminate-via-plpgsql-function", "written in plpgsql, whose body this check cannot read"),
         ("terminate-via-policy", "(in policy reap on public.guarded)"),
+        ("terminate-via-domain", "(in constraint reaping_check of domain public.reaping)"),
+        ("terminate-via-aggregate", "(in the body of function reap_step(integer,integer))"),
         ("slot", "pg_create_logical_replication_slot"),
         ("prepare-transaction", "it is a TransactionStmt"),
         ("reload-conf", "pg_reload_conf"),
@@ -148,7 +154,7 @@ async fn granted_sql_cannot_change_the_server() {
         assert!(message.contains(expected), "{attack}: expected {expected:?} in {message}");
     }
     // The code behind a name is judged by what it calls.
-    for attack in ["terminate-via-view", "terminate-via-sql-function", "terminate-via-policy"] {
+    for attack in ["terminate-via-view", "terminate-via-sql-function", "terminate-via-policy", "terminate-via-domain", "terminate-via-aggregate"] {
         assert!(attacker.refused(attack, &settings).await.contains("it may call pg_terminate_backend(integer,bigint)"), "{attack}");
     }
 

@@ -21,6 +21,8 @@ fn one_shot(attack: &str, path: &str, pid: &str) -> Option<String> {
         "terminate-via-sql-function" => format!("select public.reap_stable_sql({pid})"),
         "terminate-via-plpgsql-function" => format!("select public.reap_stable_plpgsql({pid})"),
         "terminate-via-policy" => "select * from public.guarded".into(),
+        "terminate-via-domain" => format!("select {pid}::public.reaping"),
+        "terminate-via-aggregate" => format!("select public.reap_all(g) from (values ({pid})) as v(g)"),
         "slot" => "select pg_create_logical_replication_slot('pgferry_attack', 'pgoutput')".into(),
         "prepare-transaction" => "prepare transaction 'pgferry_attack'".into(),
         "reload-conf" => "select pg_reload_conf()".into(),
