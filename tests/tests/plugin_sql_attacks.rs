@@ -10,7 +10,7 @@ use pgferry::connect::{ConnSpec, Role};
 use pgferry::plugin_host::*;
 use pgferry::plugin_sql::{PluginSql, RESULT_BYTES};
 use pgferry::properties::SslMode;
-use pgferry_tests::{workspace_root, Cluster};
+use pgferry_tests::{pg_available, skip, workspace_root, Cluster};
 
 const PLUGIN: &str = "guest-sql-attacks";
 const DEADLINE: Duration = Duration::from_millis(1500);
@@ -205,4 +205,32 @@ async fn granted_sql_still_reads_the_catalog_within_its_byte_cap() {
     let message = attacker.refused("big-row", &[]).await;
     // The row as the server measures it: its text form, `(` value `)`.
     assert!(message.contains(&format!("a result row of {} bytes is over the cap of {RESULT_BYTES} bytes", (8 << 20) + 2)), "{message}");
+}
+
+/// The judgement's catalog queries work on the oldest and newest servers the harness has:
+/// a catalog read runs, a call through a policy and a plain volatile call are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_sql_is_judged_on_other_server_versions() {
+    let versions: Vec<u32> = [11, 13, 16].into_iter().filter(|v| pg_available(*v)).collect();
+    if versions.is_empty() {
+        skip!("no PostgreSQL 11, 13 or 16 is installed (see .ci/run)");
+    }
+    for version in versions {
+        let cluster = Cluster::builder().version(version).start().unwrap();
+        cluster.create_database("app").unwrap();
+        psql(
+            &cluster,
+            "app",
+            "create table public.victim (i int);
+             create table public.guarded (i int);
+             alter table public.guarded enable row level security;
+             create policy reap on public.guarded using (pg_terminate_backend(0))",
+        );
+        let attacker = Attacker::new(&cluster);
+        let (outcome, _) = attacker.attack("catalog-read", &[]).await;
+        let findings = outcome.unwrap_or_else(|e| panic!("PostgreSQL {version}: {e}"));
+        assert_eq!(findings[0].message, r#"rows=[[Some("app")], [Some("victim")]] truncated=false"#, "PostgreSQL {version}");
+        assert!(attacker.refused("terminate", &[("pid", "0")]).await.contains("pg_terminate_backend"), "PostgreSQL {version}");
+        assert!(attacker.refused("terminate-via-policy", &[]).await.contains("(in policy reap on public.guarded)"), "PostgreSQL {version}");
+    }
 }
