@@ -10,7 +10,9 @@ use pgferry::connect::{ConnSpec, Role};
 use pgferry::plugin_host::*;
 use pgferry::plugin_sql::{PluginSql, RESULT_BYTES};
 use pgferry::properties::SslMode;
-use pgferry_tests::{pg_available, skip, workspace_root, Cluster};
+use pgferry_tests::{pg_available, skip, workspace_root, Cluster, Pgferry};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 const PLUGIN: &str = "guest-sql-attacks";
 const DEADLINE: Duration = Duration::from_millis(1500);
@@ -233,4 +235,49 @@ async fn granted_sql_is_judged_on_other_server_versions() {
         assert!(attacker.refused("terminate", &[("pid", "0")]).await.contains("pg_terminate_backend"), "PostgreSQL {version}");
         assert!(attacker.refused("terminate-via-policy", &[]).await.contains("(in policy reap on public.guarded)"), "PostgreSQL {version}");
     }
+}
+
+/// With `[sql] user` in the plugin configuration, plugin SQL logs in as that role, not as the
+/// migration's admin: the server's own privileges then bound what a plugin can read.
+#[test]
+fn plugin_sql_logs_in_as_the_configured_role() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    psql(&source, "app", "create table public.victim (i int); create role plugin_reader login");
+    let pf = Pgferry::new();
+    let guest = workspace_root().join("tests/guests/dist").join(format!("{PLUGIN}.wasm"));
+    let props = pf
+        .write(
+            "p.json",
+            json!({"properties": {"SourceDBServerResourceId": format!("127.0.0.1:{}@postgres", source.port()), "DBsToMigrate": ["app"], "sourceType": "OnPremises"}})
+                .to_string(),
+        )
+        .display()
+        .to_string();
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let findings = |name: &str, login: &str| -> Vec<(String, String)> {
+        let config = pf.write(
+            &format!("{name}.toml"),
+            format!(
+                "{login}[[plugin]]\npath = {:?}\nsha256 = {:?}\ngrants = [\"sql\"]\n[plugin.settings]\nattack = \"whoami\"\n",
+                guest.display().to_string(),
+                hex::encode(Sha256::digest(std::fs::read(&guest).unwrap()))
+            ),
+        );
+        let out = pf.run(&["--plugins", &config.display().to_string(), "migration", "create", "--migration-name", name, "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
+        assert_eq!(out.code, 0, "{}", out.transcript());
+        let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+        let check = doc["validation"]["serverLevel"]["checks"].as_array().unwrap().iter().find(|c| c["id"] == "sql-attacks").unwrap().clone();
+        check["findings"].as_array().unwrap().iter().map(|f| (f["code"].as_str().unwrap().to_string(), f["message"].as_str().unwrap().to_string())).collect()
+    };
+
+    let as_admin = findings("as-admin", "");
+    assert_eq!(as_admin[0], ("ran".to_string(), r#"rows=[[Some("postgres")]] truncated=false"#.to_string()), "{as_admin:?}");
+    assert_eq!(as_admin[1], ("ran".to_string(), r#"rows=[[Some("0")]] truncated=false"#.to_string()), "{as_admin:?}");
+
+    let as_reader = findings("as-reader", "[sql]\nuser = \"plugin_reader\"\n");
+    assert_eq!(as_reader[0], ("ran".to_string(), r#"rows=[[Some("plugin_reader")]] truncated=false"#.to_string()), "{as_reader:?}");
+    assert_eq!(as_reader[1].0, "refused", "{as_reader:?}");
+    assert!(as_reader[1].1.contains("permission denied for table victim"), "{as_reader:?}");
 }

@@ -20,7 +20,6 @@ use crate::connect::{ConnSpec, Role};
 use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
-use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
 use crate::store::{Leftover, Migration, NewMigration, Store};
@@ -407,7 +406,7 @@ async fn drive(
         }
         let services = Arc::new(Services {
             inventory: prepared.inventory.clone(),
-            sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
+            sql: Some(Arc::new(registry.plugin_sql(&prepared.source, &prepared.target))),
         });
         let ctx = CheckContext {
             migration_name: req.name.clone(),

@@ -53,6 +53,17 @@ impl Rule for SqlAttacks {
         let attack = cx.setting("attack").unwrap_or_default();
         let path = cx.setting("path").unwrap_or_default();
         let pid = cx.setting("pid").unwrap_or_else(|| "0".into());
+        if attack == "whoami" {
+            // Who plugin SQL runs as, and whether that role may read the database's table.
+            let queries = ["select current_user::text", "select count(*)::text from public.victim"];
+            return Ok(queries
+                .iter()
+                .map(|sql| match cx.query(Side::Source, Some("app"), sql) {
+                    Ok(r) => info("ran", format!("rows={:?} truncated={}", r.rows, r.truncated)),
+                    Err(e) => info("refused", e),
+                })
+                .collect());
+        }
         if let Some(sql) = one_shot(&attack, &path, &pid) {
             return Ok(vec![match cx.query(Side::Source, Some("app"), &sql) {
                 Ok(r) => info("ran", format!("rows={:?} truncated={}", r.rows, r.truncated)),
