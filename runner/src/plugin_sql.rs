@@ -285,15 +285,11 @@ fn walk(value: &Value, names: &mut Names, problems: &mut Vec<String>) {
                             names.operators.insert(name);
                         }
                     }
-                    "SubLink" => {
-                        if inner["oper_name"].as_array().is_some_and(|a| !a.is_empty()) {
-                            names.operators.insert(qualified(&inner["oper_name"]));
-                        }
+                    "SubLink" if inner["oper_name"].as_array().is_some_and(|a| !a.is_empty()) => {
+                        names.operators.insert(qualified(&inner["oper_name"]));
                     }
-                    "SortBy" => {
-                        if inner["use_op"].as_array().is_some_and(|a| !a.is_empty()) {
-                            names.operators.insert(qualified(&inner["use_op"]));
-                        }
+                    "SortBy" if inner["use_op"].as_array().is_some_and(|a| !a.is_empty()) => {
+                        names.operators.insert(qualified(&inner["use_op"]));
                     }
                     "TypeCast" => {
                         names.types.insert(qualified(&inner["type_name"]["names"]));
