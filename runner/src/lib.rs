@@ -2,6 +2,7 @@
 //! lifecycle, the state store and the data pipelines; everything source-specific and every
 //! validation rule is a sandboxed WebAssembly plugin (see `plugin_host`).
 
+pub mod conn_config;
 pub mod connect;
 pub mod inventory;
 pub mod lease;

@@ -12,6 +12,7 @@ use pgferry::lifecycle::{State, Status};
 use pgferry::migration::{self, CopyOptions, CreateRequest};
 use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
 use pgferry::plugins::{self, Registry};
+use pgferry::conn_config::{ConnParams, Role, SslMode};
 use pgferry::properties::{MigrationMode, MigrationOption, Properties};
 use pgferry::report;
 use pgferry::store::{self, Store};
@@ -162,6 +163,10 @@ struct CopyArgs {
     /// Directory of pg_dump/pg_restore, when the right version is not found on its own
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
+    /// Online: how long to keep reconnecting to a source or target that went away while
+    /// streaming before the migration fails
+    #[arg(long, value_name = "SECONDS", default_value_t = pgferry::replication::reconnect::DEFAULT_TIMEOUT.as_secs())]
+    reconnect_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -334,8 +339,10 @@ async fn run(cli: Cli) -> Result<Exit> {
             }
             MigrationCommand::CheckNameAvailability { migration_name, target } => {
                 let store = open_store(&cli)?;
+                // The same key `create` records: the target resolved as it would be.
                 let endpoint = pgferry::properties::parse_endpoint(target)?;
-                let server = format!("{}:{}", endpoint.host, endpoint.port.unwrap_or(5432));
+                let spec = endpoint.params.or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)?;
+                let server = format!("{}:{}", spec.host, spec.port);
                 let valid = migration::validate_name(migration_name);
                 let taken = store.name_taken(&server, migration_name)?;
                 let (available, reason) = match (&valid, taken) {
@@ -359,6 +366,10 @@ async fn run(cli: Cli) -> Result<Exit> {
 }
 
 fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
+    let mut m = m.clone();
+    m.details["copyState"] = migration::resume_record_json(store, &m)?;
+    m.details["replication"] = migration::replication_record_json(store, &m)?;
+    let m = &m;
     let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {
         Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?, &runner)),
@@ -475,6 +486,7 @@ impl CopyArgs {
             jobs: self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             pg_bin: self.pg_bin.clone(),
             split_bytes: self.split_tables_larger_than,
+            reconnect_timeout: std::time::Duration::from_secs(self.reconnect_timeout),
             observer: Some(pgferry::progress_view::View::choose(cli.output == Output::Json).observer()),
         }
     }

@@ -9,7 +9,6 @@ use tokio::process::Command as AsyncCommand;
 use anyhow::{bail, Context, Result};
 
 use crate::connect::ConnSpec;
-use crate::properties::SslMode;
 
 /// A directory holding pg_dump and pg_restore of one major version.
 #[derive(Clone, Debug)]
@@ -68,8 +67,8 @@ pub fn find(source_major: u32, explicit: Option<&Path>) -> Result<PgTools> {
 impl PgTools {
     /// `tool` connected to `db` on `spec`'s server (see [`libpq_command`]).
     pub fn command(&self, tool: &str, spec: &ConnSpec, db: &str) -> AsyncCommand {
-        let mut cmd = libpq_command(self.bin_dir.join(tool), spec);
-        cmd.arg("--dbname").arg(conninfo(spec, db));
+        let mut cmd = libpq_command(self.bin_dir.join(tool), spec, db);
+        cmd.arg("--dbname").arg(spec.conninfo(db));
         cmd
     }
 
@@ -85,14 +84,15 @@ impl PgTools {
 
 /// The one way pgferry starts a libpq program: none of pgferry's own `PG*` variables reach
 /// it (PGSERVICE, PGHOSTADDR, PGOPTIONS, PGSSLKEY… would redirect or change it), the
-/// connection is what pgferry decided, passed as [`conninfo`], and the password goes only
-/// through the child's environment, never its command line.
-pub fn libpq_command(program: impl AsRef<std::ffi::OsStr>, spec: &ConnSpec) -> AsyncCommand {
+/// connection is what pgferry decided, passed as [`ConnSpec::conninfo`], and the password
+/// (for `db`, `~/.pgpass` read as for pgferry's own connections) goes only through the
+/// child's environment, never its command line.
+pub fn libpq_command(program: impl AsRef<std::ffi::OsStr>, spec: &ConnSpec, db: &str) -> AsyncCommand {
     let mut cmd = AsyncCommand::new(program);
     // A canceled migration drops this future: the tool must not outlive it.
     cmd.kill_on_drop(true);
     clear_libpq_env(&mut cmd);
-    if let Some(pw) = &spec.password {
+    if let Some(pw) = spec.password_for(db) {
         cmd.env("PGPASSWORD", pw.expose());
     }
     cmd
@@ -104,38 +104,6 @@ fn clear_libpq_env(cmd: &mut AsyncCommand) {
             cmd.env_remove(key);
         }
     }
-}
-
-/// A libpq connection string for `db` on `spec`'s server. Every value is quoted, so a
-/// database named `host=elsewhere` or `postgresql://…` stays a name: libpq expands a
-/// `--dbname` that looks like a connection string, but not the values inside one.
-pub fn conninfo(spec: &ConnSpec, db: &str) -> String {
-    let sslmode = match spec.ssl_mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCA => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    };
-    let mut pairs = vec![
-        ("host", spec.host.clone()),
-        ("port", spec.port.to_string()),
-        ("user", spec.user.clone()),
-        ("dbname", db.to_string()),
-        ("sslmode", sslmode.to_string()),
-        ("connect_timeout", spec.connect_timeout.as_secs().max(1).to_string()),
-        ("application_name", "pgferry".to_string()),
-    ];
-    // As pgferry's own connections: the root certificate is for the modes that verify.
-    if let (Some(root), SslMode::VerifyCA | SslMode::VerifyFull) = (&spec.root_cert, spec.ssl_mode) {
-        pairs.push(("sslrootcert", root.to_string_lossy().into_owned()));
-    }
-    pairs.iter().map(|(k, v)| format!("{k}={}", conninfo_quote(v))).collect::<Vec<_>>().join(" ")
-}
-
-/// `'value'` with `\` and `'` escaped, as libpq's conninfo parser reads it.
-pub fn conninfo_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Runs a tool; the error names it, the server and what it printed.
@@ -152,7 +120,9 @@ pub async fn run(mut cmd: AsyncCommand, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn_config::{conninfo_quote, RootCert};
     use crate::connect::Role;
+    use crate::properties::SslMode;
 
     fn spec() -> ConnSpec {
         ConnSpec {
@@ -161,24 +131,26 @@ mod tests {
             port: 6432,
             user: "o'brien".into(),
             password: Some(crate::properties::Secret::new("pw-not-on-the-command-line")),
+            dbname: "postgres".into(),
             ssl_mode: SslMode::Require,
-            root_cert: Some("/certs/root.crt".into()),
+            root_cert: RootCert::File("/certs/root.crt".into()),
             connect_timeout: std::time::Duration::from_secs(5),
+            application_name: "pgferry".into(),
         }
     }
 
     #[test]
     fn names_are_quoted_values_in_the_connection_string() {
-        let info = conninfo(&spec(), "host=127.0.0.1 port=1 dbname=x");
+        let info = spec().conninfo("host=127.0.0.1 port=1 dbname=x");
         assert_eq!(
             info,
-            r"host='db.example' port='6432' user='o\'brien' dbname='host=127.0.0.1 port=1 dbname=x' sslmode='require' connect_timeout='5' application_name='pgferry'"
+            r"host='db.example' port='6432' user='o\'brien' dbname='host=127.0.0.1 port=1 dbname=x' sslmode='require' connect_timeout='5' application_name='pgferry' sslrootcert='/certs/root.crt'"
         );
         assert!(!info.contains("pw-not"), "the password is not in the connection string");
         assert_eq!(conninfo_quote(r"a\'b"), r"'a\\\'b'");
         assert_eq!(conninfo_quote(""), "''");
         let verify = ConnSpec { ssl_mode: SslMode::VerifyFull, ..spec() };
-        assert!(conninfo(&verify, "postgresql://evil/x").ends_with("sslrootcert='/certs/root.crt'"));
+        assert!(verify.conninfo("postgresql://evil/x").ends_with("sslrootcert='/certs/root.crt'"));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl PluginSql {
         }
         let statement = Statement::parse(sql)?;
         let spec = if side == Side::Source { &self.source } else { &self.target };
-        let db = database.unwrap_or("postgres").to_string();
+        let db = database.unwrap_or(&spec.dbname).to_string();
         let key = (side == Side::Source, db.clone());
         let mut clients = self.clients.lock().await;
         let work = async {

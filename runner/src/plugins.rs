@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::connect::{pgpass_lookup, ConnSpec};
+use crate::connect::ConnSpec;
 use crate::plugin_host::{
     AdapterDescription, Grants, Limits, Origin, Plugin, PluginHost, RuleDescriptor, World,
 };
@@ -176,12 +176,10 @@ impl Registry {
     pub fn plugin_sql(&self, source: &ConnSpec, target: &ConnSpec) -> PluginSql {
         let login = |admin: &ConnSpec| match &self.sql_user {
             None => admin.clone(),
+            // Without the variable, `~/.pgpass` is read for this user at connect time.
             Some(user) => ConnSpec {
                 user: user.clone(),
-                password: std::env::var("PGFERRY_PLUGIN_SQL_PASSWORD")
-                    .ok()
-                    .map(Secret::new)
-                    .or_else(|| pgpass_lookup(&admin.host, admin.port, "*", user).map(Secret::new)),
+                password: std::env::var("PGFERRY_PLUGIN_SQL_PASSWORD").ok().map(Secret::new),
                 ..admin.clone()
             },
         };

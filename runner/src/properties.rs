@@ -41,41 +41,14 @@ pub enum MigrationOption {
     ValidateAndMigrate,
 }
 
-/// sslMode as the properties spell it; meanings as libpq's sslmode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCA,
-    VerifyFull,
-}
+pub use crate::conn_config::SslMode;
+use crate::conn_config::{without_password, ConnParams};
 
-impl SslMode {
-    pub fn parse(s: &str) -> Option<SslMode> {
-        Some(match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-            "disable" => SslMode::Disable,
-            "prefer" | "allow" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verifyca" => SslMode::VerifyCA,
-            "verifyfull" => SslMode::VerifyFull,
-            _ => return None,
-        })
-    }
-}
-
-/// A server as the properties name it.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// A server as the properties (or `--target`) name it.
+#[derive(Clone, Debug, Default)]
 pub struct Endpoint {
-    pub host: String,
-    pub port: Option<u16>,
-    pub user: Option<String>,
-    /// `sslmode` of a postgres URI.
-    #[serde(skip)]
-    pub ssl_mode: Option<SslMode>,
-    /// The password of a postgres URI: used, never kept.
-    #[serde(skip)]
-    pub password: Option<Secret>,
+    /// What it says: host, port, user, and from a URI anything else libpq takes.
+    pub params: ConnParams,
     /// What the user wrote, less any password (kept for `show`).
     pub spelled: String,
 }
@@ -93,6 +66,10 @@ pub struct Properties {
     /// gives tables without a key a replica identity on the source (USING a unique index
     /// when one fits, else FULL), restored when the migration ends.
     pub set_replica_identity: bool,
+    /// pgferry's own key `AllowAdapterEndpointChange`: the user consents that the source
+    /// adapter's `normalize-connection` sends the source connection, and its password, to
+    /// another host or port than the properties name. Without it that is an error.
+    pub allow_adapter_endpoint_change: bool,
     pub mode: Option<MigrationMode>,
     pub option: Option<MigrationOption>,
     pub source_type: String,
@@ -172,10 +149,10 @@ impl Properties {
         let source_fqdn = take_string(&mut body, "sourcedbserverfullyqualifieddomainname")?;
         let mut source = parse_source(&source_id, source_fqdn.as_deref())?;
         if source_user.is_some() {
-            source.user = source_user;
+            source.params.user = source_user;
         }
         // A password written into the URI counts when no other is given, and goes no further.
-        let source_password = source_password.or(source.password.take());
+        let source_password = source_password.or(source.params.password.take());
         let target = take_string(&mut body, "targetdbserverfullyqualifieddomainname")?
             .map(|t| parse_endpoint(&t))
             .transpose()?;
@@ -200,6 +177,7 @@ impl Properties {
         };
         let overwrite_dbs_in_target = flag(&mut body, "overwritedbsintarget", "OverwriteDBsInTarget")?;
         let set_replica_identity = flag(&mut body, "setreplicaidentity", "SetReplicaIdentity")?;
+        let allow_adapter_endpoint_change = flag(&mut body, "allowadapterendpointchange", "AllowAdapterEndpointChange")?;
         let mode = take_string(&mut body, "migrationmode")?
             .map(|m| match m.to_ascii_lowercase().as_str() {
                 "offline" => Ok(MigrationMode::Offline),
@@ -237,6 +215,7 @@ impl Properties {
             dbs_to_migrate,
             overwrite_dbs_in_target,
             set_replica_identity,
+            allow_adapter_endpoint_change,
             mode,
             option,
             source_type,
@@ -277,36 +256,22 @@ fn parse_source(id: &str, fqdn: Option<&str>) -> Result<Endpoint> {
     // The custom FQDN/IP overrides the host used to reach the source (private DNS).
     if let Some(fqdn) = fqdn {
         let over = parse_endpoint(fqdn)?;
-        endpoint.host = over.host;
-        endpoint.port = over.port.or(endpoint.port);
+        endpoint.params.host = over.params.host;
+        endpoint.params.port = over.params.port.or(endpoint.params.port);
     }
     Ok(endpoint)
 }
 
-/// `host[:port][@user]` or `postgres://user@host:port/…`.
+/// `host[:port][@user]` or a libpq URI (`postgresql://user@host:port/db?sslmode=verify-full`).
 pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         // Messages and `show` name the URI without its password.
         let spelled = without_password(s);
-        let config: tokio_postgres::Config = s.parse().map_err(|_| anyhow::anyhow!("{spelled:?} is not a valid postgres URI"))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => bail!("{spelled:?} names no TCP host"),
-        };
-        // tokio-postgres knows only disable/prefer/require; read libpq's full set ourselves.
-        let ssl_mode = s
-            .split_once('?')
-            .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("sslmode=")))
-            .map(|m| SslMode::parse(m).with_context(|| format!("sslmode {m:?} in {spelled:?} is not a libpq sslmode")))
-            .transpose()?;
-        return Ok(Endpoint {
-            host,
-            port: config.get_ports().first().copied(),
-            user: config.get_user().map(str::to_string),
-            ssl_mode,
-            password: config.get_password().map(|p| Secret::new(String::from_utf8_lossy(p))),
-            spelled,
-        });
+        let params = ConnParams::parse_uri(s)?;
+        if params.host.is_none() {
+            bail!("{spelled:?} names no host");
+        }
+        return Ok(Endpoint { params, spelled });
     }
     let spelled = s.to_string();
     let (hostport, user) = match s.rsplit_once('@') {
@@ -323,35 +288,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint> {
     if host.is_empty() {
         bail!("{s:?} names no host (expected host:port@user)");
     }
-    Ok(Endpoint { host, port, user, ssl_mode: None, password: None, spelled })
-}
-
-/// A postgres URI less its secrets: the password of `user:password@` and a `password=`
-/// parameter.
-fn without_password(uri: &str) -> String {
-    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
-    let (main, query) = match rest.split_once('?') {
-        Some((main, query)) => (main, Some(query)),
-        None => (rest, None),
-    };
-    // The authority ends at the first `/`; its user info at the last `@` before that.
-    let (authority, path) = match main.find('/') {
-        Some(i) => main.split_at(i),
-        None => (main, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => format!("{}@{hosts}", userinfo.split(':').next().unwrap_or_default()),
-        None => authority.to_string(),
-    };
-    let mut out = format!("{scheme}://{authority}{path}");
-    if let Some(query) = query {
-        let kept: Vec<&str> = query.split('&').filter(|kv| !kv.split('=').next().unwrap_or_default().eq_ignore_ascii_case("password")).collect();
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-    }
-    out
+    Ok(Endpoint { params: ConnParams { host: Some(host), port, user, ..Default::default() }, spelled })
 }
 
 #[cfg(test)]
@@ -375,9 +312,9 @@ mod tests {
             }}"#,
         )
         .unwrap();
-        assert_eq!(p.source.host, "source.example.com");
-        assert_eq!(p.source.port, Some(5433));
-        assert_eq!(p.source.user.as_deref(), Some("admin"));
+        assert_eq!(p.source.params.host.as_deref(), Some("source.example.com"));
+        assert_eq!(p.source.params.port, Some(5433));
+        assert_eq!(p.source.params.user.as_deref(), Some("admin"));
         assert_eq!(p.source_password.as_ref().unwrap().expose(), "s3");
         assert_eq!(p.target_user.as_deref(), Some("tadmin"));
         assert_eq!(p.dbs_to_migrate, ["ticketdb", "inventorydb"]);
@@ -386,7 +323,10 @@ mod tests {
         assert_eq!(p.ssl_mode, Some(SslMode::VerifyFull));
         assert!(p.accepted.contains_key("migrationruntimeresourceid"));
         assert_eq!(p.warnings, ["unknown key `surprise` ignored"]);
+        assert!(!p.allow_adapter_endpoint_change);
         assert_eq!(format!("{:?}", p.source_password), "Some(***)");
+        let p = Properties::parse(r#"{"properties": {"SourceDBServerResourceId": "h", "AllowAdapterEndpointChange": "true"}}"#).unwrap();
+        assert!(p.allow_adapter_endpoint_change);
     }
 
     #[test]
@@ -405,7 +345,7 @@ mod tests {
         let p = Properties::parse(r#"{"properties": {"SourceDBServerResourceId": "postgresql://alice:s3cr%40t@db.example:6432/app?sslmode=require"}}"#).unwrap();
         assert_eq!(p.source_password.as_ref().map(Secret::expose), Some("s3cr@t"));
         assert_eq!(p.source.spelled, "postgresql://alice@db.example:6432/app?sslmode=require");
-        assert_eq!((p.source.host.as_str(), p.source.port, p.source.user.as_deref()), ("db.example", Some(6432), Some("alice")));
+        assert_eq!((p.source.params.host.as_deref(), p.source.params.port, p.source.params.user.as_deref()), (Some("db.example"), Some(6432), Some("alice")));
         // The properties' own password wins over the URI's.
         let p = Properties::parse(
             r#"{"properties": {"SourceDBServerResourceId": "postgres://alice:uri-pw@h/app?password=q-pw&application_name=x",
@@ -415,6 +355,9 @@ mod tests {
         assert_eq!(p.source_password.as_ref().map(Secret::expose), Some("given"));
         assert_eq!(p.source.spelled, "postgres://alice@h/app?application_name=x");
         assert_eq!(without_password("postgres://h?password=x"), "postgres://h");
+        // Every libpq sslmode is taken in a URI (tokio-postgres alone knows three).
+        let target = parse_endpoint("postgresql://bob@db.example/app?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        assert_eq!((target.params.sslmode, target.params.sslrootcert.as_deref()), (Some(SslMode::VerifyFull), Some("/ca.pem")));
         let err = format!("{:#}", parse_endpoint("postgres://u:topsecret@h/db?sslmode=sometimes").unwrap_err());
         assert!(!err.contains("topsecret"), "{err}");
     }
@@ -425,6 +368,6 @@ mod tests {
             r#"{"properties": {"SourceDBServerResourceId": "pg1.internal:5432@me", "SourceDbServerFullyQualifiedDomainName": "10.1.2.3"}}"#,
         )
         .unwrap();
-        assert_eq!((p.source.host.as_str(), p.source.port), ("10.1.2.3", Some(5432)));
+        assert_eq!((p.source.params.host.as_deref(), p.source.params.port), (Some("10.1.2.3"), Some(5432)));
     }
 }

@@ -148,11 +148,24 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
         for (name, r) in dbs {
             let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
             let pending = r.get("walBytesPending").and_then(Value::as_i64).map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
+            let reconnecting = r
+                .get("reconnecting")
+                .filter(|v| v.is_object())
+                .map(|c| {
+                    format!(
+                        "; RECONNECTING to the {} since {} ({} attempts; last error: {})",
+                        c.get("server").and_then(Value::as_str).unwrap_or("?"),
+                        c.get("since").and_then(Value::as_str).unwrap_or("?"),
+                        c.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+                        c.get("lastError").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .unwrap_or_default();
             line(
                 &mut out,
                 "Replicating",
                 &format!(
-                    "{name}: {} inserts, {} updates, {} deletes applied ({} transactions), latency {:.1}s{pending}, applied up to {}",
+                    "{name}: {} inserts, {} updates, {} deletes applied ({} transactions), latency {:.1}s{pending}, applied up to {}{reconnecting}",
                     n("inserts"),
                     n("updates"),
                     n("deletes"),

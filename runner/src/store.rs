@@ -76,6 +76,50 @@ const UPGRADES: &[&str] = &[
     );
     alter table migration add column properties_file text;
     ",
+    // 3: the resume record as rows: each database's step, and each table copied completely
+    // with its digest (written as tables finish, not as one document). Records of
+    // migrations in flight are carried over from the details document.
+    "
+    create table database_step (
+        migration_id integer not null references migration(id),
+        database     text not null,
+        stage        text not null,
+        recopied     text not null default '[]',
+        primary key (migration_id, database)
+    );
+    create table table_copied (
+        migration_id integer not null references migration(id),
+        database     text not null,
+        table_name   text not null,
+        digest       text not null,
+        primary key (migration_id, database, table_name)
+    );
+    insert into database_step (migration_id, database, stage, recopied)
+        select m.id, d.key, json_extract(d.value, '$.stage'), coalesce(json_extract(d.value, '$.recopied'), '[]')
+          from migration m, json_each(m.details, '$.copyState') d;
+    insert into table_copied (migration_id, database, table_name, digest)
+        select m.id, d.key, t.value, json_extract(d.value, '$.digests.\"' || t.value || '\"')
+          from migration m, json_each(m.details, '$.copyState') d, json_each(d.value, '$.tablesDone') t
+         where json_extract(d.value, '$.digests.\"' || t.value || '\"') is not null;
+    update migration set details = json_remove(details, '$.copyState');
+    create table replication_object (
+        migration_id       integer not null references migration(id),
+        database           text not null,
+        slot               text not null,
+        publication        text not null,
+        origin             text not null,
+        consistent_point   text not null default '',
+        base_copied        integer not null default 0,
+        replica_identities text not null default '[]',
+        primary key (migration_id, database)
+    );
+    insert into replication_object (migration_id, database, slot, publication, origin, consistent_point, base_copied, replica_identities)
+        select m.id, r.key, json_extract(r.value, '$.names.slot'), json_extract(r.value, '$.names.publication'), json_extract(r.value, '$.names.origin'),
+               coalesce(json_extract(r.value, '$.consistentPoint'), ''), coalesce(json_extract(r.value, '$.baseCopied'), 0),
+               coalesce(json_extract(r.value, '$.replicaIdentitiesSet'), '[]')
+          from migration m, json_each(m.details, '$.replication') r;
+    update migration set details = json_remove(details, '$.replication');
+    ",
 ];
 
 /// How long a lease lasts without renewal; runners renew every [`LEASE_RENEW`].
@@ -183,6 +227,35 @@ impl RequestKind {
             RequestKind::Cancel => "cancel",
         }
     }
+}
+
+/// One database's part of the resume record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResumeDatabase {
+    pub stage: String,
+    /// Tables copied again by a resume.
+    pub recopied: Vec<String>,
+    /// Tables copied completely, in the order they finished, with their digests.
+    pub tables: Vec<(String, serde_json::Value)>,
+}
+
+/// What an online migration made for one database, recorded before it exists on a server:
+/// what a cancel or a failure removes, and where a restart goes on streaming from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationObjects {
+    /// The logical replication slot on the source.
+    pub slot: String,
+    /// The publication in the source database.
+    pub publication: String,
+    /// The replication origin on the target.
+    pub origin: String,
+    /// Where the slot's snapshot is; empty until the slot exists.
+    pub consistent_point: String,
+    /// The base copy and post-data are done: a restart goes on streaming.
+    pub base_copied: bool,
+    /// Tables given a replica identity (SetReplicaIdentity), with their former setting.
+    pub replica_identities: Vec<(String, String)>,
 }
 
 /// Something a cleanup could not remove, and why.
@@ -450,6 +523,107 @@ impl Store {
         self.get_by_id(id)
     }
 
+    /// The resume record: per database, its step and the tables it finished.
+    pub fn resume_record(&self, id: i64) -> Result<std::collections::BTreeMap<String, ResumeDatabase>> {
+        let mut record = std::collections::BTreeMap::new();
+        let mut steps = self.conn.prepare("select database, stage, recopied from database_step where migration_id = ?1")?;
+        for row in steps.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
+            let (database, stage, recopied) = row?;
+            let recopied = serde_json::from_str(&recopied).with_context(|| format!("the resume record of database {database:?} in {}", self.path.display()))?;
+            record.insert(database, ResumeDatabase { stage, recopied, tables: Vec::new() });
+        }
+        let mut tables = self.conn.prepare("select database, table_name, digest from table_copied where migration_id = ?1 order by rowid")?;
+        for row in tables.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
+            let (database, table, digest) = row?;
+            let digest = serde_json::from_str(&digest).with_context(|| format!("the digest of table {table} of database {database:?} in {}", self.path.display()))?;
+            record.entry(database).or_default().tables.push((table, digest));
+        }
+        Ok(record)
+    }
+
+    /// Brings the stored resume record of the databases in `record` to `record`, in one
+    /// transaction, writing only the tables that changed (a 10,000-table database costs
+    /// the tables finished since the last save, not the whole list).
+    pub fn save_resume_record(&mut self, id: i64, record: &std::collections::BTreeMap<String, ResumeDatabase>) -> Result<()> {
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        for (database, db) in record {
+            tx.execute(
+                "insert into database_step (migration_id, database, stage, recopied) values (?1, ?2, ?3, ?4)
+                 on conflict (migration_id, database) do update set stage = excluded.stage, recopied = excluded.recopied",
+                params![id, database, db.stage, serde_json::to_string(&db.recopied)?],
+            )?;
+            let stored: std::collections::HashMap<String, String> = {
+                let mut stmt = tx.prepare("select table_name, digest from table_copied where migration_id = ?1 and database = ?2")?;
+                let rows = stmt.query_map(params![id, database], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let wanted: std::collections::HashSet<&str> = db.tables.iter().map(|(t, _)| t.as_str()).collect();
+            for gone in stored.keys().filter(|t| !wanted.contains(t.as_str())) {
+                tx.execute("delete from table_copied where migration_id = ?1 and database = ?2 and table_name = ?3", params![id, database, gone])?;
+            }
+            for (table, digest) in &db.tables {
+                let digest = digest.to_string();
+                if stored.get(table) != Some(&digest) {
+                    // Copied again: it takes its place at the end, as it finished last.
+                    tx.execute("delete from table_copied where migration_id = ?1 and database = ?2 and table_name = ?3", params![id, database, table])?;
+                    tx.execute("insert into table_copied (migration_id, database, table_name, digest) values (?1, ?2, ?3, ?4)", params![id, database, table, digest])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The replication objects of an online migration, per database.
+    pub fn replication_objects(&self, id: i64) -> Result<std::collections::BTreeMap<String, ReplicationObjects>> {
+        let mut stmt = self.conn.prepare(
+            "select database, slot, publication, origin, consistent_point, base_copied, replica_identities from replication_object where migration_id = ?1",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, bool>(5)?, r.get::<_, String>(6)?))
+        })?;
+        let mut objects = std::collections::BTreeMap::new();
+        for row in rows {
+            let (database, slot, publication, origin, consistent_point, base_copied, identities) = row?;
+            let replica_identities = serde_json::from_str(&identities).with_context(|| format!("the replica identities recorded for database {database:?} in {}", self.path.display()))?;
+            objects.insert(database, ReplicationObjects { slot, publication, origin, consistent_point, base_copied, replica_identities });
+        }
+        Ok(objects)
+    }
+
+    /// Records the replication objects of an online migration (all its databases), in one
+    /// transaction under the runner's lease.
+    pub fn save_replication_objects(&mut self, id: i64, objects: &std::collections::BTreeMap<String, ReplicationObjects>) -> Result<()> {
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        tx.execute("delete from replication_object where migration_id = ?1", params![id])?;
+        for (database, o) in objects {
+            tx.execute(
+                "insert into replication_object (migration_id, database, slot, publication, origin, consistent_point, base_copied, replica_identities)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, database, o.slot, o.publication, o.origin, o.consistent_point, o.base_copied, serde_json::to_string(&o.replica_identities)?],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops the resume record of databases that start over (dropped on the target).
+    pub fn forget_databases(&mut self, id: i64, databases: &[String]) -> Result<()> {
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        for database in databases {
+            tx.execute("delete from table_copied where migration_id = ?1 and database = ?2", params![id, database])?;
+            tx.execute("delete from database_step where migration_id = ?1 and database = ?2", params![id, database])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Replaces the list of what cleanup could not remove.
     pub fn set_leftovers(&mut self, id: i64, leftovers: &[Leftover]) -> Result<()> {
         let fence = self.fence.clone();
@@ -713,10 +887,18 @@ mod tests {
             // The first release's file: its tables, one migration, no version number.
             let conn = Connection::open(dir.join("state.db")).unwrap();
             conn.execute_batch(UPGRADES[0]).unwrap();
+            // Its resume record was a document in the details.
+            let details = serde_json::json!({ "copyState": { "app": {
+                "stage": "SchemaRestored",
+                "tablesDone": ["public.a", "public.b.c"],
+                "digests": { "public.a": { "format": "binary", "rows": 2, "sum": "00ff" }, "public.b.c": { "format": "text", "rows": 0, "sum": "0" } }
+            } }, "sourceTls": "None",
+               "replication": { "app": { "names": { "slot": "pgferry_1_0", "publication": "pgferry_1_0", "origin": "pgferry_1_0" },
+                                         "consistentPoint": "0/16B3748", "baseCopied": true, "replicaIdentitiesSet": [["public.t", "d"]] } } });
             conn.execute(
-                "insert into migration (name, target_server, source_server, source_type, mode, option, status, databases, properties, created_at)
-                 values ('old', 't:5432', 's:5432', 'OnPremises', 'Offline', 'Migrate', 'InProgress/MigratingData', '[\"app\"]', '{}', '2026-12-01T00:00:00Z')",
-                [],
+                "insert into migration (name, target_server, source_server, source_type, mode, option, status, databases, properties, created_at, details)
+                 values ('old', 't:5432', 's:5432', 'OnPremises', 'Offline', 'Migrate', 'InProgress/MigratingData', '[\"app\"]', '{}', '2026-12-01T00:00:00Z', ?1)",
+                [details.to_string()],
             )
             .unwrap();
         }
@@ -725,6 +907,28 @@ mod tests {
         assert_eq!(old.status, Status::MIGRATING);
         assert!(old.properties_file.is_none());
         assert!(store.request(old.id, RequestKind::Cancel, &serde_json::json!({})).unwrap(), "the new tables exist");
+        // The resume record moved into its tables, in order, and out of the details.
+        let record = store.resume_record(old.id).unwrap();
+        let app = &record["app"];
+        assert_eq!(app.stage, "SchemaRestored");
+        let tables: Vec<&str> = app.tables.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tables, ["public.a", "public.b.c"]);
+        assert_eq!(app.tables[0].1["sum"], "00ff");
+        assert!(old.details.get("copyState").is_none());
+        let replication = store.replication_objects(old.id).unwrap();
+        assert_eq!(
+            replication["app"],
+            ReplicationObjects {
+                slot: "pgferry_1_0".into(),
+                publication: "pgferry_1_0".into(),
+                origin: "pgferry_1_0".into(),
+                consistent_point: "0/16B3748".into(),
+                base_copied: true,
+                replica_identities: vec![("public.t".into(), "d".into())],
+            }
+        );
+        assert!(old.details.get("replication").is_none());
+        assert_eq!(old.details["sourceTls"], "None");
         let version: i64 = store.conn.query_row("pragma user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version as usize, UPGRADES.len());
         drop(store);
@@ -776,6 +980,33 @@ mod tests {
         assert!(store.acquire_lease(m.id, &me).unwrap().is_none());
         store.release_lease(m.id, &me).unwrap();
         assert!(store.lease(m.id).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_resume_record_is_saved_as_rows_and_read_back_in_order() {
+        let (mut store, dir) = scratch();
+        let props = serde_json::json!({});
+        let dbs = vec!["app".to_string(), "other".to_string()];
+        let m = store.create(&new("resumable", &dbs, &props)).unwrap();
+        let digest = |n: u64| serde_json::json!({ "format": "binary", "rows": n, "sum": "1" });
+        let mut app = ResumeDatabase { stage: "SchemaRestored".into(), recopied: vec![], tables: vec![("public.z".into(), digest(1)), ("public.a".into(), digest(2))] };
+        let mut record = std::collections::BTreeMap::from([("app".to_string(), app.clone())]);
+        store.save_resume_record(m.id, &record).unwrap();
+        assert_eq!(store.resume_record(m.id).unwrap(), record);
+        // A table copied again leaves the list and comes back with a new digest; one more finishes.
+        app.tables.remove(0);
+        app.recopied.push("public.z".into());
+        app.tables.push(("public.m".into(), digest(3)));
+        app.tables.push(("public.z".into(), digest(9)));
+        app.stage = "DataCopied".into();
+        record.insert("app".into(), app.clone());
+        record.insert("other".into(), ResumeDatabase { stage: "Created".into(), ..Default::default() });
+        store.save_resume_record(m.id, &record).unwrap();
+        assert_eq!(store.resume_record(m.id).unwrap(), record);
+        store.forget_databases(m.id, &["app".to_string()]).unwrap();
+        let left = store.resume_record(m.id).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["other"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

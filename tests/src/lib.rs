@@ -7,10 +7,12 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod compare;
+pub mod proxy;
 pub mod support;
 
 pub use cli::{stabilize, CliOutput, Pgferry};
 pub use certs::{TestCerts, test_ca_and_server_cert};
+pub use proxy::Proxy;
 pub use cluster::{
     Cluster, ClusterBuilder, DEFAULT_VERSION, PsqlOutput, TmpfsMount, pg_available, pg_bin_dir,
     workspace_root,

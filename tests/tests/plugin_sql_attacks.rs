@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgferry::connect::{ConnSpec, Role};
+use pgferry::conn_config::{ConnParams, Role, SslMode};
 use pgferry::plugin_host::*;
 use pgferry::plugin_sql::{PluginSql, RESULT_BYTES};
-use pgferry::properties::SslMode;
 use pgferry_tests::{pg_available, skip, workspace_root, Cluster, Pgferry};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,15 +26,15 @@ struct Attacker {
 
 impl Attacker {
     fn new(cluster: &Cluster) -> Attacker {
-        let spec = |role| ConnSpec {
-            role,
-            host: cluster.host().into(),
-            port: cluster.port(),
-            user: cluster.user().into(),
-            password: None,
-            ssl_mode: SslMode::Disable,
-            root_cert: None,
-            connect_timeout: Duration::from_secs(10),
+        let spec = |role| {
+            let params = ConnParams {
+                host: Some(cluster.host().into()),
+                port: Some(cluster.port()),
+                user: Some(cluster.user().into()),
+                sslmode: Some(SslMode::Disable),
+                ..Default::default()
+            };
+            params.resolve(role, SslMode::Disable).unwrap()
         };
         let sql = PluginSql::new(spec(Role::Source), spec(Role::Target));
         let services = Arc::new(Services { inventory: Arc::new(Inventory::empty()), sql: Some(Arc::new(sql)) });

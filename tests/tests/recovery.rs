@@ -98,6 +98,27 @@ fn assert_nothing_left_by_replication(source: &Cluster, target: &Cluster) {
     assert_eq!(target.psql("postgres", "select count(*) from pg_replication_origin").unwrap().trim(), "0", "replication origins left on the target");
 }
 
+/// A foreground `create` with one copy worker, returned once it copies (the big table).
+fn start_copying(pf: &Pgferry, name: &str, props: &str) -> Child {
+    let runner = pf
+        .command()
+        .args(["migration", "create", "--migration-name", name, "--properties", props, "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pf.wait_for(name, "the copy", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    runner
+}
+
+/// Cancels a migration whose runner crashed at `step`: Canceled, the database gone.
+fn cancel_after_crash(pf: &Pgferry, name: &str, props: &str, step: &str, target: &Cluster) {
+    let out = pf.run(&["migration", "update", "--migration-name", name, "--cancel", "--properties", props]);
+    assert_eq!(out.code, 0, "cancel after a crash at {step}: {}", out.transcript());
+    assert_eq!(pf.show(name)["state"], "Canceled");
+    assert!(!target_has_shop(target), "cancel after a crash at {step} left the database");
+}
+
 fn crashed(out: &pgferry_tests::CliOutput) {
     assert!(out.stderr.contains("PGFERRY_CRASH_AFTER"), "the runner was to abort at the step boundary: {}", out.transcript());
     assert_ne!(out.code, 0, "{}", out.transcript());
@@ -284,10 +305,7 @@ fn a_crash_at_each_offline_step_boundary_then_resume_or_cancel() {
             assert_exact(&source, &target);
             target.psql("postgres", "drop database shop").unwrap();
         } else {
-            let out = pf.run(&["migration", "update", "--migration-name", &name, "--cancel", "--properties", &props]);
-            assert_eq!(out.code, 0, "cancel after a crash at {step}: {}", out.transcript());
-            assert_eq!(pf.show(&name)["state"], "Canceled");
-            assert!(!target_has_shop(&target), "cancel after a crash at {step} left the database");
+            cancel_after_crash(&pf, &name, &props, step, &target);
         }
     }
 }
@@ -327,10 +345,7 @@ fn a_crash_at_each_online_step_boundary_then_resume_or_cancel() {
             assert_exact(&source, &target);
             target.psql("postgres", "drop database shop").unwrap();
         } else {
-            let out = pf.run(&["migration", "update", "--migration-name", &name, "--cancel", "--properties", &props]);
-            assert_eq!(out.code, 0, "cancel after a crash at {step}: {}", out.transcript());
-            assert_eq!(pf.show(&name)["state"], "Canceled");
-            assert!(!target_has_shop(&target), "cancel after a crash at {step} left the database");
+            cancel_after_crash(&pf, &name, &props, step, &target);
         }
         assert_nothing_left_by_replication(&source, &target);
     }
@@ -344,14 +359,7 @@ fn ctrl_c_stops_the_runner_with_a_message_and_resume_finishes() {
     load_shop(&source, 600_000);
     let pf = Pgferry::new();
     let props = properties(&pf, &source, &target, "Offline");
-    let runner = pf
-        .command()
-        .args(["migration", "create", "--migration-name", "interrupted", "--properties", &props, "--jobs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    pf.wait_for("interrupted", "the copy", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    let runner = start_copying(&pf, "interrupted", &props);
     // SAFETY: signals a child process this test started.
     assert_eq!(unsafe { libc::kill(runner.id() as i32, libc::SIGINT) }, 0);
     let out = runner.wait_with_output().unwrap();
@@ -378,14 +386,7 @@ fn a_runner_that_stalls_past_its_lease_is_taken_over_and_stands_down() {
     load_shop(&source, 600_000);
     let pf = Pgferry::new();
     let props = properties(&pf, &source, &target, "Offline");
-    let stale = pf
-        .command()
-        .args(["migration", "create", "--migration-name", "stalled", "--properties", &props, "--jobs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    pf.wait_for("stalled", "the copy", Duration::from_secs(60), |d| d["details"]["progress"]["databases"]["shop"]["tablesLoading"] == 1);
+    let stale = start_copying(&pf, "stalled", &props);
     let pid = stale.id() as i32;
     // SAFETY: signals a child process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);

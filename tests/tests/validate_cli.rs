@@ -133,6 +133,16 @@ fn bad_input_is_refused_with_a_clear_message_and_nothing_recorded() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("letters, digits and hyphens"), "{}", out.transcript());
 
+    // A target URI naming a migrated database: that is where pgferry would create it from.
+    let uri = format!("postgresql://postgres@127.0.0.1:{}/app?sslmode=disable", s.target.port());
+    let out = pf.run(&["migration", "create", "--migration-name", "m4", "--properties", &props, "--target", &uri, "--migration-option", "Validate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("is given with database \"app\", which is being migrated"), "{}", out.transcript());
+    // And a URI parameter pgferry does not take is named.
+    let out = pf.run(&["migration", "create", "--migration-name", "m5", "--properties", &props, "--target", &format!("{uri}&hostaddr=10.0.0.1"), "--migration-option", "Validate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("parameter `hostaddr` is not supported"), "{}", out.transcript());
+
     let unreachable = {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut p: Value = serde_json::from_str(&std::fs::read_to_string(&props).unwrap()).unwrap();
@@ -205,13 +215,16 @@ fn wrong_and_missing_passwords_are_named() {
 #[test]
 fn tls_modes_verify_as_libpq_does() {
     let certs = pgferry_tests::test_ca_and_server_cert(&["db.test.internal"]);
+    let stranger = pgferry_tests::test_ca_and_server_cert(&["db.test.internal"]);
     let source = Cluster::builder().ssl(&certs.server_cert_pem, &certs.server_key_pem).start().unwrap();
     let target = Cluster::start().unwrap();
     source.create_database("app").unwrap();
     let pf = Pgferry::new();
     let ca = pf.write("ca.pem", &certs.ca_pem).display().to_string();
+    let wrong_ca = pf.write("wrong-ca.pem", &stranger.ca_pem).display().to_string();
+    let no_ca = pf.dir().join("no-such-root.crt").display().to_string();
     let target_arg = format!("127.0.0.1:{}", target.port());
-    let run = |name: &str, mode: &str| {
+    let run = |name: &str, mode: &str, root: &str| {
         let props = pf.write(
             &format!("{name}.json"),
             json!({"properties": {
@@ -222,26 +235,47 @@ fn tls_modes_verify_as_libpq_does() {
         );
         pf.run_with(
             &["migration", "create", "--migration-name", name, "--properties", &props.display().to_string(), "--target", &target_arg, "--migration-option", "Validate", "--output", "json"],
-            &[("PGSSLROOTCERT", &ca)],
+            &[("PGSSLROOTCERT", root)],
         )
     };
     let tls_of = |out: &pgferry_tests::CliOutput| -> String {
         let doc: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{}", out.transcript()));
         doc["details"]["sourceTls"].as_str().unwrap_or("").to_string()
     };
-    let out = run("require", "Require");
+    let error_of = |out: &pgferry_tests::CliOutput| -> String {
+        let doc: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{}", out.transcript()));
+        doc["error"]["message"].as_str().unwrap_or_else(|| panic!("no error: {doc:#}")).to_string()
+    };
+    // No root certificate file: Require encrypts without verifying.
+    let out = run("require-no-root", "Require", &no_ca);
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert_eq!(tls_of(&out), "Unverified");
-    let out = run("verify-ca", "VerifyCA");
+    // A root certificate file present: Require verifies the chain, as libpq does.
+    let out = run("require", "Require", &ca);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert_eq!(tls_of(&out), "VerifiedCa");
+    let out = run("require-wrong-ca", "Require", &wrong_ca);
+    assert_eq!(out.code, 5, "{}", out.transcript());
+    assert!(error_of(&out).contains("is not signed by the root certificate given"), "{}", out.transcript());
+    // Prefer gives up on TLS that does not verify and tries plain text, as libpq does.
+    let out = run("prefer-wrong-ca", "Prefer", &wrong_ca);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert_eq!(tls_of(&out), "None");
+    let out = run("verify-ca", "VerifyCA", &ca);
     assert_eq!(out.code, 0, "{}", out.transcript());
     assert_eq!(tls_of(&out), "VerifiedCa");
 
     // The certificate names db.test.internal, not 127.0.0.1: VerifyFull refuses.
-    let out = run("verify-full", "VerifyFull");
+    let out = run("verify-full", "VerifyFull", &ca);
     assert_eq!(out.code, 5, "{}", out.transcript());
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
-    let message = doc["error"]["message"].as_str().unwrap();
-    assert!(message.contains("does not name host"), "{message}");
+    assert!(error_of(&out).contains("does not name host"), "{}", out.transcript());
+    // No root certificate: said so, never the public web roots in its place.
+    for mode in ["VerifyFull", "VerifyCA"] {
+        let out = run(&format!("{}-no-root", mode.to_lowercase()), mode, &no_ca);
+        assert_eq!(out.code, 5, "{}", out.transcript());
+        let message = error_of(&out);
+        assert!(message.contains(&format!("root certificate file {no_ca} does not exist")) && message.contains("PGSSLROOTCERT"), "{message}");
+    }
 }
 
 #[test]

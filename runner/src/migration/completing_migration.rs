@@ -183,8 +183,8 @@ const LIST_SETTINGS: &[&str] = &["search_path", "temp_tablespaces", "session_pre
 /// settings (also per role), comment, connection limit and ACL. Applied last, so that a
 /// setting such as default_transaction_read_only cannot get in the copy's way.
 async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
-    let (source, _) = s.source.connect("postgres").await?;
-    let (target, _) = s.target.connect("postgres").await?;
+    let (source, _) = s.source.connect(&s.source.dbname).await?;
+    let (target, _) = s.target.connect(&s.target.dbname).await?;
     let name = quote_ident(db);
     let settings = source
         .query(

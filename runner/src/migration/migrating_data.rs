@@ -132,6 +132,32 @@ pub struct DatabaseState {
     pub recopied: Vec<String>,
 }
 
+impl DatabaseState {
+    /// As the store keeps it: rows, not one document.
+    pub fn to_record(&self) -> crate::store::ResumeDatabase {
+        crate::store::ResumeDatabase {
+            stage: serde_json::to_value(self.stage).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            recopied: self.recopied.clone(),
+            tables: self
+                .tables_done
+                .iter()
+                .filter_map(|t| Some((t.clone(), serde_json::to_value(self.digests.get(t)?).ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_record(database: &str, record: crate::store::ResumeDatabase) -> Result<DatabaseState> {
+        let context = || format!("the resume record of database {database:?} cannot be read; it was written by another pgferry version or damaged");
+        let stage = serde_json::from_value(serde_json::Value::String(record.stage)).with_context(context)?;
+        let mut state = DatabaseState { stage, recopied: record.recopied, ..Default::default() };
+        for (table, digest) in record.tables {
+            state.digests.insert(table.clone(), serde_json::from_value(digest).with_context(context)?);
+            state.tables_done.push(table);
+        }
+        Ok(state)
+    }
+}
+
 /// Progress the step reports while it works.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all_fields = "camelCase")]
@@ -163,14 +189,16 @@ pub struct Settings<'a> {
     pub split_bytes: u64,
     pub tools: &'a PgTools,
     pub work_dir: PathBuf,
+    /// Online: how long streaming keeps trying to reach a server it lost.
+    pub reconnect_timeout: std::time::Duration,
 }
 
 /// Creates the roles the migrated objects need that the target lacks, with their password
 /// hashes when the source lets them be read (superuser); otherwise without: set them after.
 /// The hashes go from one server to the other and nowhere else (no log, no store).
 pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
-    let (target, _) = s.target.connect("postgres").await?;
-    let (source, _) = s.source.connect("postgres").await?;
+    let (target, _) = s.target.connect(&s.target.dbname).await?;
+    let (source, _) = s.source.connect(&s.source.dbname).await?;
     let hashes: std::collections::HashMap<String, String> = match source.query("select rolname::text, rolpassword from pg_authid where rolpassword is not null", &[]).await {
         Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
         Err(_) => Default::default(), // not superuser: pg_authid is not readable
@@ -258,7 +286,7 @@ async fn set_password_hashes(target: &Client, passwords: &[(&str, &str)]) -> Res
 /// existing one only when the user asked for it (validation has passed by now).
 pub async fn create_target_database(s: &Settings<'_>, name: &str, ours: bool) -> Result<()> {
     let summary = s.inventory.source.databases.iter().find(|d| d.name == name).with_context(|| format!("database {name:?} does not exist on the {}", s.source.describe()))?;
-    let (target, _) = s.target.connect("postgres").await?;
+    let (target, _) = s.target.connect(&s.target.dbname).await?;
     let exists = target.query_opt("select 1 from pg_database where datname = $1", &[&name]).await?.is_some();
     if exists {
         if !s.overwrite && !ours {
@@ -331,8 +359,20 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
         cmd
     };
     let what = format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe());
-    if section != "post-data" || s.jobs < 2 {
+    if section != "post-data" {
         return pg_tools::run(restore(None, 1), &what).await;
+    }
+    let mut list_cmd = s.tools.offline("pg_restore");
+    list_cmd.arg("--list").arg(&file);
+    let listing = list_cmd.output().await.context("listing the post-data archive")?;
+    anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    // An online migration's own publication is in the snapshot: it stays on the source.
+    let entries: Vec<&str> = listing.lines().filter(|l| !l.starts_with(';') && !is_pgferry_publication(l)).collect();
+    if s.jobs < 2 {
+        let list_file = dump_dir.join(format!("{section}.list"));
+        std::fs::write(&list_file, entries.join("\n"))?;
+        return pg_tools::run(restore(Some(&list_file), 1), &what).await;
     }
     // A foreign key on a partitioned table locks every partition, which pg_restore's
     // parallel scheduler does not know: it deadlocks against the partitions' own keys. So:
@@ -341,12 +381,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
     drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
-    let mut list_cmd = s.tools.offline("pg_restore");
-    list_cmd.arg("--list").arg(&file);
-    let listing = list_cmd.output().await.context("listing the post-data archive")?;
-    anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
-    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    let (keys, rest): (Vec<&str>, Vec<&str>) = listing.lines().filter(|l| !l.starts_with(';')).partition(|l| {
+    let (keys, rest): (Vec<&str>, Vec<&str>) = entries.into_iter().partition(|l| {
         // The keys, and comments on constraints (which may be on a key).
         l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT "))
     });
@@ -355,6 +390,25 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     std::fs::write(&rest_file, rest.join("\n"))?;
     pg_tools::run(restore(Some(&rest_file), s.jobs), &what).await?;
     pg_tools::run(restore(Some(&keys_file), 1), &format!("{what} (foreign keys)")).await
+}
+
+/// Whether a line of `pg_restore --list` is a publication of pgferry's (`pgferry_<id>_<n>`,
+/// see `Names`) or one of its tables: `7; 6104 16390 PUBLICATION - pgferry_1_0 owner`,
+/// `8; 6106 16391 PUBLICATION TABLE public pgferry_1_0 t -`,
+/// `9; 6237 16392 PUBLICATION TABLES IN SCHEMA - pgferry_1_0 s -`.
+fn is_pgferry_publication(line: &str) -> bool {
+    let Some((_, entry)) = line.split_once("; ") else { return false };
+    // Catalog ids, then the kind of entry, its schema, and its tag (first word: the publication).
+    let words: Vec<&str> = entry.split(' ').skip(2).collect();
+    let publication = match words.as_slice() {
+        ["PUBLICATION", "TABLE", _schema, name, ..] => name,
+        ["PUBLICATION", "TABLES", "IN", "SCHEMA", _schema, name, ..] => name,
+        ["PUBLICATION", _schema, name, ..] => name,
+        _ => return false,
+    };
+    publication.strip_prefix("pgferry_").and_then(|rest| rest.split_once('_')).is_some_and(|(id, n)| {
+        !id.is_empty() && !n.is_empty() && id.chars().chain(n.chars()).all(|c| c.is_ascii_digit())
+    })
 }
 
 #[derive(Clone)]
@@ -841,4 +895,29 @@ async fn truncate(target: &ConnSpec, db: &str, tables: &[TableJob]) -> Result<()
     let (client, _) = target.connect(db).await?;
     let list: Vec<String> = tables.iter().map(|t| format!("ONLY {}.{}", quote_ident(&t.schema), quote_ident(&t.name))).collect();
     client.batch_execute(&format!("TRUNCATE {}", list.join(", "))).await.with_context(|| format!("emptying the unfinished tables of database {db:?} on the target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_pgferry_publication;
+
+    #[test]
+    fn only_pgferry_publications_are_left_out_of_the_restore() {
+        for ours in [
+            "3351; 6104 16390 PUBLICATION - pgferry_1_0 postgres",
+            "3352; 6106 16391 PUBLICATION TABLE public pgferry_12_3 pgbench_accounts -",
+            "3353; 6237 16392 PUBLICATION TABLES IN SCHEMA - pgferry_1_0 s2 -",
+        ] {
+            assert!(is_pgferry_publication(ours), "{ours}");
+        }
+        for theirs in [
+            "3354; 6104 16393 PUBLICATION - mypub postgres",
+            "3355; 6106 16394 PUBLICATION TABLE s2 mypub pgferry_1_0 -",
+            "3356; 6104 16395 PUBLICATION - pgferry_audit postgres",
+            "3357; 1259 16396 TABLE public pgferry_1_0 postgres",
+            "3358; 2606 16397 CONSTRAINT public t t_pkey postgres",
+        ] {
+            assert!(!is_pgferry_publication(theirs), "{theirs}");
+        }
+    }
 }

@@ -16,12 +16,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::conn_config::ConnParams;
 use crate::connect::{ConnSpec, Role};
 use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
+use performing_prerequisite_steps::EndpointChange;
 use crate::store::{Leftover, Migration, NewMigration, Store};
 use migrating_data::{DatabaseState, Stage};
 use progress::{watched, Progress};
@@ -48,6 +50,8 @@ pub struct CopyOptions {
     pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
     pub pg_bin: Option<std::path::PathBuf>,
+    /// Online: how long streaming keeps trying to reach a server it lost before failing.
+    pub reconnect_timeout: Duration,
     pub observer: Option<Observer>,
 }
 
@@ -63,44 +67,29 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The target endpoint of a request, as a `host:port` key and a connection spec.
+/// The target's settings: `--target` (host:port or a URI), else
+/// `TargetDbServerFullyQualifiedDomainName`, over the environment (PGHOST included).
 pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
     let endpoint = match (&req.target, &req.properties.target) {
-        (Some(t), _) => parse_endpoint(t).with_context(|| format!("--target {t:?}"))?,
-        (None, Some(t)) => t.clone(),
-        (None, None) => match std::env::var("PGHOST") {
-            Ok(host) => Endpoint { host, ..Default::default() },
-            Err(_) => bail!("no target server: pass --target host:port (or a postgres URI), set TargetDbServerFullyQualifiedDomainName in the properties, or PGHOST"),
-        },
+        (Some(t), _) => parse_endpoint(t).with_context(|| format!("--target {t:?}"))?.params,
+        (None, Some(t)) => t.params.clone(),
+        (None, None) => ConnParams::default(),
     };
-    let user = req.properties.target_user.clone().or(endpoint.user.clone());
     // sslMode of the properties is about the source (as in the cloud service); the target's
     // comes from its URI or PGSSLMODE, as libpq would take it.
-    let ssl_mode = endpoint
-        .ssl_mode
-        .or_else(|| std::env::var("PGSSLMODE").ok().and_then(|m| SslMode::parse(&m)))
-        .unwrap_or(SslMode::Prefer);
-    let password = req.properties.target_password.clone().or(endpoint.password.clone());
-    Ok(spec(Role::Target, &endpoint, user, password, ssl_mode))
+    let given = ConnParams { user: req.properties.target_user.clone(), password: req.properties.target_password.clone(), ..Default::default() };
+    given.or(endpoint).or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)
 }
 
-fn spec(role: Role, e: &Endpoint, user: Option<String>, password: Option<crate::properties::Secret>, ssl_mode: SslMode) -> ConnSpec {
-    let timeout = std::env::var("PGCONNECT_TIMEOUT").ok().and_then(|s| s.parse().ok()).filter(|s| *s > 0).unwrap_or(10);
-    ConnSpec {
-        role,
-        host: e.host.clone(),
-        port: e.port.or_else(|| std::env::var("PGPORT").ok()?.parse().ok()).unwrap_or(5432),
-        user: user.or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into()),
-        password,
-        ssl_mode,
-        root_cert: None,
-        connect_timeout: Duration::from_secs(timeout),
-    }
-    .resolve_from_env()
+/// The source's settings before the adapter has its say: the properties' own keys, over
+/// `SourceDBServerResourceId` (a URI included), over the environment.
+fn source_params(props: &Properties) -> Result<ConnParams> {
+    let given = ConnParams { password: props.source_password.clone(), sslmode: props.ssl_mode, ..Default::default() };
+    Ok(given.or(props.source.params.clone()).or(ConnParams::from_env(false)?))
 }
 
 /// What the store keeps of the properties: everything but the secrets.
-fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, option: MigrationOption, mode: MigrationMode) -> serde_json::Value {
+fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, moved: Option<&EndpointChange>, option: MigrationOption, mode: MigrationMode) -> serde_json::Value {
     let mut notes: Vec<String> = p
         .accepted
         .keys()
@@ -116,6 +105,11 @@ fn stored_properties(p: &Properties, source: &ConnSpec, target: &ConnSpec, optio
         "dbsToMigrate": p.dbs_to_migrate,
         "overwriteDbsInTarget": p.overwrite_dbs_in_target,
         "setReplicaIdentity": p.set_replica_identity,
+        "allowAdapterEndpointChange": p.allow_adapter_endpoint_change,
+        "adapterEndpointChange": moved,
+        // What a resume connects with (libpq's keys, no password).
+        "sourceConnection": source.params(),
+        "targetConnection": target.params(),
         "migrationMode": mode,
         "migrationOption": option,
         "sourceType": p.source_type,
@@ -138,8 +132,18 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     }
     let adapter = registry.require_adapter(&props.source_type)?;
     let target = target_spec(&req)?;
-    let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
-    let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
+    let (source, moved) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
+    for spec in [&source, &target] {
+        // Server-wide work happens there: creating and dropping the migrated databases on
+        // the target, ending their sessions on the source at a read-only cutover.
+        if props.dbs_to_migrate.contains(&spec.dbname) {
+            bail!(
+                "the {} is given with database {:?}, which is being migrated; pgferry connects to that database for server-wide work: name another that exists there (postgres, the default) or none in the URI",
+                spec.describe(),
+                spec.dbname
+            );
+        }
+    }
 
     let target_server = format!("{}:{}", target.host, target.port);
     if let Some(status) = store.name_taken(&target_server, &req.name)? {
@@ -156,7 +160,7 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
             };
             bail!("migration {:?} is still {} on target {target_server}; {next}", active.name, active.status);
         }
-    let properties = stored_properties(props, &source, &target, option, mode);
+    let properties = stored_properties(props, &source, &target, moved.as_ref(), option, mode);
     let migration = store.create(&NewMigration {
         name: &req.name,
         target_server: &target_server,
@@ -189,7 +193,7 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
     let lease = RunnerLease::acquire(store, m.id, name)?;
     let (options, adapter, source, target) = stored_request(registry, &m, secrets, copy).await?;
     check_credentials(&m, &source, &target, "resume").await?;
-    let states = copy_states(&m)?;
+    let states = resume_states(store, &m)?;
     if m.status == Status::FAILED {
         let failed_step = m.error.as_ref().and_then(|e| e.get("step")).and_then(serde_json::Value::as_str).unwrap_or("");
         let back_to = match failed_step {
@@ -205,19 +209,30 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
 
 /// The resume record of a migration. One that does not decode is an error, never "nothing
 /// done": a cancel or resume reading it as empty would skip cleanup or redo finished work.
-fn copy_states(m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {
-    match m.details.get("copyState") {
-        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_value(v.clone()).with_context(|| {
-            format!("the resume record (copyState) of migration {:?} cannot be read; it was written by another pgferry version or damaged", m.name)
-        }),
-    }
+fn resume_states(store: &Store, m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {
+    store
+        .resume_record(m.id)
+        .with_context(|| format!("reading the resume record of migration {:?}", m.name))?
+        .into_iter()
+        .map(|(db, record)| Ok((db.clone(), DatabaseState::from_record(&db, record)?)))
+        .collect()
+}
+
+/// The resume record as `show` gives it (`details.copyState`): per database, its stage,
+/// the tables done with their digests, and the tables a resume copied again.
+pub fn resume_record_json(store: &Store, m: &Migration) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(resume_states(store, m)?)?)
+}
+
+/// The replication records as `show` gives them (`details.replication`).
+pub fn replication_record_json(store: &Store, m: &Migration) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(store.replication_objects(m.id)?)?)
 }
 
 /// The target databases this migration created (recorded once CREATE DATABASE succeeded):
 /// the only ones a failure or a cancel may drop.
-fn databases_created(m: &Migration) -> Result<Vec<String>> {
-    let states = copy_states(m)?;
+fn databases_created(store: &Store, m: &Migration) -> Result<Vec<String>> {
+    let states = resume_states(store, m)?;
     Ok(m.databases.iter().filter(|db| states.get(*db).is_some_and(|st| st.stage >= Stage::Created)).cloned().collect())
 }
 
@@ -225,7 +240,7 @@ fn databases_created(m: &Migration) -> Result<Vec<String>> {
 /// password must never turn a migration that could be resumed or canceled into a dead one.
 async fn check_credentials(m: &Migration, source: &ConnSpec, target: &ConnSpec, command: &str) -> Result<()> {
     for spec in [source, target] {
-        if let Err(e) = spec.connect("postgres").await {
+        if let Err(e) = spec.connect(&spec.dbname).await {
             let retry = match command {
                 "resume" => resume_command(m),
                 _ => cancel_command(m),
@@ -284,17 +299,26 @@ pub fn runner_alive(store: &Store, m: &Migration) -> Result<bool> {
 async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Option<Properties>, copy: CopyOptions) -> Result<(CreateRequest, &'r crate::plugins::AdapterPlugin, ConnSpec, ConnSpec)> {
     let p = &m.properties;
     let text = |k: &str| p.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
-    let source = parse_endpoint(&text("sourceServer").context("the stored migration has no source server")?)?;
-    let target_endpoint = parse_endpoint(&text("targetServer").context("the stored migration has no target server")?)?;
+    let stored = |connection: &str, server: &str, user: &str| -> Result<ConnParams> {
+        match p.get(connection) {
+            Some(v) => serde_json::from_value(v.clone()).with_context(|| format!("the stored {connection} of migration {:?} cannot be read", m.name)),
+            // Recorded before pgferry stored the whole connection: host, port and user.
+            None => {
+                let server = text(server).with_context(|| format!("the stored migration {:?} has no {server}", m.name))?;
+                Ok(ConnParams { user: text(user), ..parse_endpoint(&server)?.params })
+            }
+        }
+    };
     let properties = Properties {
-        source: Endpoint { user: text("sourceServerUserName"), ..source },
+        source: Endpoint { params: stored("sourceConnection", "sourceServer", "sourceServerUserName")?, spelled: text("sourceDbServerResourceId").unwrap_or_default() },
         source_password: secrets.as_ref().and_then(|s| s.source_password.clone()).or_else(|| role_password("SOURCE")),
-        target: Some(target_endpoint),
+        target: Some(Endpoint { params: stored("targetConnection", "targetServer", "targetServerUserName")?, spelled: String::new() }),
         target_user: text("targetServerUserName"),
         target_password: secrets.as_ref().and_then(|s| s.target_password.clone()).or_else(|| role_password("TARGET")),
         dbs_to_migrate: m.databases.clone(),
         overwrite_dbs_in_target: p.get("overwriteDbsInTarget").and_then(serde_json::Value::as_bool).unwrap_or(false),
         set_replica_identity: p.get("setReplicaIdentity").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        allow_adapter_endpoint_change: p.get("allowAdapterEndpointChange").and_then(serde_json::Value::as_bool).unwrap_or(false),
         mode: serde_json::from_value(p["migrationMode"].clone()).ok(),
         option: serde_json::from_value(p["migrationOption"].clone()).ok(),
         source_type: m.source_type.clone(),
@@ -306,8 +330,7 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
     let adapter = registry.require_adapter(&options.properties.source_type)?;
     let target = target_spec(&options)?;
     let props = &options.properties;
-    let source = spec(Role::Source, &props.source, props.source.user.clone(), props.source_password.clone(), SslMode::Prefer);
-    let source = performing_prerequisite_steps::apply_adapter(registry, adapter, source, props.ssl_mode).await?;
+    let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
     Ok((options, adapter, source, target))
 }
 
@@ -348,11 +371,11 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
         }
     }
     let m = store.get_by_id(m.id)?;
-    let created = databases_created(&m)?;
-    let replicating = waiting_for_cutover_trigger::records(&m);
+    let created = databases_created(store, &m)?;
+    let replicating = waiting_for_cutover_trigger::records(store, m.id)?;
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
-        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, observer: None };
+        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::replication::reconnect::DEFAULT_TIMEOUT, observer: None };
         let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
         check_credentials(&m, &source, &target, "cancel").await?;
         Some((source, target))
@@ -428,6 +451,10 @@ async fn drive(
         if mode == MigrationMode::Online && props.set_replica_identity {
             report.consent("replica-identity-missing", "SetReplicaIdentity: pgferry gives it one on the source (USING a unique index when one fits, else FULL) and restores it when the migration ends");
         }
+        let moved = store.get_by_id(id)?.properties.get("adapterEndpointChange").and_then(|v| serde_json::from_value::<EndpointChange>(v.clone()).ok());
+        if let Some(change) = moved {
+            report.endpoint_changed(&change);
+        }
         store.set_validation(id, &serde_json::to_value(&report)?)?;
         if report.status == CheckState::Failed || option == MigrationOption::Validate {
             let end = if report.status == CheckState::Failed { Status::VALIDATION_FAILED } else { Status::SUCCEEDED };
@@ -462,21 +489,18 @@ async fn drive(
             // An online migration's slots go first: the source must not keep WAL for it.
             // Streaming cannot go on without them, so a resume copies again.
             let m = store.get_by_id(id)?;
-            let mut leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &m).await;
+            let mut leftovers = waiting_for_cutover_trigger::clean_up(&prepared.source, &prepared.target, &waiting_for_cutover_trigger::records(store, id)?).await;
             if leftovers.is_empty() {
                 // Kept otherwise: a cancel tries again from the records.
-                store.merge_details(id, json!({ "replication": {} }))?;
+                waiting_for_cutover_trigger::forget_records(store, id)?;
             }
             // Nothing half-copied may be left looking valid on the target; what could be
             // dropped starts over on resume, what could not (target down) is resumed.
-            let created = databases_created(&m)?;
+            let created = databases_created(store, &m)?;
             let (dropped, not_dropped) = drop_databases(&prepared.target, &created).await;
             leftovers.extend(not_dropped);
-            let mut states = copy_states(&m)?;
-            for db in &dropped {
-                states.remove(db);
-            }
-            store.merge_details(id, json!({ "copyState": states, "droppedOnFailure": dropped }))?;
+            store.forget_databases(id, &dropped)?;
+            store.merge_details(id, json!({ "droppedOnFailure": dropped }))?;
             store.set_leftovers(id, &leftovers)?;
             fail(store, id, step, e)
         }
@@ -524,6 +548,7 @@ async fn migrate(
         split_bytes: req.copy.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),
+        reconnect_timeout: req.copy.reconnect_timeout,
     };
     let roles = migrating_data::create_roles(&settings).await.map_err(|e| (step, vec![], e))?;
     store.merge_details(id, json!({ "rolesCreated": roles })).map_err(|e| (step, vec![], e))?;
@@ -594,17 +619,14 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     if m.status == Status::CANCELED {
         return Ok(m);
     }
-    let mut leftovers = waiting_for_cutover_trigger::clean_up(source, target, &m).await;
+    let mut leftovers = waiting_for_cutover_trigger::clean_up(source, target, &waiting_for_cutover_trigger::records(store, id)?).await;
     if leftovers.is_empty() {
-        store.merge_details(id, json!({ "replication": {} }))?;
+        waiting_for_cutover_trigger::forget_records(store, id)?;
     }
-    let created = databases_created(&m)?;
+    let created = databases_created(store, &m)?;
     let (dropped, not_dropped) = drop_databases(target, &created).await;
     leftovers.extend(not_dropped);
-    let mut states = copy_states(&m)?;
-    for db in &dropped {
-        states.remove(db);
-    }
+    store.forget_databases(id, &dropped)?;
     // The dumps of a runner that was killed.
     if let Some(stale) = m.details.get("workDir").and_then(serde_json::Value::as_str)
         && let Err(e) = crate::work_dir::WorkDir::remove_stale(std::path::Path::new(stale), &crate::work_dir::prefix(id))
@@ -613,7 +635,7 @@ async fn canceled_cleanup(store: &mut Store, id: i64, source: &ConnSpec, target:
     }
     let mut all_dropped: Vec<String> = m.details.get("droppedOnCancel").and_then(|d| serde_json::from_value(d.clone()).ok()).unwrap_or_default();
     all_dropped.extend(dropped);
-    store.merge_details(id, json!({ "droppedOnCancel": all_dropped, "copyState": states }))?;
+    store.merge_details(id, json!({ "droppedOnCancel": all_dropped }))?;
     finish_cancel(store, id, leftovers)
 }
 
@@ -633,7 +655,7 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> (Vec<String>, Ve
         return (vec![], vec![]);
     }
     let leftover = |name: &String, problem: String| Leftover { server: "target".into(), kind: "database".into(), object: name.clone(), problem };
-    let client = match target.connect("postgres").await {
+    let client = match target.connect(&target.dbname).await {
         Ok((client, _)) => client,
         Err(e) => return (vec![], names.iter().map(|n| leftover(n, format!("{e:#}"))).collect()),
     };

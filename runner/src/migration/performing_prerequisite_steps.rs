@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::connect::{ConnSpec, TlsState};
+use crate::conn_config::ConnParams;
+use crate::connect::{ConnSpec, Role, TlsState};
 use crate::inventory::{self, Inventory};
-use crate::plugin_host::{ConnectionDetails, Side, SslMode as WitSslMode};
+use crate::plugin_host::{ConnectionDetails, Side};
 use crate::plugins::{AdapterPlugin, Registry};
 use crate::properties::SslMode;
 
@@ -21,37 +22,61 @@ pub struct Prepared {
     pub inventory: Arc<Inventory>,
 }
 
-/// Asks the adapter to normalise the source login and checks the SSL mode against the
-/// modes it allows (falling back to the one it prefers).
-pub async fn apply_adapter(registry: &Registry, adapter: &AdapterPlugin, mut source: ConnSpec, asked: Option<SslMode>) -> Result<ConnSpec> {
+/// The source adapter moved the source endpoint, with the user's consent
+/// (`AllowAdapterEndpointChange`); validation shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointChange {
+    pub plugin: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The source's settings as the adapter has them: the SSL mode checked against the modes it
+/// allows (the one it prefers when nobody chose), the login it normalises. The adapter may
+/// reshape the user (`user@server`); a host or port other than the user's would take the
+/// source password elsewhere, so that is an error naming the adapter, checked before any
+/// connection, unless `allow_endpoint_change`.
+pub async fn apply_adapter(registry: &Registry, adapter: &AdapterPlugin, params: ConnParams, allow_endpoint_change: bool) -> Result<(ConnSpec, Option<EndpointChange>)> {
     let info = &adapter.description.info;
+    if let Some(mode) = params.sslmode
+        && !info.allowed_ssl_modes.contains(&mode.to_wit())
+    {
+        bail!(
+            "sslMode {mode:?} is not allowed for source type {} ({}); allowed: {}",
+            info.ids[0],
+            info.display_name,
+            info.allowed_ssl_modes.iter().map(|m| format!("{:?}", SslMode::from_wit(*m))).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut source = params.resolve(Role::Source, SslMode::from_wit(info.preferred_ssl_mode))?;
     let normalized = registry
         .host
         .normalize_connection(&adapter.plugin, &ConnectionDetails { host: source.host.clone(), port: source.port, user: source.user.clone() })
         .await?;
+    let from = format!("{}:{}", source.host, source.port);
+    let to = format!("{}:{}", normalized.host, normalized.port);
+    let change = if !normalized.host.eq_ignore_ascii_case(&source.host) || normalized.port != source.port {
+        if !allow_endpoint_change {
+            bail!(
+                "source adapter plugin `{}` ({}) asks to connect to {to} instead of the source server {from}; pgferry refused and connected nowhere, as that would send the source password to {to}. If the adapter is right, set \"AllowAdapterEndpointChange\": \"true\" in the properties (validation then shows the change)",
+                adapter.plugin.name,
+                info.display_name
+            );
+        }
+        tracing::warn!("source adapter plugin `{}` moves the source from {from} to {to} (AllowAdapterEndpointChange)", adapter.plugin.name);
+        Some(EndpointChange { plugin: adapter.plugin.name.clone(), from, to })
+    } else {
+        None
+    };
     source.host = normalized.host;
     source.port = normalized.port;
     source.user = normalized.user;
-    source.ssl_mode = match asked {
-        Some(mode) => {
-            if !info.allowed_ssl_modes.contains(&to_wit(mode)) {
-                bail!(
-                    "sslMode {mode:?} is not allowed for source type {} ({}); allowed: {}",
-                    info.ids[0],
-                    info.display_name,
-                    info.allowed_ssl_modes.iter().map(|m| format!("{:?}", from_wit(*m))).collect::<Vec<_>>().join(", ")
-                );
-            }
-            mode
-        }
-        None => from_wit(info.preferred_ssl_mode),
-    };
-    Ok(source)
+    Ok((source, change))
 }
 
 pub async fn run(source: ConnSpec, target: ConnSpec, dbs_to_migrate: &[String]) -> Result<Prepared> {
-    let (source_client, source_tls) = source.connect("postgres").await?;
-    let (target_client, target_tls) = target.connect("postgres").await?;
+    let (source_client, source_tls) = source.connect(&source.dbname).await?;
+    let (target_client, target_tls) = target.connect(&target.dbname).await?;
     let source_info = inventory::collect_server(&source_client, Side::Source, &source.host, source.port)
         .await
         .with_context(|| format!("collecting the inventory of the {}", source.describe()))?;
@@ -79,24 +104,4 @@ pub async fn run(source: ConnSpec, target: ConnSpec, dbs_to_migrate: &[String]) 
         target_tls,
         inventory: Arc::new(Inventory { source: source_info, target: target_info, source_databases, target_databases }),
     })
-}
-
-pub fn to_wit(mode: SslMode) -> WitSslMode {
-    match mode {
-        SslMode::Disable => WitSslMode::Disable,
-        SslMode::Prefer => WitSslMode::Prefer,
-        SslMode::Require => WitSslMode::Require,
-        SslMode::VerifyCA => WitSslMode::VerifyCa,
-        SslMode::VerifyFull => WitSslMode::VerifyFull,
-    }
-}
-
-pub fn from_wit(mode: WitSslMode) -> SslMode {
-    match mode {
-        WitSslMode::Disable => SslMode::Disable,
-        WitSslMode::Prefer => SslMode::Prefer,
-        WitSslMode::Require => SslMode::Require,
-        WitSslMode::VerifyCa => SslMode::VerifyCA,
-        WitSslMode::VerifyFull => SslMode::VerifyFull,
-    }
 }

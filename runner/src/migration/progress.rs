@@ -167,7 +167,11 @@ impl Progress {
     /// Writes the counters and the resume record to the store. A store hiccup must not fail
     /// the copy: it is logged, and the next save (at most a tick later) catches up.
     pub(super) fn save(&mut self, store: &mut Store, id: i64) {
-        let saved = serde_json::to_value(&*self).map_err(anyhow::Error::from).and_then(|value| store.merge_details(id, json!({ "progress": value, "copyState": self.states })));
+        let record = self.states.iter().map(|(db, state)| (db.clone(), state.to_record())).collect();
+        let saved = store
+            .save_resume_record(id, &record)
+            .and_then(|()| serde_json::to_value(&*self).map_err(anyhow::Error::from))
+            .and_then(|value| store.merge_details(id, json!({ "progress": value })));
         match saved {
             Ok(()) => self.unsaved = false,
             Err(e) => tracing::warn!("saving the progress of migration {id} to the state store (retried in a second): {e:#}"),

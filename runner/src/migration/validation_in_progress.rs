@@ -164,6 +164,30 @@ fn level_report(checks: Vec<CheckReport>) -> LevelReport {
 }
 
 impl ValidationReport {
+    /// Shows that the source adapter moved the source endpoint (the user allowed it with
+    /// `AllowAdapterEndpointChange`): the source password went to the new endpoint.
+    pub fn endpoint_changed(&mut self, change: &super::performing_prerequisite_steps::EndpointChange) {
+        let finding = FindingReport {
+            severity: "warning".into(),
+            code: "adapter-endpoint-change".into(),
+            message: format!(
+                "source adapter plugin `{}` changed the source endpoint from {} to {}; pgferry connected to {} with the source credentials (allowed by AllowAdapterEndpointChange)",
+                change.plugin, change.from, change.to, change.to
+            ),
+            object: Some(change.to.clone()),
+            remediation: Some(format!("if {} is not your source server, remove AllowAdapterEndpointChange from the properties and the plugin from the plugin configuration, and change the source password", change.to)),
+        };
+        self.server_level.checks.push(CheckReport {
+            id: "adapter-endpoint-change".into(),
+            title: "Source endpoint set by the source adapter".into(),
+            plugin: change.plugin.clone(),
+            state: CheckState::Warning,
+            findings: vec![finding],
+        });
+        self.server_level.state = self.server_level.state.max(CheckState::Warning);
+        self.status = self.status.max(CheckState::Warning);
+    }
+
     /// The user consented (in the properties) to what `code`'s findings ask for, and the
     /// runner will do it: they become warnings saying so, and the states follow.
     pub fn consent(&mut self, code: &str, note: &str) {

@@ -17,11 +17,11 @@ use super::completing_migration;
 use super::migrating_data::{self, quote_ident, DatabaseState, Settings, Stage};
 use super::progress::{watched, Progress};
 use super::{advance, StepError};
-use crate::connect::{pg_error, ConnSpec};
+use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::lifecycle::Status;
-use crate::replication::apply::{self, ApplyStats};
+use crate::replication::apply::ApplyStats;
 use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
-use crate::replication::stream::PgOutputStream;
+use crate::replication::reconnect::{self, StreamSpec, StreamState};
 use crate::replication::{slot, Lsn, Names};
 use crate::store::{Leftover, Migration, RequestKind, Store};
 
@@ -69,8 +69,21 @@ pub struct Cutover {
     pub completed_at: Option<String>,
 }
 
-pub(super) fn records(m: &Migration) -> BTreeMap<String, Record> {
-    serde_json::from_value(m.details.get("replication").cloned().unwrap_or_default()).unwrap_or_default()
+/// The replication records of a migration, from the store's catalog.
+pub(super) fn records(store: &Store, id: i64) -> Result<BTreeMap<String, Record>> {
+    let objects = store.replication_objects(id).context("reading the replication objects the migration recorded")?;
+    Ok(objects
+        .into_iter()
+        .map(|(db, o)| {
+            let record = Record {
+                names: Names { slot: o.slot, publication: o.publication, origin: o.origin },
+                consistent_point: o.consistent_point,
+                base_copied: o.base_copied,
+                replica_identities_set: o.replica_identities,
+            };
+            (db, record)
+        })
+        .collect())
 }
 
 /// The cutover's receipt as the runner recorded it so far.
@@ -92,7 +105,26 @@ fn cutover_requested(store: &Store, m: &Migration) -> Result<Option<Cutover>> {
 }
 
 fn save_records(store: &mut Store, id: i64, records: &BTreeMap<String, Record>) -> Result<()> {
-    store.merge_details(id, json!({ "replication": records }))
+    let objects = records
+        .iter()
+        .map(|(db, r)| {
+            let objects = crate::store::ReplicationObjects {
+                slot: r.names.slot.clone(),
+                publication: r.names.publication.clone(),
+                origin: r.names.origin.clone(),
+                consistent_point: r.consistent_point.clone(),
+                base_copied: r.base_copied,
+                replica_identities: r.replica_identities_set.clone(),
+            };
+            (db.clone(), objects)
+        })
+        .collect();
+    store.save_replication_objects(id, &objects)
+}
+
+/// Forgets the replication records once everything they name is gone from the servers.
+pub(super) fn forget_records(store: &mut Store, id: i64) -> Result<()> {
+    save_records(store, id, &BTreeMap::new())
 }
 
 /// One database's apply task and its counters.
@@ -100,6 +132,9 @@ struct Stream {
     database: String,
     names: Names,
     stats: Arc<Mutex<ApplyStats>>,
+    /// Whether it is reconnecting, and to restart it when the source stops answering.
+    state: StreamState,
+    /// Ends only with an error that is not a lost connection, or past the time limit.
     task: JoinHandle<Result<()>>,
     /// The source's WAL position when streaming started: reaching it is catching up.
     goal: Lsn,
@@ -123,7 +158,7 @@ pub(super) async fn run(
         move |e| (step, created, e)
     };
     check_apply_privileges(s.target).await.map_err(err(created))?;
-    let mut records = records(&store.get_by_id(id).map_err(err(created))?);
+    let mut records = records(store, id).map_err(err(created))?;
     for (index, db) in databases.iter().enumerate() {
         if records.get(db).is_some_and(|r| r.base_copied) {
             created.push(db.clone());
@@ -182,15 +217,18 @@ pub(super) async fn run(
         }
     }
 
-    if store.get_by_id(id).map_err(err(created))?.status == Status::COMPLETING {
+    let current = store.get_by_id(id).map_err(err(created))?;
+    if current.status == Status::COMPLETING {
         // A runner died after the fences were applied: the slots may be gone already, and
         // nothing is left to stream. The cutover goes on from there.
         return complete(store, id, s, databases, &records).await.map_err(|e| ("CompletingMigration", created.clone(), e));
     }
+    // What a stream that gives up tells the user to run once the server is back.
+    let resume = super::resume_command(&current);
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
-        streams.push(start_stream(s, db, names).await.map_err(err(created))?);
+        streams.push(start_stream(s, &resume, db, names).await.map_err(err(created))?);
     }
     let outcome = follow(store, id, s, &mut streams, progress).await;
     for stream in &streams {
@@ -218,7 +256,7 @@ pub(super) async fn run(
 /// Applying needs what PostgreSQL's apply worker has; found out before anything is created
 /// rather than after the base copy.
 async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     client.batch_execute("SET session_replication_role = replica; SELECT pg_replication_origin_session_is_setup()").await.map_err(|e| {
         anyhow::anyhow!(
             "the target user {} cannot apply replicated changes: {}; online migration applies them as PostgreSQL's apply worker does, which needs a superuser (or, from PostgreSQL 15, SET on session_replication_role and EXECUTE on the pg_replication_origin functions)",
@@ -228,30 +266,37 @@ async fn check_apply_privileges(target: &ConnSpec) -> Result<()> {
     })
 }
 
-async fn start_stream(s: &Settings<'_>, db: &str, names: Names) -> Result<Stream> {
-    let what = format!("replication slot {} (database {db:?}) on the {}", names.slot, s.source.describe());
-    let (source, _) = s.source.connect(db).await?;
-    let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
-    let goal = parse_lsn(&goal).context("the source's WAL position does not parse")?;
-    let client = tokio::time::timeout(s.source.connect_timeout * 3, pgwire_replication::ReplicationClient::connect_gated(slot::replication_config(s.source, db, &names, 0)))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to stream from {what}: no answer"))?
-        .with_context(|| format!("connecting to stream from {what}"))?;
-    let stream = PgOutputStream::start(client, what).await?;
-    let (target, _) = s.target.connect(db).await?;
-    let stats = Arc::new(Mutex::new(ApplyStats::default()));
-    let task = tokio::spawn({
-        let (stats, origin) = (stats.clone(), names.origin.clone());
-        async move { apply::run(stream, target, &origin, stats).await }
-    });
-    Ok(Stream { database: db.to_string(), names, stats, task, goal, wal_pending: None })
+async fn start_stream(s: &Settings<'_>, resume: &str, db: &str, names: Names) -> Result<Stream> {
+    let goal = reconnect::retry(s.reconnect_timeout, resume, s.source, &format!("reading the WAL position of database {db:?}"), || async {
+        let (source, _) = s.source.connect(db).await?;
+        let goal: String = source.query_one("select pg_current_wal_lsn()::text", &[]).await?.get(0);
+        parse_lsn(&goal).context("the source's WAL position does not parse")
+    })
+    .await?;
+    let state = StreamState::default();
+    let spec = StreamSpec {
+        source: s.source.clone(),
+        target: s.target.clone(),
+        database: db.to_string(),
+        names: names.clone(),
+        resume: resume.to_string(),
+        limit: s.reconnect_timeout,
+    };
+    let task = tokio::spawn(reconnect::supervise(spec, state.clone()));
+    Ok(Stream { database: db.to_string(), names, stats: state.stats.clone(), state, task, goal, wal_pending: None })
 }
 
 /// Follows the streams: saves their counters, moves to WaitingForCutoverTrigger once every
 /// database caught up, writes the fences when the cutover is asked for, and returns once
 /// they are applied. `Ok(Some(_))`: canceled.
 async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Stream], progress: &mut Progress) -> Result<Option<Migration>> {
-    let (monitor, _) = s.source.connect("postgres").await?;
+    let resume = super::resume_command(&store.get_by_id(id)?);
+    let pending = Arc::new(Mutex::new(streams.iter().map(|st| (st.names.slot.clone(), None)).collect()));
+    let restarts: Vec<_> = streams.iter().map(|st| st.state.restart.clone()).collect();
+    let mut watches = [
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.source.clone(), resume.clone(), s.reconnect_timeout, Some(pending.clone()), restarts.clone()))),
+        AbortOnDrop(tokio::spawn(reconnect::watch(s.target.clone(), resume.clone(), s.reconnect_timeout, None, restarts))),
+    ];
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
     let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
@@ -264,9 +309,13 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
                 anyhow::bail!("replicating database {:?}: the apply task stopped", stream.database);
             }
         }
+        if let Some(watch) = watches.iter_mut().find(|w| w.0.is_finished()) {
+            (&mut watch.0).await.context("a server's monitor panicked")??;
+            anyhow::bail!("a server's monitor stopped");
+        }
         if polled_wal.elapsed() >= Duration::from_secs(5) {
             for stream in streams.iter_mut() {
-                stream.wal_pending = slot::wal_pending(&monitor, &stream.names).await.ok().flatten();
+                stream.wal_pending = pending.lock().unwrap().get(&stream.names.slot).copied().flatten();
                 if stream.wal_pending == Some(0) {
                     // The target has applied all the WAL the source has: not behind at all,
                     // even when no keepalive has said so (a source with no WAL traffic).
@@ -310,14 +359,20 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
         if cutover.fence_lsn.is_empty() {
             if cutover.read_only_source {
                 for stream in streams.iter() {
-                    if make_read_only(s.source, &stream.database).await? {
-                        cutover.made_read_only.push(stream.database.clone());
+                    let db = &stream.database;
+                    let what = format!("making database {db:?} read-only");
+                    // Asked once, before: a retry after a lost connection could find our own setting.
+                    let already = reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || is_read_only(s.source, db)).await?;
+                    reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || make_read_only(s.source, db)).await?;
+                    if !already {
+                        cutover.made_read_only.push(db.clone());
                     }
                 }
             }
             let token = format!("migration {id} cutover {}", cutover.requested_at);
             for stream in streams.iter() {
-                let lsn = slot::emit_fence(s.source, &stream.database, &token).await?;
+                let what = format!("writing the cutover fence in database {:?}", stream.database);
+                let lsn = reconnect::retry(s.reconnect_timeout, &resume, s.source, &what, || slot::emit_fence(s.source, &stream.database, &token)).await?;
                 cutover.fence_lsn.insert(stream.database.clone(), lsn_to_string(lsn));
             }
             store.merge_details(id, json!({ "cutover": cutover }))?;
@@ -336,6 +391,15 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
     }
 }
 
+/// A task that ends with its owner (the source's monitor ends when following does).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Writes every stream's counters to `replicationProgress` unless they equal `last`.
 fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serde_json::Value) -> Result<()> {
     let counters: serde_json::Map<String, serde_json::Value> = streams
@@ -344,6 +408,9 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
             let stats = st.stats.lock().unwrap().clone();
             let mut value = serde_json::to_value(&stats).unwrap_or_default();
             value["walBytesPending"] = json!(st.wal_pending);
+            if let Some(reconnecting) = st.state.reconnecting.lock().unwrap().clone() {
+                value["reconnecting"] = reconnecting;
+            }
             (st.database.clone(), value)
         })
         .collect();
@@ -355,32 +422,36 @@ fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serd
     Ok(())
 }
 
-/// Makes a source database read-only for the applications before the fence, as
-/// pg_easy_replicate does: new transactions default to read-only and the sessions
-/// connected now are ended (replication connections are left alone). Whether the setting
-/// is new.
-async fn make_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
-    let (client, _) = source.connect("postgres").await?;
-    let already: bool = client
+/// Whether a source database is read-only for new transactions already.
+async fn is_read_only(source: &ConnSpec, db: &str) -> Result<bool> {
+    let (client, _) = source.connect(&source.dbname).await?;
+    let row = client
         .query_one(
             "select exists (select 1 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
                              where d.datname = $1 and s.setrole = 0 and 'default_transaction_read_only=on' = any(s.setconfig))",
             &[&db],
         )
-        .await?
-        .get(0);
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Makes a source database read-only for the applications before the fence, as
+/// pg_easy_replicate does: new transactions default to read-only and the sessions
+/// connected now are ended (replication connections are left alone).
+async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
+    let (client, _) = source.connect(&source.dbname).await?;
     client
         .batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", quote_ident(db)))
         .await
-        .map_err(|e| anyhow::anyhow!("making database {db:?} read-only on the {}: {}", source.describe(), pg_error(&e)))?;
+        .map_err(|e| pg_failure(Role::Source, &e, format!("making database {db:?} read-only on the {}", source.describe())))?;
     client
         .execute(
             "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid() and backend_type = 'client backend'",
             &[&db],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("ending the sessions of database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
-    Ok(!already)
+        .map_err(|e| pg_failure(Role::Source, &e, format!("ending the sessions of database {db:?} on the {}", source.describe())))?;
+    Ok(())
 }
 
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
@@ -422,7 +493,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
         if cutover.made_read_only.contains(db) {
             // The source's settings were just carried over, this one included: the target is
             // where the applications go next.
-            let (target, _) = s.target.connect("postgres").await?;
+            let (target, _) = s.target.connect(&s.target.dbname).await?;
             target.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", quote_ident(db))).await?;
         }
         tables_verified += checked.tables_verified;
@@ -474,7 +545,7 @@ async fn refresh_materialized_views(s: &Settings<'_>, db: &str) -> Result<()> {
 /// Drops a replication origin on the target (idempotent). The apply session
 /// that used it may take a moment to go away after its task was stopped.
 async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
-    let (client, _) = target.connect("postgres").await?;
+    let (client, _) = target.connect(&target.dbname).await?;
     for attempt in 0..50 {
         let result = client
             .execute("select pg_replication_origin_drop($1) where pg_replication_origin_oid($1) is not null", &[&names.origin])
@@ -493,9 +564,9 @@ async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
 /// Removes what an online migration left on both servers: slots and publications on the
 /// source (the source must never keep WAL for a dead migration), replica identities it
 /// changed, origins on the target. For cancel and failure: returns what could not be removed.
-pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, m: &Migration) -> Vec<Leftover> {
+pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, records: &BTreeMap<String, Record>) -> Vec<Leftover> {
     let mut left = Vec::new();
-    for (db, record) in records(m) {
+    for (db, record) in records {
         if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
             let object = format!("{} and publication {} in database {db}", record.names.slot, record.names.publication);
             left.push(Leftover { server: "source".into(), kind: "replication slot".into(), object, problem: format!("{e:#}") });

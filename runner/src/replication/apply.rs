@@ -19,7 +19,7 @@ use tokio_postgres::{Client, Statement};
 use super::pgoutput::{lsn_to_string, Message, OldRow, ReplicaIdentity, Relation, Tuple, Value};
 use super::stream::{ChangeStream, Event};
 use super::{Lsn, FENCE_PREFIX};
-use crate::connect::pg_error;
+use crate::connect::{is_lost, pg_error, pg_failure, ConnectionLost, Role};
 use crate::migration::copy_digest::stable_text;
 use crate::migration::migrating_data::{quote_ident, quote_literal};
 
@@ -82,7 +82,7 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
                         stream.recv().await
                     }
                 };
-                event?.context("the source ended the replication stream")?
+                event?.ok_or_else(source_ended)?
             }
         };
         match event {
@@ -114,7 +114,7 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
                 // already here; commit as soon as the stream pauses.
                 if applier.batch.transactions < MAX_BATCH_TRANSACTIONS
                     && let Some(ready) = stream.ready() {
-                        let ready = ready?.context("the source ended the replication stream")?;
+                        let ready = ready?.ok_or_else(source_ended)?;
                         let more = matches!(ready, Event::Message(Message::Begin { .. }));
                         next = Some(ready);
                         if more {
@@ -127,6 +127,11 @@ pub async fn run<S: ChangeStream>(mut stream: S, target: Client, origin: &str, s
         }
         acknowledge(&mut stream, &mut applier);
     }
+}
+
+/// The source ending the stream without being asked to: it is shutting down.
+fn source_ended() -> anyhow::Error {
+    ConnectionLost { role: Role::Source, message: "the source ended the replication stream".into() }.into()
 }
 
 /// Acknowledges to the source what the target committed.
@@ -257,7 +262,7 @@ impl Applier {
             // statement worth compiling with JIT: no JIT.
             .batch_execute(&format!("SET session_replication_role = replica; SET enable_seqscan = off; SET jit = off; {}", stable_text()))
             .await
-            .map_err(|e| anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)))?;
+            .map_err(|e| if is_lost(&e) { pg_failure(Role::Target, &e, "preparing to apply changes on the target") } else { anyhow::anyhow!("preparing to apply changes on the target: {}; {hint}", pg_error(&e)) })?;
         let setup = async {
             let exists = client.query_one("select pg_replication_origin_oid($1) is not null", &[&origin]).await?.get::<_, bool>(0);
             if !exists {
@@ -267,7 +272,15 @@ impl Applier {
             let progress: Option<String> = client.query_one("select pg_replication_origin_progress($1, true)::text", &[&origin]).await?.get(0);
             Ok::<_, tokio_postgres::Error>(progress)
         };
-        let progress = setup.await.map_err(|e| anyhow::anyhow!("setting up replication origin {origin} on the target: {}; {hint}", pg_error(&e)))?;
+        let progress = setup.await.map_err(|e| {
+            let context = format!("setting up replication origin {origin} on the target");
+            // Held by our session from before a reconnect, until the target notices it is gone.
+            if is_lost(&e) || e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) {
+                anyhow::Error::new(ConnectionLost { role: Role::Target, message: format!("{context}: {}", pg_error(&e)) })
+            } else {
+                anyhow::anyhow!("{context}: {}; {hint}", pg_error(&e))
+            }
+        })?;
         let applied = progress.as_deref().and_then(super::pgoutput::parse_lsn).unwrap_or(0);
         {
             let mut s = stats.lock().unwrap();
@@ -342,7 +355,7 @@ impl Applier {
                     if restart_identity { " RESTART IDENTITY" } else { "" },
                     if cascade { " CASCADE" } else { "" }
                 );
-                self.client.batch_execute(&sql).await.map_err(|e| anyhow::anyhow!("applying {sql} on the target: {}", pg_error(&e)))?;
+                self.client.batch_execute(&sql).await.map_err(|e| pg_failure(Role::Target, &e, format!("applying {sql} on the target")))?;
                 self.batch.truncates += 1;
             }
             Message::Message { transactional: true, prefix, content, .. } if prefix == FENCE_PREFIX => {
@@ -466,7 +479,7 @@ impl Applier {
             }
         };
         let types = vec![Type::TEXT; n];
-        let statement = self.client.prepare_typed(&sql, &types).await.map_err(|e| anyhow::anyhow!("preparing {sql} on the target: {}", pg_error(&e)))?;
+        let statement = self.client.prepare_typed(&sql, &types).await.map_err(|e| pg_failure(Role::Target, &e, format!("preparing {sql} on the target")))?;
         self.statements.insert(key, statement.clone());
         Ok(statement)
     }
@@ -513,18 +526,18 @@ impl Applier {
         let result = answer.await;
         match request {
             Request::Begin => {
-                result.map_err(|e| anyhow::anyhow!("beginning a transaction on the target: {}", pg_error(&e)))?;
+                result.map_err(|e| pg_failure(Role::Target, &e, "beginning a transaction on the target"))?;
             }
             Request::Change(kind, relation) => {
                 let table = self.tables.get(&relation).map(|t| t.name.as_str()).unwrap_or("?");
-                let rows = result.map_err(|e| anyhow::anyhow!("applying a change to table {table} on the target: {}", pg_error(&e)))?;
+                let rows = result.map_err(|e| pg_failure(Role::Target, &e, format!("applying a change to table {table} on the target")))?;
                 if rows == 0 && kind != Kind::Insert {
                     self.stats.lock().unwrap().rows_not_found += 1;
                     tracing::warn!("a replicated {} found no row in table {table} on the target", if kind == Kind::Update { "UPDATE" } else { "DELETE" });
                 }
             }
             Request::Commit(batch) => {
-                result.map_err(|e| anyhow::anyhow!("committing applied changes on the target: {}", pg_error(&e)))?;
+                result.map_err(|e| pg_failure(Role::Target, &e, "committing applied changes on the target"))?;
                 self.counted(batch);
             }
         }

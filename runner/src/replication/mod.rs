@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod pgoutput;
+pub mod reconnect;
 pub mod slot;
 pub mod stream;
 

@@ -6,36 +6,27 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig};
 
 use super::{Lsn, Names};
 use crate::connect::{pg_error, ConnSpec};
 use crate::migration::migrating_data::{quote_ident, quote_literal};
-use crate::properties::SslMode;
 
 /// How long slot creation may wait for the transactions open on the source to end.
 const SLOT_CREATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Settings of the replication session, from the same connection spec as every other
 /// connection to the source (libpq environment, ~/.pgpass and TLS included).
-pub fn replication_config(source: &ConnSpec, db: &str, names: &Names, start: Lsn) -> ReplicationConfig {
-    let password = source.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
-    let ca = source.root_cert.clone();
-    let tls = match source.ssl_mode {
-        SslMode::Disable => TlsConfig::disabled(),
-        SslMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::disabled() },
-        SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCA => TlsConfig::verify_ca(ca),
-        // A host given as an IP address still needs a server name to check against.
-        SslMode::VerifyFull => TlsConfig::verify_full(ca).with_sni_hostname(source.host.clone()),
-    };
-    ReplicationConfig::new(source.host.clone(), source.user.clone(), password, db, names.slot.clone(), names.publication.clone())
+pub async fn replication_config(source: &ConnSpec, db: &str, names: &Names, start: Lsn) -> Result<ReplicationConfig> {
+    let password = source.password_for(db).map(|p| p.expose().to_string()).unwrap_or_default();
+    let tls = source.replication_tls(db).await?;
+    Ok(ReplicationConfig::new(source.host.clone(), source.user.clone(), password, db, names.slot.clone(), names.publication.clone())
         .with_port(source.port)
         .with_tls(tls)
         .with_start_lsn(WireLsn(start))
         .with_status_interval(Duration::from_millis(500))
         .with_application_name(format!("pgferry {}", names.slot))
-        .with_options(crate::migration::copy_digest::stable_text_options())
+        .with_options(crate::migration::copy_digest::stable_text_options()))
 }
 
 /// Publishes the tables the base copy copies: permanent leaf tables outside the provider's
@@ -135,7 +126,7 @@ pub struct CreatedSlot {
 
 pub async fn create_slot(source: &ConnSpec, db: &str, names: &Names) -> Result<CreatedSlot> {
     let what = || format!("replication slot {} for database {db:?} on the {}", names.slot, source.describe());
-    let mut session = tokio::time::timeout(source.connect_timeout * 3, ReplicationClient::connect_gated(replication_config(source, db, names, 0)))
+    let mut session = tokio::time::timeout(source.connect_timeout * 3, ReplicationClient::connect_gated(replication_config(source, db, names, 0).await?))
         .await
         .map_err(|_| anyhow::anyhow!("opening a replication connection for {}: no answer; check pg_hba.conf allows a replication connection to this database", what()))?
         .map_err(|e| anyhow::anyhow!("opening a replication connection for {}: {e}; the source user needs the REPLICATION attribute (or the provider's replication role) and pg_hba.conf must allow it", what()))?;
@@ -203,17 +194,6 @@ async fn writable(source: &ConnSpec, db: &str) -> Result<tokio_postgres::Client>
     Ok(client)
 }
 
-/// Bytes of WAL the source keeps for the slot that the target has not confirmed yet.
-pub async fn wal_pending(source: &tokio_postgres::Client, names: &Names) -> Result<Option<i64>> {
-    let row = source
-        .query_opt(
-            "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 from pg_replication_slots where slot_name = $1",
-            &[&names.slot],
-        )
-        .await?;
-    Ok(row.and_then(|r| r.get(0)))
-}
-
 /// Writes the cutover fence into the source's WAL for one database: a transactional
 /// logical message carrying the migration's token. Returns its LSN.
 pub async fn emit_fence(source: &ConnSpec, db: &str, token: &str) -> Result<Lsn> {
@@ -221,7 +201,7 @@ pub async fn emit_fence(source: &ConnSpec, db: &str, token: &str) -> Result<Lsn>
     let row = client
         .query_one(&format!("select pg_logical_emit_message(true, {}, $1::text)::text", quote_literal(super::FENCE_PREFIX)), &[&token])
         .await
-        .map_err(|e| anyhow::anyhow!("writing the cutover fence in database {db:?} on the {}: {}", source.describe(), pg_error(&e)))?;
+        .map_err(|e| crate::connect::pg_failure(source.role, &e, format!("writing the cutover fence in database {db:?} on the {}", source.describe())))?;
     let lsn: String = row.get(0);
     super::pgoutput::parse_lsn(&lsn).with_context(|| format!("the fence's LSN {lsn:?} does not parse"))
 }
