@@ -571,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_statements_are_judged_or_refused_never_a_crash() {
+        for (open, close) in [("(", ")"), ("(select ", ")"), ("1 + (", ")"), ("lower(", ")")] {
+            for depth in [200, 3000, (SQL_TEXT_BYTES - 16) / (open.len() + close.len())] {
+                let sql = format!("select {}1{}", open.repeat(depth), close.repeat(depth));
+                match Statement::parse(&sql) {
+                    Ok(s) => assert!(open == "(" || depth == 200, "{open}…{depth} passed: {:?}", s.names),
+                    // Nested nodes hit the grammar's own stack or the decoder's recursion limit.
+                    Err(e) => assert!(e.starts_with("SQL refused: it does not parse: "), "{open}…{depth}: {}", &e[..e.len().min(200)]),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_name_the_server_will_resolve_is_collected() {
         let s = Statement::parse(
             "select pg_catalog.lower(a.relname), x.f, b is distinct from c, d between 1 and 2, '1'::myschema.mytype \
