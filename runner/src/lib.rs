@@ -10,7 +10,7 @@ pub mod lifecycle;
 pub mod migration;
 pub mod pg_tools;
 pub mod plugin_host;
-mod plugin_sql;
+pub mod plugin_sql;
 pub mod plugins;
 pub mod progress_view;
 pub mod properties;

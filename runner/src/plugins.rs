@@ -10,6 +10,10 @@
 //! memory_mb = 64                    # optional
 //! [plugin.settings]
 //! max_bytes = "1000000"
+//!
+//! [sql]                             # optional: plugin SQL logs in as this role on both
+//! user = "pgferry_plugins"          # servers (password: PGFERRY_PLUGIN_SQL_PASSWORD, else
+//!                                   # ~/.pgpass), not as the migration's admin
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,9 +24,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::connect::ConnSpec;
 use crate::plugin_host::{
     AdapterDescription, Grants, Limits, Origin, Plugin, PluginHost, RuleDescriptor, World,
 };
+use crate::plugin_sql::PluginSql;
+use crate::properties::Secret;
 
 macro_rules! builtin {
     ($name:literal) => {
@@ -42,11 +49,23 @@ pub const BUILTIN: &[(&str, &[u8])] = &[
     builtin!("rules-online"),
 ];
 
+/// Bytes of settings (names and values) one plugin may be given.
+const SETTINGS_BYTES: usize = 64 << 10;
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
     plugin: Vec<PluginEntry>,
+    #[serde(default)]
+    sql: Option<SqlLogin>,
+}
+
+/// The login plugin SQL uses instead of the migration's admin.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlLogin {
+    user: String,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -81,6 +100,8 @@ pub struct Registry {
     pub host: PluginHost,
     pub rules: Vec<RulePlugin>,
     pub adapters: Vec<AdapterPlugin>,
+    /// `[sql] user` of the configuration: the role plugin SQL logs in as.
+    sql_user: Option<String>,
 }
 
 /// The compile cache: `PGFERRY_CACHE_DIR`, else the user's cache directory.
@@ -108,6 +129,7 @@ impl Registry {
     pub async fn load(config: Option<&Path>, cache_dir: Option<PathBuf>) -> Result<Registry> {
         let host = PluginHost::new(cache_dir)?;
         let mut plugins = Vec::new();
+        let mut sql_user = None;
         for (name, bytes) in BUILTIN {
             let plugin = host
                 .load(name, Origin::BuiltIn, bytes, Grants::default(), Vec::new(), Limits::default())
@@ -115,9 +137,11 @@ impl Registry {
             plugins.push(plugin);
         }
         if let Some(config) = config {
-            plugins.extend(load_config(&host, config)?);
+            let (external, login) = load_config(&host, config)?;
+            plugins.extend(external);
+            sql_user = login.map(|l| l.user);
         }
-        let mut registry = Registry { host, rules: Vec::new(), adapters: Vec::new() };
+        let mut registry = Registry { host, rules: Vec::new(), adapters: Vec::new(), sql_user };
         for plugin in plugins {
             let plugin = Arc::new(plugin);
             match plugin.shape.world {
@@ -146,6 +170,22 @@ impl Registry {
             .find(|a| a.description.info.ids.iter().any(|id| id.eq_ignore_ascii_case(source_type)))
     }
 
+    /// SQL for plugins granted it, on the migration's servers: as the configured plugin
+    /// login when there is one (its password from PGFERRY_PLUGIN_SQL_PASSWORD, else
+    /// `~/.pgpass`; never the admin's), else as the admin.
+    pub fn plugin_sql(&self, source: &ConnSpec, target: &ConnSpec) -> PluginSql {
+        let login = |admin: &ConnSpec| match &self.sql_user {
+            None => admin.clone(),
+            // Without the variable, `~/.pgpass` is read for this user at connect time.
+            Some(user) => ConnSpec {
+                user: user.clone(),
+                password: std::env::var("PGFERRY_PLUGIN_SQL_PASSWORD").ok().map(Secret::new),
+                ..admin.clone()
+            },
+        };
+        PluginSql::new(login(source), login(target))
+    }
+
     pub fn require_adapter(&self, source_type: &str) -> Result<&AdapterPlugin> {
         self.adapter_for(source_type).with_context(|| {
             let known: Vec<String> = self.adapters.iter().flat_map(|a| a.description.info.ids.clone()).collect();
@@ -154,11 +194,14 @@ impl Registry {
     }
 }
 
-fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
+fn load_config(host: &PluginHost, path: &Path) -> Result<(Vec<Plugin>, Option<SqlLogin>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plugin configuration {}", path.display()))?;
     let config: ConfigFile = toml::from_str(&text).with_context(|| format!("plugin configuration {} is not valid", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    config
+    if config.sql.as_ref().is_some_and(|l| l.user.trim().is_empty()) {
+        bail!("plugin configuration {}: `[sql] user` is empty; name the role plugin SQL logs in as, or remove the section", path.display());
+    }
+    let plugins = config
         .plugin
         .into_iter()
         .map(|entry| {
@@ -186,7 +229,7 @@ fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
                 deadline: entry.deadline_ms.map(Duration::from_millis).unwrap_or(defaults.deadline),
                 memory_bytes: entry.memory_mb.map(|mb| mb << 20).unwrap_or(defaults.memory_bytes),
             };
-            let settings = entry
+            let settings: Vec<(String, String)> = entry
                 .settings
                 .into_iter()
                 .map(|(k, v)| (k, match v {
@@ -194,7 +237,13 @@ fn load_config(host: &PluginHost, path: &Path) -> Result<Vec<Plugin>> {
                     other => other.to_string(),
                 }))
                 .collect();
+            // Settings cross into the plugin on every call that asks for them.
+            let size: usize = settings.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if size > SETTINGS_BYTES {
+                bail!("plugin `{name}` in {}: its settings take {size} bytes, over the cap of {SETTINGS_BYTES}; pass large data another way", path.display());
+            }
             Ok(host.load(&name, Origin::File(file.clone()), &bytes, grants, settings, limits)?)
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((plugins, config.sql))
 }

@@ -452,3 +452,64 @@ async fn example_max_database_size() {
         other => panic!("expected Reported, got {other:?}"),
     }
 }
+
+// --- the compile cache -------------------------------------------------------------------------
+
+/// A fresh path under the temp dir that does not exist yet.
+fn scratch(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::env::temp_dir().join(format!("pgferry-sandbox-{name}-{}-{nanos}", std::process::id()))
+}
+
+fn cwasm_of(dir: &std::path::Path, package: &str) -> PathBuf {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(read("tests/guests", package).1));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha) && p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap_or_else(|| panic!("no cached compilation of {package} in {}", dir.display()))
+}
+
+/// Native code in the cache is run only when it is what this runner compiled for that very
+/// component: another plugin's `.cwasm` (with or without its seal) put in place of a pinned
+/// plugin's is refused, compiled again and replaced, never run.
+#[tokio::test]
+async fn a_swapped_cwasm_is_refused_and_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("cache");
+    let host = PluginHost::new(Some(dir.clone())).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "the cache dir is private");
+    guest(&host, "guest-well-behaved");
+    guest(&host, "guest-trap");
+    let well = cwasm_of(&dir, "guest-well-behaved");
+    let trap = cwasm_of(&dir, "guest-trap");
+    let original = std::fs::read(&well).unwrap();
+    let seal = |p: &std::path::Path| p.with_extension("cwasm.sha256");
+
+    for swap_seal_too in [false, true] {
+        std::fs::copy(&trap, &well).unwrap();
+        if swap_seal_too {
+            std::fs::copy(seal(&trap), seal(&well)).unwrap();
+        }
+        let host = PluginHost::new(Some(dir.clone())).unwrap();
+        let p = guest(&host, "guest-well-behaved");
+        let findings = host.check_rule(&p, Services::none(), "all-good", &instance_ctx()).await.unwrap_or_else(|e| panic!("the swapped code ran: {e}"));
+        assert_eq!(codes(&findings), ["all-good"]);
+        assert!(std::fs::read(&well).unwrap() == original, "the swapped file was not replaced by a fresh compilation");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_cache_dir_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("open-cache");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let host = PluginHost::new(Some(dir.clone())).unwrap();
+    let p = guest(&host, "guest-well-behaved");
+    assert_eq!(codes(&host.check_rule(&p, Services::none(), "all-good", &instance_ctx()).await.unwrap()), ["all-good"]);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing may be cached in a directory others can write to");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

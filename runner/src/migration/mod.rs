@@ -21,7 +21,6 @@ use crate::connect::{ConnSpec, Role};
 use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
-use crate::plugin_sql::PluginSql;
 use crate::plugins::Registry;
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
 use performing_prerequisite_steps::EndpointChange;
@@ -433,7 +432,7 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
         }
         let services = Arc::new(Services {
             inventory: prepared.inventory.clone(),
-            sql: Some(Arc::new(PluginSql::new(prepared.source.clone(), prepared.target.clone()))),
+            sql: Some(Arc::new(registry.plugin_sql(&prepared.source, &prepared.target))),
         });
         let ctx = CheckContext {
             migration_name: req.name.clone(),

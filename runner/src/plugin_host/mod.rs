@@ -56,9 +56,9 @@ pub enum PluginErrorKind {
     Compile(String),
     #[error("cannot be instantiated (it needs imports this runner does not give): {0}")]
     Link(String),
-    #[error("`{function}` exceeded its CPU deadline of {deadline:?} and was stopped; raise `deadline_ms` in its configuration if it is legitimately slow")]
+    #[error("`{function}` exceeded its deadline of {deadline:?} (wall-clock, host calls and SQL included) and was stopped; raise `deadline_ms` in its configuration if it is legitimately slow")]
     Deadline { function: &'static str, deadline: Duration },
-    #[error("`{function}` tried to grow its memory to {requested} bytes, over its cap of {cap} bytes, and was stopped")]
+    #[error("`{function}` tried to grow its memory (all its memories and tables together) to {requested} bytes, over its cap of {cap} bytes, and was stopped; raise `memory_mb` in its configuration if it legitimately needs more")]
     Memory { function: &'static str, requested: usize, cap: usize },
     #[error("`{function}` returned a malformed value: {message}")]
     Malformed { function: &'static str, message: String },

@@ -1,5 +1,6 @@
-//! The per-call sandbox: a fresh store with WASI granting nothing, a memory cap, and a CPU
-//! deadline that counts guest time only (time spent in host calls such as SQL is excluded).
+//! The per-call sandbox: a fresh store with WASI granting nothing, a memory cap over all of a
+//! call's memories and tables together, and a wall-clock deadline that counts host calls
+//! too (host SQL gets what is left of it as its timeout).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,10 +41,10 @@ pub struct StoreState {
     pub(super) settings: Arc<Vec<(String, String)>>,
     pub(super) sql_granted: bool,
     started: Instant,
-    /// Wall time spent inside host functions, not charged to the guest.
-    pub(super) host_time: Duration,
     deadline: Duration,
     pub(super) deadline_hit: bool,
+    /// Log bytes this call has written so far (see `services::LOG_BYTES_PER_CALL`).
+    pub(super) log_bytes: usize,
 }
 
 impl WasiView for StoreState {
@@ -55,6 +56,11 @@ impl WasiView for StoreState {
 impl StoreState {
     pub fn memory_hit(&self) -> Option<usize> {
         self.limiter.hit
+    }
+
+    /// What is left of this call's deadline (zero once it has passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_sub(self.started.elapsed())
     }
 
     /// The last words the guest wrote to stderr (a Rust panic: "panicked at …" and its
@@ -88,23 +94,23 @@ pub(super) fn new_store(engine: &wasmtime::Engine, setup: CallSetup) -> Store<St
         wasi,
         stderr,
         table: ResourceTable::new(),
-        limiter: MemoryLimiter { max: setup.limits.memory_bytes, hit: None },
+        limiter: MemoryLimiter { max: setup.limits.memory_bytes, used: 0, hit: None },
         plugin: setup.plugin,
         services: setup.services,
         settings: setup.settings,
         sql_granted: setup.sql_granted,
         started: Instant::now(),
-        host_time: Duration::ZERO,
         deadline: setup.limits.deadline,
         deadline_hit: false,
+        log_bytes: 0,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let s = ctx.data_mut();
-        let guest_time = s.started.elapsed().saturating_sub(s.host_time);
-        if guest_time >= s.deadline {
+        // Wall time: a plugin that spends its call in host functions is stopped as well.
+        if s.time_left().is_zero() {
             s.deadline_hit = true;
             return Err(wasmtime::Trap::Interrupt.into());
         }
@@ -114,26 +120,43 @@ pub(super) fn new_store(engine: &wasmtime::Engine, setup: CallSetup) -> Store<St
     store
 }
 
-/// Caps linear memory and records the request that went over, so the error can say so
-/// (a Rust guest that cannot grow just hits `unreachable`, which reads like a panic).
+/// What one table element is charged against the memory cap (wasmtime keeps a pointer-sized
+/// slot per element, more for some element kinds).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Caps the sum of all linear memories and tables of a call (each is created by a growth
+/// from zero, so every byte passes through here) and records the request that went over,
+/// so the error can say so (a Rust guest that cannot grow just hits `unreachable`, which
+/// reads like a panic).
 struct MemoryLimiter {
     max: usize,
+    used: usize,
     hit: Option<usize>,
 }
 
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.hit = Some(desired);
-            return Ok(false);
+impl MemoryLimiter {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.max {
+            self.hit = Some(total);
+            return false;
         }
-        Ok(true)
+        self.used = total;
+        true
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 
+    // The bytes above are the limit; these counts only keep bookkeeping small, with room
+    // for componentize-py components (several modules each).
     fn instances(&self) -> usize {
         64
     }
@@ -142,5 +165,24 @@ impl ResourceLimiter for MemoryLimiter {
     }
     fn memories(&self) -> usize {
         16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_and_table_together() {
+        let mut limiter = MemoryLimiter { max: 10 << 20, used: 0, hit: None };
+        assert!(limiter.memory_growing(0, 6 << 20, None).unwrap());
+        // A second memory of 6 MiB is within a per-memory cap but not within the total.
+        assert!(!limiter.memory_growing(0, 6 << 20, None).unwrap());
+        assert_eq!(limiter.hit, Some(12 << 20));
+        assert!(limiter.memory_growing(6 << 20, 8 << 20, None).unwrap());
+        // Tables count too: 8 MiB of memory plus 4 MiB of table elements is over 10 MiB.
+        assert!(!limiter.table_growing(0, (4 << 20) / TABLE_ELEMENT_BYTES, None).unwrap());
+        assert!(limiter.table_growing(0, 1000, None).unwrap());
+        assert_eq!(limiter.used, (8 << 20) + 1000 * TABLE_ELEMENT_BYTES);
     }
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use super::bindings::generated::pgferry::plugin::{host, types};
 use super::bindings::{DatabaseInfo, LogLevel, QueryResult, ServerInfo, Side};
@@ -13,10 +13,11 @@ use super::inventory::Inventory;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Runs plugin SQL on a server: the implementation must use a READ ONLY transaction, a
-/// statement timeout and a row cap.
+/// Runs plugin SQL on a server: the implementation must refuse statements that can have
+/// side effects, use a READ ONLY transaction, caps on rows and bytes, and finish (or give up)
+/// within `time_left`, what is left of the plugin call's deadline.
 pub trait SqlRunner: Send + Sync {
-    fn query<'a>(&'a self, side: Side, database: Option<&'a str>, sql: &'a str) -> BoxFuture<'a, Result<QueryResult, String>>;
+    fn query<'a>(&'a self, side: Side, database: Option<&'a str>, sql: &'a str, time_left: Duration) -> BoxFuture<'a, Result<QueryResult, String>>;
 }
 
 /// Everything a plugin call may reach through its imports.
@@ -34,11 +35,21 @@ impl Services {
 
 /// Longest log line a plugin may write; the rest is cut so a plugin cannot flood the logs.
 const MAX_LOG_LINE: usize = 4096;
+/// Log bytes one plugin call may write; later lines are dropped (with one warning).
+pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
 
 impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     async fn log(&mut self, level: LogLevel, message: String) {
+        if self.log_bytes >= LOG_BYTES_PER_CALL {
+            return;
+        }
+        self.log_bytes += message.len().min(MAX_LOG_LINE);
+        if self.log_bytes >= LOG_BYTES_PER_CALL {
+            tracing::warn!(plugin = &*self.plugin, "plugin `{}` wrote over {LOG_BYTES_PER_CALL} bytes of log in one call; its further lines in this call are dropped", self.plugin);
+            return;
+        }
         let mut message = message;
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
@@ -78,11 +89,13 @@ impl host::Host for StoreState {
             ));
         }
         let Some(runner) = self.services.sql.clone() else {
-            return Err("SQL is not available in this phase (no server connection)".into());
+            return Err(format!("plugin `{}`: SQL is not available in this phase (no server connection)", self.plugin));
         };
-        let started = Instant::now();
-        let result = runner.query(side, database.as_deref(), &sql).await;
-        self.host_time += started.elapsed();
-        result
+        // The statement gets what is left of the call's deadline, which counts this wait too.
+        let result = runner.query(side, database.as_deref(), &sql, self.time_left()).await;
+        result.map_err(|e| {
+            tracing::warn!(plugin = &*self.plugin, "plugin `{}`: its SQL was refused or failed: {e}", self.plugin);
+            format!("plugin `{}`: {e}", self.plugin)
+        })
     }
 }
