@@ -445,3 +445,36 @@ fn a_target_changed_behind_the_migration_fails_the_cutover_verification_naming_t
     assert!(!runner.wait().unwrap().success());
     assert_nothing_left_by_replication(&source, &target);
 }
+
+/// A cancel during validation does not wait for slow plugins: a rule that loops until its
+/// (long) deadline is stopped, and the migration is Canceled within seconds.
+#[test]
+fn a_cancel_stops_a_runner_busy_in_validation_within_seconds() {
+    let (source, target) = (source_cluster(), target_cluster());
+    load_shop(&source, 100);
+    let pf = Pgferry::new();
+    let props = properties(&pf, &source, &target, "Offline");
+    let looping = pgferry_tests::workspace_root().join("tests/guests/dist/guest-infinite-loop.wasm");
+    let pin = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&looping).unwrap()))
+    };
+    let plugins = pf.write("slow.toml", format!("[[plugin]]\npath = {:?}\nsha256 = {pin:?}\ndeadline_ms = 60000\n", looping.display().to_string()));
+    let runner = pf
+        .command()
+        .args(["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "slow", "--properties", &props])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pf.wait_for("slow", "validation", Duration::from_secs(60), |d| d["substate"] == "ValidationInProgress");
+    let asked = std::time::Instant::now();
+    let cancel = pf.run(&["migration", "update", "--migration-name", "slow", "--cancel"]);
+    assert_eq!(cancel.code, 0, "{}", cancel.transcript());
+    let out = runner.wait_with_output().unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(15), "the cancel waited {took:?} for a plugin with a 60 s deadline");
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pf.show("slow")["state"], "Canceled");
+    assert!(!target_has_shop(&target));
+}

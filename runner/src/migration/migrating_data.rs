@@ -195,7 +195,13 @@ pub async fn create_roles(s: &Settings<'_>) -> Result<Vec<String>> {
     let (source, _) = s.source.connect(&s.source.dbname).await?;
     let hashes: std::collections::HashMap<String, String> = match source.query("select rolname::text, rolpassword from pg_authid where rolpassword is not null", &[]).await {
         Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        Err(_) => Default::default(), // not superuser: pg_authid is not readable
+        // Only a user who may not read pg_authid (not a superuser, as on managed servers)
+        // goes on without the hashes; any other failure is an error, not "no passwords".
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::info!("the source user {} may not read pg_authid: roles are created on the target without their passwords", s.source.user);
+            Default::default()
+        }
+        Err(e) => anyhow::bail!("reading the roles' password hashes on the {}: {}", s.source.describe(), pg_error(&e)),
     };
     let target_info = &s.inventory.target;
     let may_superuser = target_info.roles.iter().any(|r| r.name == target_info.current_user && r.superuser);

@@ -450,7 +450,10 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
             dbs_to_migrate: props.dbs_to_migrate.clone(),
             overwrite_dbs_in_target: props.overwrite_dbs_in_target,
         };
-        let mut report = validation_in_progress::run(registry, adapter, services, &ctx).await;
+        // Plugins may take up to their deadlines: a cancel does not wait for them.
+        let Some(mut report) = until_canceled(store, id, validation_in_progress::run(registry, adapter, services, &ctx)).await? else {
+            return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
+        };
         if mode == MigrationMode::Online && props.set_replica_identity {
             report.consent("replica-identity-missing", "SetReplicaIdentity: pgferry gives it one on the source (USING a unique index when one fits, else FULL) and restores it when the migration ends");
         }
@@ -677,6 +680,24 @@ async fn drop_databases(target: &ConnSpec, names: &[String]) -> (Vec<String>, Ve
         }
     }
     (dropped, left)
+}
+
+/// Runs `work` until it ends, or until the migration is being canceled (looked at every
+/// second): `None` then, and the work is dropped (a plugin call in it stops at its next
+/// epoch tick).
+async fn until_canceled<T>(store: &Store, id: i64, work: impl std::future::Future<Output = T>) -> Result<Option<T>> {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(Some(done)),
+            _ = tick.tick() => {
+                if store.get_by_id(id)?.status == Status::CANCELING {
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 /// Moves the migration on; `Some(migration)` when it was canceled from another shell in the
