@@ -14,6 +14,7 @@ pub mod plugin_sql;
 pub mod plugins;
 pub mod progress_view;
 pub mod properties;
+pub mod reconnect;
 pub mod replication;
 pub mod report;
 pub mod sql_text;

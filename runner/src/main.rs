@@ -163,9 +163,9 @@ struct CopyArgs {
     /// Directory of pg_dump/pg_restore, when the right version is not found on its own
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
-    /// Online: how long to keep reconnecting to a source or target that went away while
-    /// streaming before the migration fails
-    #[arg(long, value_name = "SECONDS", default_value_t = pgferry::replication::reconnect::DEFAULT_TIMEOUT.as_secs())]
+    /// How long to keep reconnecting to a source or target that went away (one outage, while
+    /// copying, streaming or cutting over) before the migration fails
+    #[arg(long, value_name = "SECONDS", default_value_t = pgferry::reconnect::DEFAULT_TIMEOUT.as_secs())]
     reconnect_timeout: u64,
 }
 

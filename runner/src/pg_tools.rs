@@ -8,7 +8,7 @@ use tokio::process::Command as AsyncCommand;
 
 use anyhow::{bail, Context, Result};
 
-use crate::connect::ConnSpec;
+use crate::connect::{ConnSpec, ConnectionLost, Role};
 
 /// A directory holding pg_dump and pg_restore of one major version.
 #[derive(Clone, Debug)]
@@ -106,22 +106,50 @@ fn clear_libpq_env(cmd: &mut AsyncCommand) {
     }
 }
 
-/// Runs a tool; the error names it, the server and what it printed.
+/// Runs a tool; the error names it, the server and what it printed. One that lost its
+/// server (libpq's words for it) fails with a [`ConnectionLost`], so the step is tried again
+/// once the server is back.
 pub async fn run(mut cmd: AsyncCommand, what: &str) -> Result<()> {
+    // pg_dump reads the source; pg_restore writes the target.
+    let role = if cmd.as_std().get_program().to_string_lossy().ends_with("pg_dump") { Role::Source } else { Role::Target };
     let out = cmd.output().await.with_context(|| format!("cannot start {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-        bail!("{what} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        let message = format!("{what} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        if lost_connection(&stderr) {
+            return Err(ConnectionLost { role, message }.into());
+        }
+        bail!(message);
     }
     Ok(())
+}
+
+/// Whether libpq's messages in a tool's output say the connection was lost or could not
+/// be made (rather than that the server refused a statement).
+fn lost_connection(stderr: &str) -> bool {
+    const LOST: &[&str] = &[
+        "server closed the connection unexpectedly",
+        "could not receive data from server",
+        "could not send data to server",
+        "no connection to the server",
+        "SSL SYSCALL error",
+        "terminating connection due to administrator command",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "Connection refused",
+        "Connection reset by peer",
+        "lost synchronization with server",
+        "timeout expired",
+    ];
+    LOST.iter().any(|words| stderr.contains(words))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conn_config::{conninfo_quote, RootCert};
-    use crate::connect::Role;
     use crate::properties::SslMode;
 
     fn spec() -> ConnSpec {
@@ -137,6 +165,14 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(5),
             application_name: "pgferry".into(),
         }
+    }
+
+    #[test]
+    fn lost_servers_are_told_from_refusals_in_libpq_words() {
+        assert!(lost_connection("pg_dump: error: query failed: server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally"));
+        assert!(lost_connection("pg_restore: error: connection to server at \"127.0.0.1\", port 5 failed: Connection refused"));
+        assert!(!lost_connection("pg_restore: error: connection to server at \"127.0.0.1\", port 5 failed: FATAL:  password authentication failed for user \"u\""));
+        assert!(!lost_connection("pg_restore: error: could not execute query: ERROR:  permission denied for schema s"));
     }
 
     #[test]

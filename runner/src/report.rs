@@ -132,6 +132,9 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
         let message = error.get("message").and_then(Value::as_str).unwrap_or("?");
         line(&mut out, "Error", &format!("in {step}: {message}"));
     }
+    if let Some(r) = m.details.get("reconnecting").filter(|r| r.is_object()) {
+        line(&mut out, "Outage", &reconnecting_text(r));
+    }
     if let Some(dbs) = m.details.pointer("/progress/databases").and_then(Value::as_object) {
         for (name, p) in dbs {
             let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
@@ -148,19 +151,7 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
         for (name, r) in dbs {
             let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
             let pending = r.get("walBytesPending").and_then(Value::as_i64).map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();
-            let reconnecting = r
-                .get("reconnecting")
-                .filter(|v| v.is_object())
-                .map(|c| {
-                    format!(
-                        "; RECONNECTING to the {} since {} ({} attempts; last error: {})",
-                        c.get("server").and_then(Value::as_str).unwrap_or("?"),
-                        c.get("since").and_then(Value::as_str).unwrap_or("?"),
-                        c.get("attempts").and_then(Value::as_u64).unwrap_or(0),
-                        c.get("lastError").and_then(Value::as_str).unwrap_or("?")
-                    )
-                })
-                .unwrap_or_default();
+            let reconnecting = r.get("reconnecting").filter(|v| v.is_object()).map(|c| format!("; {}", reconnecting_text(c))).unwrap_or_default();
             line(
                 &mut out,
                 "Replicating",
@@ -219,6 +210,17 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
         }
     }
     out
+}
+
+/// An outage under way: `{"server", "since", "attempts", "lastError"}`.
+fn reconnecting_text(c: &Value) -> String {
+    format!(
+        "RECONNECTING to the {} since {} ({} attempts; last error: {})",
+        c.get("server").and_then(Value::as_str).unwrap_or("?"),
+        c.get("since").and_then(Value::as_str).unwrap_or("?"),
+        c.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+        c.get("lastError").and_then(Value::as_str).unwrap_or("?")
+    )
 }
 
 fn validation_text(report: &ValidationReport) -> String {

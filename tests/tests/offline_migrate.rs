@@ -201,7 +201,7 @@ fn kill_9_during_the_copy_then_resume_keeps_finished_tables_and_ends_exact() {
 }
 
 #[test]
-fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
+fn source_down_past_the_reconnect_timeout_mid_copy_fails_naming_the_table_and_resume_recovers() {
     let source = Cluster::start().unwrap();
     let target = Cluster::start().unwrap();
     source.create_database("shop").unwrap();
@@ -212,7 +212,7 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
     let props = pf.properties(&source, "shop", json!({}));
     let running = pf
         .command()
-        .args(["migration", "create", "--migration-name", "lost", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json"])
+        .args(["migration", "create", "--migration-name", "lost", "--properties", &props, "--target", &format!("127.0.0.1:{}", target.port()), "--jobs", "1", "--output", "json", "--reconnect-timeout", "3"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -228,6 +228,7 @@ fn source_lost_mid_copy_fails_naming_the_table_and_resume_recovers() {
     assert_eq!(doc["error"]["step"], "MigratingData");
     let message = doc["error"]["message"].as_str().unwrap();
     assert!(message.contains("public.big") && message.contains("shop"), "names the table and database: {message}");
+    assert!(message.contains("gave up after") && message.contains("--reconnect-timeout 3"), "says it waited for the source: {message}");
     assert_eq!(target.psql("postgres", "select count(*) from pg_database where datname = 'shop'").unwrap(), "0", "nothing half-copied is left");
 
     source.restart().unwrap();

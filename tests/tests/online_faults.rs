@@ -27,6 +27,45 @@ fn online(pf: &Pgferry, port: u16, db: &str) -> String {
     pf.write(&format!("{db}.json"), body.to_string()).display().to_string()
 }
 
+/// Which server the fault-injecting proxy stands in front of.
+#[derive(PartialEq)]
+enum Through {
+    Source,
+    Target,
+}
+
+/// Two clusters (the source ready for logical replication, `bench` loaded), a proxy in front
+/// of one of them, and the properties of an online migration of `bench` through it.
+struct Setup {
+    source: Cluster,
+    target: Cluster,
+    proxy: Proxy,
+    pf: Pgferry,
+    props: String,
+    target_arg: String,
+}
+
+impl Setup {
+    fn new(through: Through) -> Setup {
+        let source = source_cluster();
+        let target = Cluster::start().unwrap();
+        load(&source, "bench");
+        let proxy = Proxy::start(if through == Through::Source { source.port() } else { target.port() }).unwrap();
+        let pf = Pgferry::new();
+        let (source_port, target_port) = if through == Through::Source { (proxy.port(), target.port()) } else { (source.port(), proxy.port()) };
+        let props = online(&pf, source_port, "bench");
+        Setup { source, target, proxy, pf, props, target_arg: format!("127.0.0.1:{target_port}") }
+    }
+
+    /// `migration create … --no-wait` with `extra` arguments and environment.
+    fn create(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) {
+        let mut args = vec!["migration", "create", "--migration-name", name, "--properties", &self.props, "--target", &self.target_arg, "--no-wait"];
+        args.extend_from_slice(extra);
+        let out = self.pf.run_with(&args, env);
+        assert_eq!(out.code, 0, "{}", out.transcript());
+    }
+}
+
 fn pgbench(source: &Cluster) -> std::process::Command {
     let mut cmd = std::process::Command::new(source.bin_dir().join("pgbench"));
     cmd.args(["-h", "127.0.0.1", "-p", &source.port().to_string(), "-U", "postgres"]);
@@ -107,6 +146,12 @@ fn cut_over_and_check(pf: &Pgferry, name: &str, source: &Cluster, target: &Clust
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "Succeeded", "{doc:#}");
+    assert_exact_and_clean(source, target);
+}
+
+/// The target is an exact copy, with nothing of the migration left on either server (and
+/// pgferry's publication never copied).
+fn assert_exact_and_clean(source: &Cluster, target: &Cluster) {
     assert_eq!(compare::table_digests(target, "bench", true), compare::table_digests(source, "bench", true), "table contents differ");
     assert_eq!(sequences(target, "bench"), sequences(source, "bench"), "sequences differ");
     let sum = |c: &Cluster| c.psql("bench", "select count(*), coalesce(sum(delta), 0) from ledger").unwrap();
@@ -127,16 +172,10 @@ fn assert_nothing_left(source: &Cluster) {
 
 #[test]
 fn a_source_restart_while_waiting_for_cutover_costs_a_reconnect_not_the_migration() {
-    let source = source_cluster();
-    let target = Cluster::start().unwrap();
-    load(&source, "bench");
-    let proxy = Proxy::start(source.port()).unwrap();
-    let pf = Pgferry::new();
-    let props = online(&pf, proxy.port(), "bench");
-    let target_arg = format!("127.0.0.1:{}", target.port());
-    let load = Load::start(&source, &pf, "bench");
-    let out = pf.run(&["migration", "create", "--migration-name", "restarted", "--properties", &props, "--target", &target_arg, "--no-wait", "--reconnect-timeout", "60"]);
-    assert_eq!(out.code, 0, "{}", out.transcript());
+    let setup = Setup::new(Through::Source);
+    let Setup { source, target, proxy, pf, .. } = &setup;
+    let load = Load::start(source, pf, "bench");
+    setup.create("restarted", &["--reconnect-timeout", "60"], &[]);
     let doc = pf.wait_for("restarted", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     let before = applied(&doc);
 
@@ -151,23 +190,17 @@ fn a_source_restart_while_waiting_for_cutover_costs_a_reconnect_not_the_migratio
     source.restart().unwrap();
 
     // Streaming again: the load's new transactions arrive, the reconnecting mark is gone.
-    wait_for_applies(&pf, "restarted", "WaitingForCutoverTrigger", before, 20);
+    wait_for_applies(pf, "restarted", "WaitingForCutoverTrigger", before, 20);
     assert!(load.finish() > 0, "the load ran");
-    cut_over_and_check(&pf, "restarted", &source, &target);
+    cut_over_and_check(pf, "restarted", source, target);
 }
 
 #[test]
 fn target_connections_reset_mid_stream_are_reconnected_and_the_copy_stays_exact() {
-    let source = source_cluster();
-    let target = Cluster::start().unwrap();
-    load(&source, "bench");
-    let proxy = Proxy::start(target.port()).unwrap();
-    let pf = Pgferry::new();
-    let props = online(&pf, source.port(), "bench");
-    let target_arg = format!("127.0.0.1:{}", proxy.port());
-    let load = Load::start(&source, &pf, "bench");
-    let out = pf.run(&["migration", "create", "--migration-name", "reset", "--properties", &props, "--target", &target_arg, "--no-wait"]);
-    assert_eq!(out.code, 0, "{}", out.transcript());
+    let setup = Setup::new(Through::Target);
+    let Setup { source, target, proxy, pf, .. } = &setup;
+    let load = Load::start(source, pf, "bench");
+    setup.create("reset", &[], &[]);
 
     // Once changes stream (catching up in MigratingData, or already waiting), cut the
     // target's connections, and again while waiting for the cutover.
@@ -178,25 +211,18 @@ fn target_connections_reset_mid_stream_are_reconnected_and_the_copy_stays_exact(
     assert!(proxy.accepted() > accepted, "pgferry reconnected through the proxy");
     let doc = pf.wait_for("reset", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger" && applied(d) > applied(&doc));
     proxy.reset_all();
-    wait_for_applies(&pf, "reset", "WaitingForCutoverTrigger", applied(&doc), 20);
+    wait_for_applies(pf, "reset", "WaitingForCutoverTrigger", applied(&doc), 20);
     assert!(load.finish() > 0, "the load ran");
-    cut_over_and_check(&pf, "reset", &source, &target);
+    cut_over_and_check(pf, "reset", source, target);
 }
 
 #[test]
 fn a_source_stalled_past_the_reconnect_timeout_fails_naming_the_server_and_resume() {
-    let source = source_cluster();
-    let target = Cluster::start().unwrap();
-    load(&source, "bench");
-    let proxy = Proxy::start(source.port()).unwrap();
-    let pf = Pgferry::new();
-    let props = online(&pf, proxy.port(), "bench");
-    let target_arg = format!("127.0.0.1:{}", target.port());
+    let setup = Setup::new(Through::Source);
+    let Setup { source, proxy, pf, .. } = &setup;
     // A connection attempt into the stall waits 10 s: the failure's cleanup gets through once
     // the stall ends, a few seconds after the 5 s limit.
-    let args = ["migration", "create", "--migration-name", "stalled", "--properties", &props, "--target", &target_arg, "--no-wait", "--reconnect-timeout", "5"];
-    let out = pf.run_with(&args, &[("PGCONNECT_TIMEOUT", "10")]);
-    assert_eq!(out.code, 0, "{}", out.transcript());
+    setup.create("stalled", &["--reconnect-timeout", "5"], &[("PGCONNECT_TIMEOUT", "10")]);
     pf.wait_for("stalled", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
 
     proxy.stall(true);
@@ -213,21 +239,15 @@ fn a_source_stalled_past_the_reconnect_timeout_fails_naming_the_server_and_resum
     assert!(message.contains("gave up after") && message.contains(&server), "the error names the server: {message}");
     assert!(message.contains("pgferry migration resume --migration-name stalled"), "the error says what to run next: {message}");
     assert_eq!(doc["error"]["step"], "WaitingForCutoverTrigger", "{doc:#}");
-    assert_nothing_left(&source);
+    assert_nothing_left(source);
 }
 
 #[test]
 fn a_target_stalled_for_a_while_is_noticed_and_streaming_resumes_after_it() {
-    let source = source_cluster();
-    let target = Cluster::start().unwrap();
-    load(&source, "bench");
-    let proxy = Proxy::start(target.port()).unwrap();
-    let pf = Pgferry::new();
-    let props = online(&pf, source.port(), "bench");
-    let target_arg = format!("127.0.0.1:{}", proxy.port());
-    let load = Load::start(&source, &pf, "bench");
-    let out = pf.run(&["migration", "create", "--migration-name", "frozen", "--properties", &props, "--target", &target_arg, "--no-wait", "--reconnect-timeout", "60"]);
-    assert_eq!(out.code, 0, "{}", out.transcript());
+    let setup = Setup::new(Through::Target);
+    let Setup { source, target, proxy, pf, .. } = &setup;
+    let load = Load::start(source, pf, "bench");
+    setup.create("frozen", &["--reconnect-timeout", "60"], &[]);
     let doc = pf.wait_for("frozen", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
     let before = applied(&doc);
     let started = Instant::now();
@@ -240,8 +260,36 @@ fn a_target_stalled_for_a_while_is_noticed_and_streaming_resumes_after_it() {
     assert_eq!(doc["details"]["replicationProgress"]["bench"]["reconnecting"]["server"], server.as_str(), "{doc:#}");
     proxy.stall(false);
 
-    wait_for_applies(&pf, "frozen", "WaitingForCutoverTrigger", before, 20);
+    wait_for_applies(pf, "frozen", "WaitingForCutoverTrigger", before, 20);
     eprintln!("streaming again {:.1} s after the stall began", started.elapsed().as_secs_f64());
     assert!(load.finish() > 0, "the load ran");
-    cut_over_and_check(&pf, "frozen", &source, &target);
+    cut_over_and_check(pf, "frozen", source, target);
+}
+
+#[test]
+fn a_target_refusing_connections_mid_cutover_holds_the_cutover_until_it_is_back() {
+    let setup = Setup::new(Through::Target);
+    let Setup { source, target, proxy, pf, .. } = &setup;
+    setup.create("held", &["--reconnect-timeout", "60"], &[]);
+    pf.wait_for("held", "WaitingForCutoverTrigger", Duration::from_secs(120), |d| d["substate"] == "WaitingForCutoverTrigger");
+    source.psql("bench", "insert into ledger (delta) select 1 from generate_series(1, 100)").unwrap();
+
+    // The streams keep their connections and apply up to the fence; every connection the
+    // cutover's last part opens (origins, materialized views, verification) is turned away.
+    proxy.refuse(true);
+    let out = pf.run(&["migration", "update", "--migration-name", "held", "--cutover", "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc = pf.wait_for("held", "reconnecting in CompletingMigration", Duration::from_secs(60), |d| {
+        d["substate"] == "CompletingMigration" && d["details"].get("reconnecting").is_some_and(Value::is_object)
+    });
+    let server = format!("target server 127.0.0.1:{}", proxy.port());
+    assert_eq!(doc["details"]["reconnecting"]["server"], server.as_str(), "{doc:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.refuse(false);
+
+    let doc = pf.wait_for("held", "Succeeded", Duration::from_secs(120), |d| d["state"] == "Succeeded");
+    let states: Vec<&str> = doc["transitions"].as_array().unwrap().iter().filter_map(|t| t["state"].as_str()).collect();
+    assert!(!states.contains(&"Failed"), "{states:?}");
+    assert!(doc["details"]["cutover"]["completedAt"].is_string(), "the receipt is recorded: {doc:#}");
+    assert_exact_and_clean(source, target);
 }

@@ -306,3 +306,38 @@ fn a_server_that_never_answers_fails_within_the_connect_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "bounded by the timeout, took {:?}", started.elapsed());
     drop(held);
 }
+
+#[test]
+fn a_provider_database_in_dbs_to_migrate_is_a_validation_error_and_never_copied() {
+    let s = servers();
+    s.source.create_database("rdsadmin").unwrap();
+    let pf = Pgferry::new();
+    let target = target_arg(&s);
+    let props = properties(&pf, &s, json!({"sourceType": "AWS_RDS", "DBsToMigrate": ["app", "rdsadmin"]}));
+
+    // Validated first: the database the RDS adapter declares as the provider's is an error
+    // finding on it, and nothing is copied.
+    let out = pf.run(&["migration", "create", "--migration-name", "with-admin", "--properties", &props, "--target", &target, "--output", "json"]);
+    assert_eq!(out.code, 4, "ValidationFailed exits 4: {}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "ValidationFailed", "{doc:#}");
+    let dbs = doc["validation"]["dbLevel"].as_array().unwrap();
+    let admin = dbs.iter().find(|d| d["databaseName"] == "rdsadmin").expect("rdsadmin is validated");
+    assert_eq!(admin["state"], "Failed", "{admin:#}");
+    let check = admin["checks"].as_array().unwrap().iter().find(|c| c["id"] == "provider-database").expect("the provider-database check");
+    let finding = &check["findings"][0];
+    assert_eq!(finding["severity"], "error");
+    assert!(finding["message"].as_str().unwrap().contains("\"rdsadmin\" is the provider's own"), "{finding:#}");
+    assert_eq!(finding["remediation"], "remove \"rdsadmin\" from DBsToMigrate");
+    let app = dbs.iter().find(|d| d["databaseName"] == "app").unwrap();
+    assert!(!app["checks"].as_array().unwrap().iter().any(|c| c["id"] == "provider-database"), "app is the user's: {app:#}");
+    let copied = s.target.psql("postgres", "select count(*) from pg_database where datname in ('app', 'rdsadmin')").unwrap();
+    assert_eq!(copied.trim(), "0", "nothing was copied");
+
+    // Without validation it is refused before anything is recorded.
+    let out = pf.run(&["migration", "create", "--migration-name", "unchecked", "--properties", &props, "--target", &target, "--migration-option", "Migrate"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("\"rdsadmin\" is the provider's own") && out.stderr.contains("remove it from DBsToMigrate"), "{}", out.transcript());
+    let shown = pf.run(&["migration", "show", "--migration-name", "unchecked"]);
+    assert_eq!(shown.code, 3, "nothing was recorded: {}", shown.transcript());
+}

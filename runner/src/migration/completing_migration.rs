@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::copy_digest::{CopyDigester, Digest};
+use crate::connect::{pg_failure, Role};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
 use super::migrating_data::{dump_and_restore, CopiedDatabase, Progress, Settings, TableToVerify};
 
@@ -90,15 +91,15 @@ async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
 /// The digest of a table's rows as `client` has them: `COPY (SELECT <columns>) TO STDOUT`
 /// in the copy's format, its columns in the copy's order (an inheritance child's columns
 /// may be in another order on the target), parsed as it streams.
-pub async fn digest_table(client: &Client, table: &TableToVerify) -> Result<Digest> {
+pub async fn digest_table(client: &Client, role: Role, table: &TableToVerify) -> Result<Digest> {
     let name = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
     let sql = format!("COPY (SELECT {} FROM ONLY {name}) TO STDOUT (FORMAT {})", table.columns.join(", "), table.format.sql());
     let checksumming = || format!("checksumming {}.{}", table.schema, table.name);
-    let out = client.copy_out(&sql).await.map_err(|e| anyhow::anyhow!(crate::connect::pg_error(&e))).with_context(checksumming)?;
+    let out = client.copy_out(&sql).await.map_err(|e| pg_failure(role, &e, checksumming()))?;
     futures_util::pin_mut!(out);
     let mut digest = CopyDigester::new(table.format);
     while let Some(chunk) = out.next().await {
-        let chunk = chunk.map_err(|e| anyhow::anyhow!(crate::connect::pg_error(&e))).with_context(checksumming)?;
+        let chunk = chunk.map_err(|e| pg_failure(role, &e, checksumming()))?;
         digest.feed(&chunk).with_context(checksumming)?;
     }
     digest.finish().with_context(checksumming)
@@ -128,7 +129,7 @@ pub async fn compare_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: 
             let mut compared = Vec::new();
             loop {
                 let Some(table) = queue.lock().await.pop_front() else { break };
-                let target_side = digest_table(&dst, &table);
+                let target_side = digest_table(&dst, Role::Target, &table);
                 let (source_digest, target_digest) = match table.source {
                     Some(digest) => (digest, target_side.await?),
                     None => {
@@ -140,7 +141,7 @@ pub async fn compare_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: 
                                 .context("joining the exported snapshot to verify")?;
                             src = Some(client);
                         }
-                        let (source_side, target_side) = tokio::join!(digest_table(src.as_ref().expect("connected"), &table), target_side);
+                        let (source_side, target_side) = tokio::join!(digest_table(src.as_ref().expect("connected"), Role::Source, &table), target_side);
                         (source_side?, target_side?)
                     }
                 };

@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::copy_digest::{CopyDigester, Digest, Format};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
-use crate::connect::{pg_error, ConnSpec};
+use crate::connect::{pg_error, ConnSpec, Role};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
@@ -593,8 +593,9 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob, db: &str, progre
             format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT {format})")
         }
     };
-    let source_err = |e: tokio_postgres::Error| anyhow::anyhow!("reading from the source: {}", pg_error(&e));
-    let target_err = |e: tokio_postgres::Error| anyhow::anyhow!("writing to the target: {}", pg_error(&e));
+    // Marked when the connection was lost: the copy is then tried again once the server is back.
+    let source_err = |e: tokio_postgres::Error| crate::connect::pg_failure(Role::Source, &e, "reading from the source");
+    let target_err = |e: tokio_postgres::Error| crate::connect::pg_failure(Role::Target, &e, "writing to the target");
     // A table copied whole is loaded frozen: emptied in the same transaction, its rows need
     // no hint bits set (and no page rewritten) later, when post-data and verification read it.
     let freeze = job.blocks.is_none() && begin_frozen_load(dst, &table).await.map_err(target_err)?;

@@ -22,6 +22,7 @@ use crate::lease::RunnerLease;
 use crate::lifecycle::{IllegalTransition, Status};
 use crate::plugin_host::{self, CheckContext, Services};
 use crate::plugins::Registry;
+use crate::reconnect::{unless_silent, Outages};
 use crate::properties::{parse_endpoint, Endpoint, MigrationMode, MigrationOption, Properties, SslMode};
 use performing_prerequisite_steps::EndpointChange;
 use crate::store::{Leftover, Migration, NewMigration, Store};
@@ -131,6 +132,13 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         bail!("`DBsToMigrate` is empty: list the databases to migrate in the properties");
     }
     let adapter = registry.require_adapter(&props.source_type)?;
+    if option == MigrationOption::Migrate {
+        // Validation would refuse it; a migration without validation refuses it here.
+        let declared = &adapter.description.provider_objects.databases;
+        if let Some(db) = props.dbs_to_migrate.iter().find(|db| migrating_data::is_provider_object(declared, db)) {
+            bail!("{}; remove it from DBsToMigrate", validation_in_progress::provider_database_message(adapter, db));
+        }
+    }
     let target = target_spec(&req)?;
     let (source, moved) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
     for spec in [&source, &target] {
@@ -377,7 +385,7 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
     let replicating = waiting_for_cutover_trigger::records(store, m.id)?;
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
-        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::replication::reconnect::DEFAULT_TIMEOUT, observer: None };
+        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT, observer: None };
         let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
         check_credentials(&m, &source, &target, "cancel").await?;
         Some((source, target))
@@ -454,6 +462,7 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
         let Some(mut report) = until_canceled(store, id, validation_in_progress::run(registry, adapter, services, &ctx)).await? else {
             return canceled_cleanup(store, id, &prepared.source, &prepared.target).await;
         };
+        report.provider_databases(adapter);
         if mode == MigrationMode::Online && props.set_replica_identity {
             report.consent("replica-identity-missing", "SetReplicaIdentity: pgferry gives it one on the source (USING a unique index when one fits, else FULL) and restores it when the migration ends");
         }
@@ -478,7 +487,7 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
         Err(e) => return fail(store, id, "MigratingData", e),
     };
     let progress = Progress::new(observer, states, lease);
-    let result = migrate(store, run, &prepared, work_dir.path(), progress).await;
+    let result = migrate(store, run, &prepared, work_dir.path(), progress, status).await;
     drop(work_dir);
     match result {
         Ok(Some(_)) => canceled_cleanup(store, id, &prepared.source, &prepared.target).await,
@@ -517,10 +526,10 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
 /// the one an earlier, killed run recorded is removed first.
 fn fresh_work_dir(store: &mut Store, id: i64) -> Result<crate::work_dir::WorkDir> {
     use crate::work_dir::{prefix, WorkDir};
-    if let Some(stale) = store.get_by_id(id)?.details.get("workDir").and_then(serde_json::Value::as_str) {
-        if let Err(e) = WorkDir::remove_stale(std::path::Path::new(stale), &prefix(id)) {
-            tracing::warn!("{e:#}");
-        }
+    if let Some(stale) = store.get_by_id(id)?.details.get("workDir").and_then(serde_json::Value::as_str)
+        && let Err(e) = WorkDir::remove_stale(std::path::Path::new(stale), &prefix(id))
+    {
+        tracing::warn!("{e:#}");
     }
     let work_dir = WorkDir::create_in_temp(&prefix(id))?;
     store.merge_details(id, json!({ "workDir": work_dir.path() }))?;
@@ -538,9 +547,17 @@ pub(super) fn at(step: &'static str) -> impl FnOnce(anyhow::Error) -> StepError 
     move |error| StepError { step, error }
 }
 
-/// MigratingData then CompletingMigration, database by database. On error: the step, the
-/// target databases created so far, and the error.
-async fn migrate(store: &mut Store, run: &Run<'_>, prepared: &performing_prerequisite_steps::Prepared, work_dir: &std::path::Path, mut progress: Progress) -> Result<Option<Migration>, StepError> {
+/// MigratingData then CompletingMigration, database by database, each from where the
+/// catalog says it got. On error: the step and the error.
+/// `from`: the status the run started in (a resumed run may start in CompletingMigration).
+async fn migrate(
+    store: &mut Store,
+    run: &Run<'_>,
+    prepared: &performing_prerequisite_steps::Prepared,
+    work_dir: &std::path::Path,
+    mut progress: Progress,
+    from: Status,
+) -> Result<Option<Migration>, StepError> {
     let Run { id, req, adapter, .. } = *run;
     let step = "MigratingData";
     let source_major = prepared.inventory.source.version_num / 10000;
@@ -563,44 +580,131 @@ async fn migrate(store: &mut Store, run: &Run<'_>, prepared: &performing_prerequ
     let mode = req.mode.or(req.properties.mode).unwrap_or(MigrationMode::Offline);
     if mode == MigrationMode::Online {
         let props = &req.properties;
-        return waiting_for_cutover_trigger::run(store, id, &settings, &props.dbs_to_migrate, props.set_replica_identity, &mut progress).await;
+        let cutover_applied = from == Status::COMPLETING;
+        return waiting_for_cutover_trigger::run(store, id, &settings, &props.dbs_to_migrate, props.set_replica_identity, cutover_applied, &mut progress).await;
     }
-    let states = progress.states.clone();
+    let resume = resume_command(&store.get_by_id(id).map_err(at(step))?);
+    let mut outages = Outages::new(req.copy.reconnect_timeout, &resume, &prepared.source, &prepared.target);
     let mut copied = Vec::new();
     for db in &req.properties.dbs_to_migrate {
-        let state = states.get(db).cloned().unwrap_or_default();
-        if state.stage == Stage::Completed {
+        if progress.states.get(db).is_some_and(|state| state.stage == Stage::Completed) {
             continue;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let work = migrating_data::run_database(&settings, db, &state, None, &tx);
-        match watched(store, id, work, &mut rx, &mut progress).await.map_err(at(step))? {
+        match copy_database(store, id, &settings, db, &mut outages, &mut progress).await.map_err(at(step))? {
             Some(database) => copied.push(database),
             None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
         }
     }
 
-    let current = store.get_by_id(id).map_err(at(step))?.status;
-    if current != Status::COMPLETING
+    if from != Status::COMPLETING
         && advance(store, id, Status::COMPLETING).map_err(at(step))?.is_some() {
             return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step));
         }
     let step = "CompletingMigration";
     let mut verification = Vec::new();
-    for database in &copied {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let work = completing_migration::run_database(&settings, database, &tx);
-        match watched(store, id, work, &mut rx, &mut progress).await.map_err(at(step))? {
-            Some(checked) => {
-                verification.push(checked);
-                progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
-            }
-            None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
+    for mut database in copied {
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let work = unless_silent(&prepared.source, &prepared.target, completing_migration::run_database(&settings, &database, &tx));
+            let error = match watched(store, id, work, &mut rx, &mut progress).await {
+                Ok(Some(checked)) => {
+                    recovered(store, id, &mut outages).map_err(at(step))?;
+                    verification.push(checked);
+                    progress.record(store, id, migrating_data::Progress::StageReached { database: database.name.clone(), stage: Stage::Completed });
+                    break;
+                }
+                Ok(None) => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
+                Err(e) => e,
+            };
+            progress.check_lease().map_err(at(step))?;
+            ride_out(store, id, &mut outages, error, &format!("completing database {:?}", database.name)).await.map_err(at(step))?;
+            end_stale_sessions(&prepared.target, &database.name).await;
+            // Its snapshot died with the connection that held it: the copy is checked (and
+            // what changed copied again) at a new one, then post-data and verification rerun.
+            database = match copy_database(store, id, &settings, &database.name, &mut outages, &mut progress).await.map_err(at(step))? {
+                Some(database) => database,
+                None => return canceled_cleanup(store, id, &prepared.source, &prepared.target).await.map(Some).map_err(at(step)),
+            };
         }
     }
     store.merge_details(id, json!({ "verification": verification })).map_err(at(step))?;
     check_verification(&verification).map_err(at(step))?;
     Ok(None)
+}
+
+/// The data step of one database, tried again after each outage from what the catalog
+/// says it finished (see `migrating_data::run_database`). `None`: canceled.
+async fn copy_database(
+    store: &mut Store,
+    id: i64,
+    settings: &migrating_data::Settings<'_>,
+    db: &str,
+    outages: &mut Outages<'_>,
+    progress: &mut Progress,
+) -> Result<Option<migrating_data::CopiedDatabase>> {
+    loop {
+        let state = progress.states.get(db).cloned().unwrap_or_default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = unless_silent(settings.source, settings.target, migrating_data::run_database(settings, db, &state, None, &tx));
+        let error = match watched(store, id, work, &mut rx, progress).await {
+            Ok(copied) => {
+                recovered(store, id, outages)?;
+                return Ok(copied);
+            }
+            Err(e) => e,
+        };
+        progress.check_lease()?;
+        ride_out(store, id, outages, error, &format!("copying database {db:?}")).await?;
+        end_stale_sessions(settings.target, db).await;
+    }
+}
+
+/// Ends this runner's sessions in a target database that an outage cut off: a network that
+/// black-holed them leaves them open on the server (until its TCP keepalive, hours by
+/// default) holding the locks the next attempt needs (a copy's TRUNCATE). Only pgferry's
+/// sessions (by application_name) in the database being migrated are ended.
+pub(super) async fn end_stale_sessions(target: &ConnSpec, db: &str) {
+    let ended = async {
+        let (client, _) = target.connect(&target.dbname).await?;
+        let rows = client
+            .query(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = $2 and pid <> pg_backend_pid()",
+                &[&db, &target.application_name],
+            )
+            .await?;
+        anyhow::Ok(rows.len())
+    };
+    match ended.await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("ended {n} session(s) of an earlier attempt in database {db:?} on the {}", target.describe()),
+        Err(e) => tracing::debug!("ending the sessions of an earlier attempt in database {db:?} on the {}: {e:#}", target.describe()),
+    }
+}
+
+/// A step got through: an outage under way is over.
+pub(super) fn recovered(store: &mut Store, id: i64, outages: &mut Outages<'_>) -> Result<()> {
+    if outages.status().is_some() {
+        outages.recovered();
+        store.merge_details(id, json!({ "reconnecting": null }))?;
+    }
+    Ok(())
+}
+
+/// After a failed attempt of a repeatable step: when a server was lost, waits (the outage
+/// recorded for `show`) and returns to try again; otherwise, or past `--reconnect-timeout`,
+/// the error.
+pub(super) async fn ride_out(store: &mut Store, id: i64, outages: &mut Outages<'_>, error: anyhow::Error, what: &str) -> Result<()> {
+    match outages.next_try(error, what).await {
+        Ok(wait) => {
+            store.merge_details(id, json!({ "reconnecting": outages.status() }))?;
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Err(e) => {
+            store.merge_details(id, json!({ "reconnecting": null }))?;
+            Err(e)
+        }
+    }
 }
 
 /// Fails naming every table (or kind of object) where the target differs from the source.

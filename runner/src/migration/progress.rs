@@ -99,10 +99,9 @@ impl Progress {
             // Online counters have their own place in the store (see waiting_for_cutover_trigger).
             migrating_data::Progress::Replicating { .. } => {}
             migrating_data::Progress::DatabaseStarted { database, tables_total, bytes_total } => {
-                let db = self.databases.entry(database).or_default();
-                db.tables_total = tables_total;
-                db.tables_queued = tables_total;
-                db.bytes_total = bytes_total;
+                // A new attempt (after an outage) counts afresh what is left to copy.
+                self.parts_done.retain(|key, _| !key.starts_with(&format!("{database}\0")));
+                self.databases.insert(database, DatabaseProgress { tables_total, tables_queued: tables_total, bytes_total, ..Default::default() });
             }
             migrating_data::Progress::StageReached { database, stage } => {
                 self.states.entry(database).or_default().stage = stage;

@@ -188,6 +188,33 @@ impl ValidationReport {
         self.status = self.status.max(CheckState::Warning);
     }
 
+    /// Databases the source adapter declares as the provider's own (e.g. `rdsadmin`,
+    /// `cloudsqladmin`) must not be migrated: listing one is an error finding on it.
+    pub fn provider_databases(&mut self, adapter: &AdapterPlugin) {
+        let declared = &adapter.description.provider_objects.databases;
+        for db in &mut self.db_level {
+            if !super::migrating_data::is_provider_object(declared, &db.database_name) {
+                continue;
+            }
+            let finding = FindingReport {
+                severity: "error".into(),
+                code: "provider-database".into(),
+                message: provider_database_message(adapter, &db.database_name),
+                object: Some(db.database_name.clone()),
+                remediation: Some(format!("remove {:?} from DBsToMigrate", db.database_name)),
+            };
+            db.result.checks.push(CheckReport {
+                id: "provider-database".into(),
+                title: "Database owned by the provider".into(),
+                plugin: adapter.plugin.name.clone(),
+                state: CheckState::Failed,
+                findings: vec![finding],
+            });
+            db.result.state = CheckState::Failed;
+            self.status = CheckState::Failed;
+        }
+    }
+
     /// The user consented (in the properties) to what `code`'s findings ask for, and the
     /// runner will do it: they become warnings saying so, and the states follow.
     pub fn consent(&mut self, code: &str, note: &str) {
@@ -204,4 +231,12 @@ impl ValidationReport {
         }
         self.status = self.db_level.iter().map(|d| d.result.state).chain([self.server_level.state]).max().unwrap_or(CheckState::Succeeded);
     }
+}
+
+/// Why `database` may not be migrated: the source adapter declares it the provider's own.
+pub fn provider_database_message(adapter: &AdapterPlugin, database: &str) -> String {
+    format!(
+        "database {database:?} is the provider's own (source adapter plugin `{}` declares it for {}): it must not be migrated",
+        adapter.plugin.name, adapter.description.info.display_name
+    )
 }

@@ -22,7 +22,7 @@ use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::lifecycle::Status;
 use crate::replication::apply::ApplyStats;
 use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
-use crate::replication::reconnect::{self, StreamSpec, StreamState};
+use crate::reconnect::{self, unless_silent, Outages, StreamSpec, StreamState};
 use crate::replication::{slot, Lsn, Names};
 use crate::store::{Leftover, Migration, RequestKind, Store};
 
@@ -143,82 +143,40 @@ struct Stream {
 }
 
 /// The online part of a migration, from the base copies to the end of the cutover.
-/// `Ok(Some(m))`: canceled.
+/// `cutover_applied`: the run started in CompletingMigration. `Ok(Some(m))`: canceled.
 pub(super) async fn run(
     store: &mut Store,
     id: i64,
     s: &Settings<'_>,
     databases: &[String],
     set_replica_identity: bool,
+    cutover_applied: bool,
     progress: &mut Progress,
 ) -> Result<Option<Migration>, StepError> {
     let step = "MigratingData";
     check_apply_privileges(s.target).await.map_err(at(step))?;
     let mut records = records(store, id).map_err(at(step))?;
+    let resume = super::resume_command(&store.get_by_id(id).map_err(at(step))?);
+    let mut outages = Outages::new(s.reconnect_timeout, &resume, s.source, s.target);
     for (index, db) in databases.iter().enumerate() {
-        if records.get(db).is_some_and(|r| r.base_copied) {
-            continue;
-        }
-        // A base copy interrupted by a crash cannot go on: its snapshot died with it.
-        // Its slot and publication go, and the copy starts over (the target database,
-        // created by this migration, is replaced).
-        let restarted = records.remove(db);
-        if let Some(old) = &restarted {
-            slot::drop_slot_and_publication(s.source, db, &old.names).await.map_err(at(step))?;
-        }
-        // Whether an earlier attempt created the target database (ours to replace).
-        let ours = restarted.is_some() || progress.states.remove(db).is_some_and(|st| st.stage >= Stage::Created);
-        let names = Names::new(id, index);
-        let mut record = Record { names: names.clone(), consistent_point: String::new(), base_copied: false, replica_identities_set: vec![] };
-        if let Some(old) = &restarted {
-            record.replica_identities_set = old.replica_identities_set.clone();
-        }
-        records.insert(db.clone(), record);
-        // Recorded before anything exists on the source, so that cancel and failure find it.
-        save_records(store, id, &records).map_err(at(step))?;
-        let state = DatabaseState { stage: if ours { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if set_replica_identity {
-            let changed = slot::set_replica_identities(s.source, db, &s.provider.schemas).await.map_err(at(step))?;
-            let record = records.get_mut(db).expect("recorded above");
-            for change in changed {
-                if !record.replica_identities_set.iter().any(|(t, _)| *t == change.0) {
-                    record.replica_identities_set.push(change);
+        while !records.get(db).is_some_and(|r| r.base_copied) {
+            match base_copy(store, id, s, db, index, set_replica_identity, &mut records, progress).await {
+                Ok(true) => super::recovered(store, id, &mut outages).map_err(at(step))?,
+                Ok(false) => return super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(at(step)),
+                Err(e) => {
+                    progress.check_lease().map_err(at(step))?;
+                    super::ride_out(store, id, &mut outages, e, &format!("the base copy of database {db:?}")).await.map_err(at(step))?;
+                    super::end_stale_sessions(s.target, db).await;
                 }
             }
-            save_records(store, id, &records).map_err(at(step))?;
-        }
-        let work = async {
-            slot::create_publication(s.source, db, &names, &s.provider.schemas).await?;
-            let created_slot = slot::create_slot(s.source, db, &names).await?;
-            let copied = migrating_data::run_database(s, db, &state, Some(&created_slot.snapshot), &tx).await?;
-            // The copy has adopted the snapshot: the slot's session is no longer needed.
-            drop(created_slot.session);
-            // Indexes and keys before streaming: applying UPDATEs needs them.
-            migrating_data::dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
-            copied.coordinator.batch_execute("COMMIT").await?;
-            let _ = std::fs::remove_dir_all(&copied.dump_dir);
-            anyhow::Ok(created_slot.consistent_point)
-        };
-        match watched(store, id, work, &mut rx, progress).await.map_err(at(step))? {
-            Some(consistent_point) => {
-                let record = records.get_mut(db).expect("recorded above");
-                record.consistent_point = lsn_to_string(consistent_point);
-                record.base_copied = true;
-                save_records(store, id, &records).map_err(at(step))?;
-            }
-            None => return super::canceled_cleanup(store, id, s.source, s.target).await.map(Some).map_err(at(step)),
         }
     }
 
-    let current = store.get_by_id(id).map_err(at(step))?;
-    if current.status == Status::COMPLETING {
+    if cutover_applied {
         // A runner died after the fences were applied: the slots may be gone already, and
         // nothing is left to stream. The cutover goes on from there.
-        return complete(store, id, s, databases, &records).await.map_err(at("CompletingMigration"));
+        return complete_riding_out(store, id, s, databases, &records).await;
     }
-    // What a stream that gives up tells the user to run once the server is back.
-    let resume = super::resume_command(&current);
     let mut streams = Vec::new();
     for db in databases {
         let names = records[db].names.clone();
@@ -242,8 +200,76 @@ pub(super) async fn run(
             for stream in streams {
                 let _ = stream.task.await;
             }
-            complete(store, id, s, databases, &records).await.map_err(at("CompletingMigration"))
+            complete_riding_out(store, id, s, databases, &records).await
         }
+    }
+}
+
+/// One database's base copy: publication, slot, the copy at the slot's snapshot and
+/// post-data, recorded as it goes. `false`: canceled. An attempt that failed (a server lost)
+/// is started over by the next: its snapshot died with it.
+#[allow(clippy::too_many_arguments)]
+async fn base_copy(
+    store: &mut Store,
+    id: i64,
+    s: &Settings<'_>,
+    db: &String,
+    index: usize,
+    set_replica_identity: bool,
+    records: &mut BTreeMap<String, Record>,
+    progress: &mut Progress,
+) -> Result<bool> {
+    // A base copy interrupted by a crash cannot go on: its snapshot died with it.
+    // Its slot and publication go, and the copy starts over (the target database,
+    // created by this migration, is replaced).
+    let restarted = records.get(db).cloned();
+    if let Some(old) = &restarted {
+        slot::drop_slot_and_publication(s.source, db, &old.names).await?;
+    }
+    // Whether an earlier attempt created the target database (ours to replace).
+    let ours = restarted.is_some() || progress.states.remove(db).is_some_and(|st| st.stage >= Stage::Created);
+    let names = Names::new(id, index);
+    let mut record = Record { names: names.clone(), consistent_point: String::new(), base_copied: false, replica_identities_set: vec![] };
+    if let Some(old) = &restarted {
+        record.replica_identities_set = old.replica_identities_set.clone();
+    }
+    records.insert(db.clone(), record);
+    // Recorded before anything exists on the source, so that cancel and failure find it.
+    save_records(store, id, records)?;
+    let state = DatabaseState { stage: if ours { Stage::Created } else { Stage::NotStarted }, ..Default::default() };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    if set_replica_identity {
+        let changed = slot::set_replica_identities(s.source, db, &s.provider.schemas).await?;
+        let record = records.get_mut(db).expect("recorded above");
+        for change in changed {
+            if !record.replica_identities_set.iter().any(|(t, _)| *t == change.0) {
+                record.replica_identities_set.push(change);
+            }
+        }
+        save_records(store, id, records)?;
+    }
+    let work = async {
+        slot::create_publication(s.source, db, &names, &s.provider.schemas).await?;
+        let created_slot = slot::create_slot(s.source, db, &names).await?;
+        let copied = migrating_data::run_database(s, db, &state, Some(&created_slot.snapshot), &tx).await?;
+        // The copy has adopted the snapshot: the slot's session is no longer needed.
+        drop(created_slot.session);
+        // Indexes and keys before streaming: applying UPDATEs needs them.
+        migrating_data::dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+        copied.coordinator.batch_execute("COMMIT").await?;
+        let _ = std::fs::remove_dir_all(&copied.dump_dir);
+        anyhow::Ok(created_slot.consistent_point)
+    };
+    let work = unless_silent(s.source, s.target, work);
+    match watched(store, id, work, &mut rx, progress).await? {
+        Some(consistent_point) => {
+            let record = records.get_mut(db).expect("recorded above");
+            record.consistent_point = lsn_to_string(consistent_point);
+            record.base_copied = true;
+            save_records(store, id, records)?;
+            Ok(true)
+        }
+        None => Ok(false),
     }
 }
 
@@ -448,6 +474,25 @@ async fn make_read_only(source: &ConnSpec, db: &str) -> Result<()> {
     Ok(())
 }
 
+/// The cutover's last part, tried again after each outage: every part of it can be done
+/// twice (drops are `if exists`, verification reads again).
+async fn complete_riding_out(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[String], records: &BTreeMap<String, Record>) -> Result<Option<Migration>, StepError> {
+    let step = "CompletingMigration";
+    let resume = super::resume_command(&store.get_by_id(id).map_err(at(step))?);
+    let mut outages = Outages::new(s.reconnect_timeout, &resume, s.source, s.target);
+    loop {
+        let error = match unless_silent(s.source, s.target, complete(store, id, s, databases, records)).await {
+            Ok(done) => return super::recovered(store, id, &mut outages).map(|()| done).map_err(at(step)),
+            Err(e) => e,
+        };
+        store.check_lease(id).map_err(at(step))?;
+        super::ride_out(store, id, &mut outages, error, "completing the cutover").await.map_err(at(step))?;
+        for db in databases {
+            super::end_stale_sessions(s.target, db).await;
+        }
+    }
+}
+
 /// After the fences: sequences, slots, publications and origins, then CompletingMigration
 /// verifies each database at a snapshot taken now and records the receipt.
 async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[String], records: &BTreeMap<String, Record>) -> Result<Option<Migration>> {
@@ -561,11 +606,11 @@ async fn drop_origin(target: &ConnSpec, names: &Names) -> Result<()> {
 pub(super) async fn clean_up(source: &ConnSpec, target: &ConnSpec, records: &BTreeMap<String, Record>) -> Vec<Leftover> {
     let mut left = Vec::new();
     for (db, record) in records {
-        if let Err(e) = slot::drop_slot_and_publication(source, &db, &record.names).await {
+        if let Err(e) = slot::drop_slot_and_publication(source, db, &record.names).await {
             let object = format!("{} and publication {} in database {db}", record.names.slot, record.names.publication);
             left.push(Leftover { server: "source".into(), kind: "replication slot".into(), object, problem: format!("{e:#}") });
         }
-        if let Err(e) = slot::restore_replica_identities(source, &db, &record.replica_identities_set).await {
+        if let Err(e) = slot::restore_replica_identities(source, db, &record.replica_identities_set).await {
             let tables: Vec<&str> = record.replica_identities_set.iter().map(|(t, _)| t.as_str()).collect();
             left.push(Leftover { server: "source".into(), kind: "replica identity".into(), object: format!("{} in database {db}", tables.join(", ")), problem: format!("{e:#}") });
         }

@@ -4,7 +4,6 @@
 
 pub mod apply;
 pub mod pgoutput;
-pub mod reconnect;
 pub mod slot;
 pub mod stream;
 

@@ -1,13 +1,17 @@
-//! Riding out short outages while streaming: a source or target that restarts, or a network
-//! that drops or stalls the connections, costs a reconnect, not the migration. Which errors
-//! mean a lost connection (as opposed to a change the target refused), the backoff between
-//! attempts, and the time limit (`--reconnect-timeout`) after which the migration gives up.
+//! Riding out short outages: a source or target that restarts, or a network that drops or
+//! stalls the connections, costs a reconnect, not the migration. Which errors mean a lost
+//! connection (as opposed to a change the target refused), the backoff between attempts, and
+//! the time limit (`--reconnect-timeout`) after which the migration gives up.
 //!
 //! One database's stream runs under [`supervise`]: on a lost connection it waits and starts
 //! again from the slot, and the target's replication origin says which transactions it
 //! already has (see `apply`), so nothing is lost or applied twice. [`watch`] polls each
 //! server (the source for the WAL each slot holds) and notices one that stopped answering,
 //! which a stream waiting for changes or for an answer cannot tell from a quiet one.
+//!
+//! The other steps (the copy, post-data, verification, the cutover's last part) are
+//! repeatable from what the catalog records: [`Outages`] waits out a lost server and the step
+//! runs again from there, under [`unless_silent`] so that a stalled server cannot hold it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,10 +23,10 @@ use pgwire_replication::{PgWireError, ReplicationClient};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::apply::{self, ApplyStats};
-use super::stream::PgOutputStream;
-use super::{slot, Names};
-use crate::connect::{is_lost, is_lost_io, ConnSpec, ConnectionLost, Role};
+use crate::replication::apply::{self, ApplyStats};
+use crate::replication::stream::PgOutputStream;
+use crate::replication::{slot, Names};
+use crate::connect::{is_lost, is_lost_io, pg_failure, ConnSpec, ConnectionLost, Role};
 
 /// How long to keep trying to reach a server, unless `--reconnect-timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -76,6 +80,8 @@ struct Outage {
     since_wall: chrono::DateTime<chrono::Utc>,
     attempts: u32,
     server: String,
+    /// What was interrupted: the error that began the outage.
+    first_error: String,
     last_error: String,
 }
 
@@ -112,6 +118,7 @@ impl Reconnect {
             since_wall: chrono::Utc::now(),
             attempts: 0,
             server: String::new(),
+            first_error: format!("{error:#}"),
             last_error: String::new(),
         });
         outage.attempts += 1;
@@ -119,8 +126,9 @@ impl Reconnect {
         outage.last_error = format!("{error:#}");
         let tried = outage.since.elapsed();
         if tried >= self.limit {
+            let first = if outage.first_error == outage.last_error { String::new() } else { format!("; the outage began with: {}", outage.first_error) };
             anyhow::bail!(
-                "gave up after {} s of trying to reach the {server} ({what}; {} attempts, the time limit is --reconnect-timeout {}): {}; once it is reachable again, run `{}`",
+                "gave up after {} s of trying to reach the {server} ({what}; {} attempts, the time limit is --reconnect-timeout {}): {}{first}; once it is reachable again, run `{}`",
                 tried.as_secs(),
                 outage.attempts,
                 self.limit.as_secs(),
@@ -162,6 +170,93 @@ where
 
 fn no_answer(server: &ConnSpec) -> anyhow::Error {
     ConnectionLost { role: server.role, message: format!("the {} stopped answering", server.describe()) }.into()
+}
+
+/// Connects to `server` and asks it `select 1`, within its connect timeout: a
+/// [`ConnectionLost`] error when it cannot be reached or does not answer.
+pub async fn probe(server: &ConnSpec) -> Result<()> {
+    let ask = async {
+        let (client, _) = server.connect(&server.dbname).await?;
+        client.simple_query("select 1").await.map_err(|e| pg_failure(server.role, &e, format!("asking the {}", server.describe())))?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(server.connect_timeout, ask).await.unwrap_or_else(|_| Err(no_answer(server)))
+}
+
+/// Ends (with the error to stop on) once a probe of `server`, every few seconds, finds it
+/// out of reach. A refusal that is not an outage (too many connections) is not silence.
+async fn silence(server: &ConnSpec) -> anyhow::Error {
+    loop {
+        tokio::time::sleep(POLL).await;
+        if let Err(e) = probe(server).await
+            && is_connection_lost(&e)
+        {
+            return e;
+        }
+    }
+}
+
+/// Runs `work` unless the source or the target stops answering first: a connection to a
+/// stalled server waits for an answer forever, so the work is dropped (its pg_dump and
+/// pg_restore killed) and the error says which server went silent.
+pub async fn unless_silent<T>(source: &ConnSpec, target: &ConnSpec, work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        done = work => done,
+        lost = silence(source) => Err(lost),
+        lost = silence(target) => Err(lost),
+    }
+}
+
+/// The outages of one run's repeatable steps: after a failed attempt, [`Outages::next_try`]
+/// tells a lost server (the error says so, or a probe finds it out of reach now) from a
+/// real failure, and says how long to wait before the step is tried again.
+pub struct Outages<'a> {
+    reconnect: Reconnect,
+    source: &'a ConnSpec,
+    target: &'a ConnSpec,
+}
+
+impl<'a> Outages<'a> {
+    pub fn new(limit: Duration, resume: &str, source: &'a ConnSpec, target: &'a ConnSpec) -> Self {
+        Outages { reconnect: Reconnect::new(limit, resume), source, target }
+    }
+
+    /// How long to wait before trying `what` again: `error` was a lost connection or a
+    /// server is out of reach. Otherwise, or past the time limit, the error to fail with.
+    pub async fn next_try(&mut self, error: anyhow::Error, what: &str) -> Result<Duration> {
+        let mut down = None;
+        for server in [self.source, self.target] {
+            if let Err(e) = probe(server).await
+                && is_connection_lost(&e)
+            {
+                down = Some(server.describe());
+                break;
+            }
+        }
+        let server = match (down, lost_role(&error)) {
+            (Some(server), _) => server,
+            // Back already (a reset connection, a quick restart): the error names it.
+            (None, Some(role)) => if role == Role::Source { self.source.describe() } else { self.target.describe() },
+            (None, None) if is_connection_lost(&error) => "server".to_string(),
+            (None, None) => return Err(error),
+        };
+        self.reconnect.failed(&error, &server, what)
+    }
+
+    /// The step got through: the next outage has the whole time limit.
+    pub fn recovered(&mut self) {
+        self.reconnect.recovered();
+    }
+
+    /// `{"since", "attempts", "server", "lastError"}` during an outage, for `show`.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.reconnect.status()
+    }
+}
+
+/// The server a [`ConnectionLost`] in the error's chain names.
+fn lost_role(e: &anyhow::Error) -> Option<Role> {
+    e.chain().find_map(|cause| cause.downcast_ref::<ConnectionLost>().map(|lost| lost.role))
 }
 
 /// What one database's stream needs to connect, again and again.
