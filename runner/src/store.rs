@@ -130,14 +130,15 @@ const UPGRADES: &[&str] = &[
     // rows per part would only be written to be added up. Old stores' counters are carried
     // over from the details document and removed from it; their tables keep the format
     // and rows their digest has, the parts, bytes and time the last run's list has, and
-    // no snapshot (empty: not known).
+    // no snapshot (empty: not known). Counts of rows and bytes and durations are bigint:
+    // SQLite's integer is 64-bit either way, PostgreSQL's is 32-bit (2 GB of bytes).
     "
     alter table table_copied add column schema_name  text not null default '';
     alter table table_copied add column format       text not null default '';
     alter table table_copied add column parts        integer not null default 1;
-    alter table table_copied add column rows         integer not null default 0;
-    alter table table_copied add column bytes        integer not null default 0;
-    alter table table_copied add column milliseconds integer not null default 0;
+    alter table table_copied add column rows         bigint  not null default 0;
+    alter table table_copied add column bytes        bigint  not null default 0;
+    alter table table_copied add column milliseconds bigint  not null default 0;
     alter table table_copied add column read_at      text not null default '';
     alter table table_copied add column copied_at    text not null default '';
     update table_copied set format = coalesce(json_extract(digest, '$.format'), ''), rows = coalesce(json_extract(digest, '$.rows'), 0);
@@ -167,9 +168,9 @@ const UPGRADES: &[&str] = &[
         tables_done    integer not null default 0,
         tables_errored integer not null default 0,
         errored_tables text not null default '[]',
-        rows_copied    integer not null default 0,
-        bytes_copied   integer not null default 0,
-        bytes_total    integer not null default 0,
+        rows_copied    bigint  not null default 0,
+        bytes_copied   bigint  not null default 0,
+        bytes_total    bigint  not null default 0,
         updated_at     text not null default '',
         primary key (migration_id, database)
     );
@@ -184,17 +185,17 @@ const UPGRADES: &[&str] = &[
     create table replication_progress (
         migration_id      integer not null references migration(id),
         database          text not null,
-        transactions      integer not null default 0,
-        inserts           integer not null default 0,
-        updates           integer not null default 0,
-        deletes           integer not null default 0,
-        truncates         integer not null default 0,
-        rows_not_found    integer not null default 0,
+        transactions      bigint  not null default 0,
+        inserts           bigint  not null default 0,
+        updates           bigint  not null default 0,
+        deletes           bigint  not null default 0,
+        truncates         bigint  not null default 0,
+        rows_not_found    bigint  not null default 0,
         applied_lsn       text not null default '0/0',
         caught_up_lsn     text not null default '0/0',
-        latency_ms        integer not null default 0,
+        latency_ms        bigint  not null default 0,
         fence             text,
-        wal_bytes_pending integer,
+        wal_bytes_pending bigint,
         reconnecting      text,
         updated_at        text not null default '',
         primary key (migration_id, database)
