@@ -369,6 +369,13 @@ fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
     let mut m = m.clone();
     m.details["copyState"] = migration::resume_record_json(store, &m)?;
     m.details["replication"] = migration::replication_record_json(store, &m)?;
+    // The counters live in the store's catalog; `show` gives them where they always were.
+    if let Some(progress) = store.progress_details(m.id)? {
+        m.details["progress"] = progress;
+    }
+    if let Some(replication) = store.replication_progress_details(m.id)? {
+        m.details["replicationProgress"] = replication;
+    }
     let m = &m;
     let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {

@@ -46,7 +46,7 @@ impl View {
                     .expect("template")
                     .progress_chars("=> ");
                 Box::new(move |event: &Progress| match event {
-                    Progress::DatabaseStarted { database, tables_total, bytes_total } => {
+                    Progress::DatabaseStarted { database, tables_total, bytes_total, .. } => {
                         let bar = multi.add(ProgressBar::new(*bytes_total).with_style(style.clone()).with_prefix(database.clone()));
                         bar.set_message(format!("0/{tables_total} tables"));
                         bars.insert(database.clone(), (bar, 0, *tables_total));
@@ -100,8 +100,8 @@ fn line(event: &Progress) -> String {
     match event {
         Progress::StageReached { database, stage } => format!("{database}: {stage:?}"),
         Progress::TableStarted { database, schema, name } => format!("{database}: copying {schema}.{name}"),
-        Progress::DatabaseStarted { database, tables_total, bytes_total } => {
-            format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk)")
+        Progress::DatabaseStarted { database, tables_total, bytes_total, snapshot } => {
+            format!("{database}: copying {tables_total} tables ({bytes_total} bytes on disk) at snapshot {snapshot}")
         }
         Progress::Replicating { database, transactions, inserts, updates, deletes, latency_seconds, wal_bytes_pending } => {
             let pending = wal_bytes_pending.map(|b| format!(", {b} WAL bytes pending")).unwrap_or_default();

@@ -120,6 +120,97 @@ const UPGRADES: &[&str] = &[
           from migration m, json_each(m.details, '$.replication') r;
     update migration set details = json_remove(details, '$.replication');
     ",
+    // 4: progress and per-table facts as rows (a typed catalog in place of the details
+    // document): each finished table gets what its copy was (format, parts, rows, bytes,
+    // milliseconds spent, the snapshot or LSN it was read at, when it finished); copy and
+    // replication counters get a row per database, written in the runner's save
+    // transaction instead of as one growing JSON document. A table copied in parts is one
+    // row, its parts added up: the table is the unit a resume keeps or copies again (a
+    // table with some parts copied is copied whole again), and `show` lists tables, so
+    // rows per part would only be written to be added up. Old stores' counters are carried
+    // over from the details document and removed from it; their tables keep the format
+    // and rows their digest has, the parts, bytes and time the last run's list has, and
+    // no snapshot (empty: not known). Counts of rows and bytes and durations are bigint:
+    // SQLite's integer is 64-bit either way, PostgreSQL's is 32-bit (2 GB of bytes).
+    "
+    alter table table_copied add column schema_name  text not null default '';
+    alter table table_copied add column format       text not null default '';
+    alter table table_copied add column parts        integer not null default 1;
+    alter table table_copied add column rows         bigint  not null default 0;
+    alter table table_copied add column bytes        bigint  not null default 0;
+    alter table table_copied add column milliseconds bigint  not null default 0;
+    alter table table_copied add column read_at      text not null default '';
+    alter table table_copied add column copied_at    text not null default '';
+    update table_copied set format = coalesce(json_extract(digest, '$.format'), ''), rows = coalesce(json_extract(digest, '$.rows'), 0);
+    create temporary table old_table_part as
+        select m.id as migration_id, d.key as database, json_extract(t.value, '$.schema') as schema_name,
+               json_extract(t.value, '$.schema') || '.' || json_extract(t.value, '$.name') as table_name,
+               coalesce(json_extract(t.value, '$.bytes'), 0) as bytes, coalesce(json_extract(t.value, '$.seconds'), 0) as seconds
+          from migration m, json_each(m.details, '$.progress.databases') d, json_each(d.value, '$.tables') t;
+    update table_copied set
+        schema_name  = (select max(o.schema_name) from old_table_part o
+                         where o.migration_id = table_copied.migration_id and o.database = table_copied.database and o.table_name = table_copied.table_name),
+        parts        = (select count(*) from old_table_part o
+                         where o.migration_id = table_copied.migration_id and o.database = table_copied.database and o.table_name = table_copied.table_name),
+        bytes        = (select sum(o.bytes) from old_table_part o
+                         where o.migration_id = table_copied.migration_id and o.database = table_copied.database and o.table_name = table_copied.table_name),
+        milliseconds = (select cast(round(sum(o.seconds) * 1000) as integer) from old_table_part o
+                         where o.migration_id = table_copied.migration_id and o.database = table_copied.database and o.table_name = table_copied.table_name)
+     where exists (select 1 from old_table_part o
+                    where o.migration_id = table_copied.migration_id and o.database = table_copied.database and o.table_name = table_copied.table_name);
+    drop table old_table_part;
+    create table database_progress (
+        migration_id   integer not null references migration(id),
+        database       text not null,
+        tables_total   integer not null default 0,
+        tables_queued  integer not null default 0,
+        tables_loading integer not null default 0,
+        tables_done    integer not null default 0,
+        tables_errored integer not null default 0,
+        errored_tables text not null default '[]',
+        rows_copied    bigint  not null default 0,
+        bytes_copied   bigint  not null default 0,
+        bytes_total    bigint  not null default 0,
+        updated_at     text not null default '',
+        primary key (migration_id, database)
+    );
+    insert into database_progress (migration_id, database, tables_total, tables_queued, tables_loading, tables_done, tables_errored, errored_tables,
+                                   rows_copied, bytes_copied, bytes_total)
+        select m.id, d.key, coalesce(json_extract(d.value, '$.tablesTotal'), 0), coalesce(json_extract(d.value, '$.tablesQueued'), 0),
+               coalesce(json_extract(d.value, '$.tablesLoading'), 0), coalesce(json_extract(d.value, '$.tablesDone'), 0),
+               coalesce(json_extract(d.value, '$.tablesErrored'), 0), coalesce(json_extract(d.value, '$.erroredTables'), '[]'),
+               coalesce(json_extract(d.value, '$.rowsCopied'), 0), coalesce(json_extract(d.value, '$.bytesCopied'), 0),
+               coalesce(json_extract(d.value, '$.bytesTotal'), 0)
+          from migration m, json_each(m.details, '$.progress.databases') d;
+    create table replication_progress (
+        migration_id      integer not null references migration(id),
+        database          text not null,
+        transactions      bigint  not null default 0,
+        inserts           bigint  not null default 0,
+        updates           bigint  not null default 0,
+        deletes           bigint  not null default 0,
+        truncates         bigint  not null default 0,
+        rows_not_found    bigint  not null default 0,
+        applied_lsn       text not null default '0/0',
+        caught_up_lsn     text not null default '0/0',
+        latency_ms        bigint  not null default 0,
+        fence             text,
+        wal_bytes_pending bigint,
+        reconnecting      text,
+        updated_at        text not null default '',
+        primary key (migration_id, database)
+    );
+    insert into replication_progress (migration_id, database, transactions, inserts, updates, deletes, truncates, rows_not_found,
+                                      applied_lsn, caught_up_lsn, latency_ms, fence, wal_bytes_pending, reconnecting)
+        select m.id, r.key, coalesce(json_extract(r.value, '$.transactions'), 0), coalesce(json_extract(r.value, '$.inserts'), 0),
+               coalesce(json_extract(r.value, '$.updates'), 0), coalesce(json_extract(r.value, '$.deletes'), 0),
+               coalesce(json_extract(r.value, '$.truncates'), 0), coalesce(json_extract(r.value, '$.rowsNotFound'), 0),
+               coalesce(json_extract(r.value, '$.appliedLsn'), '0/0'), coalesce(json_extract(r.value, '$.caughtUpLsn'), '0/0'),
+               cast(round(coalesce(json_extract(r.value, '$.latencySeconds'), 0) * 1000) as integer), json_extract(r.value, '$.fence'),
+               json_extract(r.value, '$.walBytesPending'), json_extract(r.value, '$.reconnecting')
+          from migration m, json_each(m.details, '$.replicationProgress') r;
+    update migration set details = json_remove(details, '$.progress', '$.replicationProgress');
+    ",
 ];
 
 /// How long a lease lasts without renewal; runners renew every [`LEASE_RENEW`].
@@ -236,7 +327,93 @@ pub struct ResumeDatabase {
     /// Tables copied again by a resume.
     pub recopied: Vec<String>,
     /// Tables copied completely, in the order they finished, with their digests.
-    pub tables: Vec<(String, serde_json::Value)>,
+    pub tables: Vec<CopiedTable>,
+}
+
+/// A table copied completely (all its parts), as the catalog keeps it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CopiedTable {
+    /// `schema.name`: the key of the resume record.
+    pub table: String,
+    /// The schema alone (a name may hold dots); empty in rows carried over from stores
+    /// that did not record it.
+    pub schema: String,
+    /// What its copy read (format and digest), as the resume record's JSON.
+    pub digest: serde_json::Value,
+    /// `binary` or `text`.
+    pub format: String,
+    /// How many parts it was copied in (1: whole).
+    pub parts: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Time spent copying, all parts added up.
+    pub milliseconds: u64,
+    /// What it was read at: the exported snapshot (offline), the slot's snapshot (online);
+    /// empty when not known (copied by a release that did not record it).
+    pub read_at: String,
+    /// When its copy finished (RFC 3339); empty when not known.
+    pub copied_at: String,
+}
+
+/// A database's copy counters as `show` reports them (the cloud service's fullLoad ones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyCounters {
+    pub tables_total: u64,
+    pub tables_queued: u64,
+    pub tables_loading: u64,
+    pub tables_done: u64,
+    pub tables_errored: u64,
+    /// `schema.name` of the tables whose copy failed.
+    pub errored_tables: Vec<String>,
+    pub rows_copied: u64,
+    pub bytes_copied: u64,
+    pub bytes_total: u64,
+}
+
+/// One change to a database's tables in the resume record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TableChange {
+    /// A resume empties the table to copy it again: no longer copied.
+    Recopying(String),
+    /// The table finished (again: it takes its place at the end, as it finished last).
+    Copied(CopiedTable),
+}
+
+/// What changed in a runner's progress since its last save: written by
+/// [`Store::save_progress`] in one transaction, whatever the number of tables stored.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProgressDelta {
+    /// Databases whose step changed: their stage and the tables resumes copied again.
+    pub steps: std::collections::BTreeMap<String, (String, Vec<String>)>,
+    /// Per database, in the order they happened.
+    pub tables: Vec<(String, TableChange)>,
+    /// Databases whose counters changed.
+    pub counters: std::collections::BTreeMap<String, CopyCounters>,
+}
+
+impl ProgressDelta {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.tables.is_empty() && self.counters.is_empty()
+    }
+}
+
+/// An online migration's replication counters for one database, as `show` reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationProgress {
+    pub transactions: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub truncates: u64,
+    pub rows_not_found: u64,
+    pub applied_lsn: String,
+    pub caught_up_lsn: String,
+    pub latency_ms: u64,
+    /// The last cutover fence applied (its token).
+    pub fence: Option<String>,
+    pub wal_bytes_pending: Option<i64>,
+    /// `{"since", "attempts", "server", "lastError"}` while reconnecting.
+    pub reconnecting: Option<serde_json::Value>,
 }
 
 /// What an online migration made for one database, recorded before it exists on a server:
@@ -532,48 +709,323 @@ impl Store {
             let recopied = serde_json::from_str(&recopied).with_context(|| format!("the resume record of database {database:?} in {}", self.path.display()))?;
             record.insert(database, ResumeDatabase { stage, recopied, tables: Vec::new() });
         }
-        let mut tables = self.conn.prepare("select database, table_name, digest from table_copied where migration_id = ?1 order by rowid")?;
-        for row in tables.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
-            let (database, table, digest) = row?;
-            let digest = serde_json::from_str(&digest).with_context(|| format!("the digest of table {table} of database {database:?} in {}", self.path.display()))?;
-            record.entry(database).or_default().tables.push((table, digest));
+        for (database, table) in self.copied_tables(id, None)? {
+            record.entry(database).or_default().tables.push(table);
         }
         Ok(record)
     }
 
-    /// Brings the stored resume record of the databases in `record` to `record`, in one
-    /// transaction, writing only the tables that changed (a 10,000-table database costs
-    /// the tables finished since the last save, not the whole list).
-    pub fn save_resume_record(&mut self, id: i64, record: &std::collections::BTreeMap<String, ResumeDatabase>) -> Result<()> {
+    /// The tables copied completely, per database (all, or `database`'s), in the order they
+    /// finished.
+    pub fn copied_tables(&self, id: i64, database: Option<&str>) -> Result<Vec<(String, CopiedTable)>> {
+        let mut stmt = self.conn.prepare(
+            "select database, table_name, digest, schema_name, format, parts, rows, bytes, milliseconds, read_at, copied_at
+               from table_copied where migration_id = ?1 and (?2 is null or database = ?2) order by rowid",
+        )?;
+        let rows = stmt.query_map(params![id, database], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                CopiedTable {
+                    schema: r.get(3)?,
+                    format: r.get(4)?,
+                    parts: r.get::<_, i64>(5)?.max(0) as u64,
+                    rows: r.get::<_, i64>(6)?.max(0) as u64,
+                    bytes: r.get::<_, i64>(7)?.max(0) as u64,
+                    milliseconds: r.get::<_, i64>(8)?.max(0) as u64,
+                    read_at: r.get(9)?,
+                    copied_at: r.get(10)?,
+                    ..Default::default()
+                },
+            ))
+        })?;
+        let mut tables = Vec::new();
+        for row in rows {
+            let (database, table, digest, mut copied) = row?;
+            copied.digest = serde_json::from_str(&digest).with_context(|| format!("the digest of table {table} of database {database:?} in {}", self.path.display()))?;
+            copied.table = table;
+            tables.push((database, copied));
+        }
+        Ok(tables)
+    }
+
+    /// Writes what changed in a runner's progress since its last save, in one transaction
+    /// under its lease: the steps that changed, the tables a resume empties to copy again
+    /// (deleted) and the tables finished since (inserted), in the order they happened, and
+    /// the counters of the databases whose counters changed. Nothing stored is read back: a
+    /// save costs what changed, not the number of tables stored (a 10,000-table database
+    /// pays for the tables finished since the last save).
+    pub fn save_progress(&mut self, id: i64, delta: &ProgressDelta) -> Result<()> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().to_rfc3339();
         let fence = self.fence.clone();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         check_fence(&fence, &tx, id)?;
-        for (database, db) in record {
-            tx.execute(
+        {
+            let mut step = tx.prepare_cached(
                 "insert into database_step (migration_id, database, stage, recopied) values (?1, ?2, ?3, ?4)
                  on conflict (migration_id, database) do update set stage = excluded.stage, recopied = excluded.recopied",
-                params![id, database, db.stage, serde_json::to_string(&db.recopied)?],
             )?;
-            let stored: std::collections::HashMap<String, String> = {
-                let mut stmt = tx.prepare("select table_name, digest from table_copied where migration_id = ?1 and database = ?2")?;
-                let rows = stmt.query_map(params![id, database], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            let wanted: std::collections::HashSet<&str> = db.tables.iter().map(|(t, _)| t.as_str()).collect();
-            for gone in stored.keys().filter(|t| !wanted.contains(t.as_str())) {
-                tx.execute("delete from table_copied where migration_id = ?1 and database = ?2 and table_name = ?3", params![id, database, gone])?;
+            for (database, (stage, recopied)) in &delta.steps {
+                step.execute(params![id, database, stage, serde_json::to_string(recopied)?])?;
             }
-            for (table, digest) in &db.tables {
-                let digest = digest.to_string();
-                if stored.get(table) != Some(&digest) {
-                    // Copied again: it takes its place at the end, as it finished last.
-                    tx.execute("delete from table_copied where migration_id = ?1 and database = ?2 and table_name = ?3", params![id, database, table])?;
-                    tx.execute("insert into table_copied (migration_id, database, table_name, digest) values (?1, ?2, ?3, ?4)", params![id, database, table, digest])?;
+            let mut delete = tx.prepare_cached("delete from table_copied where migration_id = ?1 and database = ?2 and table_name = ?3")?;
+            let mut insert = tx.prepare_cached(
+                "insert into table_copied (migration_id, database, table_name, digest, schema_name, format, parts, rows, bytes, milliseconds, read_at, copied_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for (database, change) in &delta.tables {
+                match change {
+                    TableChange::Recopying(table) => {
+                        delete.execute(params![id, database, table])?;
+                    }
+                    TableChange::Copied(t) => {
+                        // Copied again (by a resume): it takes its place at the end.
+                        delete.execute(params![id, database, t.table])?;
+                        insert.execute(params![
+                            id,
+                            database,
+                            t.table,
+                            t.digest.to_string(),
+                            t.schema,
+                            t.format,
+                            t.parts as i64,
+                            t.rows as i64,
+                            t.bytes as i64,
+                            t.milliseconds as i64,
+                            t.read_at,
+                            t.copied_at
+                        ])?;
+                    }
                 }
+            }
+            let mut counters = tx.prepare_cached(
+                "insert into database_progress (migration_id, database, tables_total, tables_queued, tables_loading, tables_done, tables_errored,
+                                                errored_tables, rows_copied, bytes_copied, bytes_total, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 on conflict (migration_id, database) do update set tables_total = excluded.tables_total, tables_queued = excluded.tables_queued,
+                     tables_loading = excluded.tables_loading, tables_done = excluded.tables_done, tables_errored = excluded.tables_errored,
+                     errored_tables = excluded.errored_tables, rows_copied = excluded.rows_copied, bytes_copied = excluded.bytes_copied,
+                     bytes_total = excluded.bytes_total, updated_at = excluded.updated_at",
+            )?;
+            for (database, c) in &delta.counters {
+                counters.execute(params![
+                    id,
+                    database,
+                    c.tables_total as i64,
+                    c.tables_queued as i64,
+                    c.tables_loading as i64,
+                    c.tables_done as i64,
+                    c.tables_errored as i64,
+                    serde_json::to_string(&c.errored_tables)?,
+                    c.rows_copied as i64,
+                    c.bytes_copied as i64,
+                    c.bytes_total as i64,
+                    now
+                ])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The copy counters, per database.
+    pub fn copy_counters(&self, id: i64) -> Result<std::collections::BTreeMap<String, CopyCounters>> {
+        let mut stmt = self.conn.prepare(
+            "select database, tables_total, tables_queued, tables_loading, tables_done, tables_errored, errored_tables, rows_copied, bytes_copied, bytes_total
+               from database_progress where migration_id = ?1",
+        )?;
+        let n = |r: &rusqlite::Row, i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(6)?,
+                CopyCounters {
+                    tables_total: n(r, 1)?,
+                    tables_queued: n(r, 2)?,
+                    tables_loading: n(r, 3)?,
+                    tables_done: n(r, 4)?,
+                    tables_errored: n(r, 5)?,
+                    errored_tables: Vec::new(),
+                    rows_copied: n(r, 7)?,
+                    bytes_copied: n(r, 8)?,
+                    bytes_total: n(r, 9)?,
+                },
+            ))
+        })?;
+        let mut all = std::collections::BTreeMap::new();
+        for row in rows {
+            let (database, errored, mut counters) = row?;
+            counters.errored_tables = serde_json::from_str(&errored).with_context(|| format!("the errored tables of database {database:?} in {}", self.path.display()))?;
+            all.insert(database, counters);
+        }
+        Ok(all)
+    }
+
+    /// `details.progress` as `show` gives it, built from the catalog: per database, its
+    /// counters and the tables it copied (one entry per table, its parts added up, with what
+    /// it was read at). `None` when nothing was copied yet.
+    pub fn progress_details(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let counters = self.copy_counters(id)?;
+        if counters.is_empty() {
+            return Ok(None);
+        }
+        let mut tables: std::collections::BTreeMap<String, Vec<serde_json::Value>> = std::collections::BTreeMap::new();
+        for (database, t) in self.copied_tables(id, None)? {
+            let (schema, name) = match t.table.strip_prefix(&t.schema).and_then(|n| n.strip_prefix('.')) {
+                Some(name) if !t.schema.is_empty() => (t.schema.as_str(), name),
+                _ => t.table.split_once('.').unwrap_or(("", t.table.as_str())),
+            };
+            tables.entry(database).or_default().push(serde_json::json!({
+                "schema": schema,
+                "name": name,
+                "parts": t.parts,
+                "rows": t.rows,
+                "bytes": t.bytes,
+                "seconds": t.milliseconds as f64 / 1000.0,
+                "format": t.format,
+                "readAt": t.read_at,
+                "copiedAt": t.copied_at,
+            }));
+        }
+        let databases: serde_json::Map<String, serde_json::Value> = counters
+            .into_iter()
+            .map(|(database, c)| {
+                let value = serde_json::json!({
+                    "tablesTotal": c.tables_total,
+                    "tablesQueued": c.tables_queued,
+                    "tablesLoading": c.tables_loading,
+                    "tablesDone": c.tables_done,
+                    "tablesErrored": c.tables_errored,
+                    "erroredTables": c.errored_tables,
+                    "rowsCopied": c.rows_copied,
+                    "bytesCopied": c.bytes_copied,
+                    "bytesTotal": c.bytes_total,
+                    "tables": tables.remove(&database).unwrap_or_default(),
+                });
+                (database, value)
+            })
+            .collect();
+        Ok(Some(serde_json::json!({ "databases": databases })))
+    }
+
+    /// Writes an online migration's replication counters (the databases given), in one
+    /// transaction under the runner's lease.
+    pub fn save_replication_progress(&mut self, id: i64, progress: &std::collections::BTreeMap<String, ReplicationProgress>) -> Result<()> {
+        let now = Utc::now().to_rfc3339();
+        let fence = self.fence.clone();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_fence(&fence, &tx, id)?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "insert into replication_progress (migration_id, database, transactions, inserts, updates, deletes, truncates, rows_not_found,
+                                                   applied_lsn, caught_up_lsn, latency_ms, fence, wal_bytes_pending, reconnecting, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 on conflict (migration_id, database) do update set transactions = excluded.transactions, inserts = excluded.inserts,
+                     updates = excluded.updates, deletes = excluded.deletes, truncates = excluded.truncates, rows_not_found = excluded.rows_not_found,
+                     applied_lsn = excluded.applied_lsn, caught_up_lsn = excluded.caught_up_lsn, latency_ms = excluded.latency_ms,
+                     fence = excluded.fence, wal_bytes_pending = excluded.wal_bytes_pending, reconnecting = excluded.reconnecting,
+                     updated_at = excluded.updated_at",
+            )?;
+            for (database, p) in progress {
+                upsert.execute(params![
+                    id,
+                    database,
+                    p.transactions as i64,
+                    p.inserts as i64,
+                    p.updates as i64,
+                    p.deletes as i64,
+                    p.truncates as i64,
+                    p.rows_not_found as i64,
+                    p.applied_lsn,
+                    p.caught_up_lsn,
+                    p.latency_ms as i64,
+                    p.fence,
+                    p.wal_bytes_pending,
+                    p.reconnecting.as_ref().map(|v| v.to_string()),
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An online migration's replication counters, per database.
+    pub fn replication_progress(&self, id: i64) -> Result<std::collections::BTreeMap<String, ReplicationProgress>> {
+        let mut stmt = self.conn.prepare(
+            "select database, transactions, inserts, updates, deletes, truncates, rows_not_found, applied_lsn, caught_up_lsn, latency_ms,
+                    fence, wal_bytes_pending, reconnecting
+               from replication_progress where migration_id = ?1",
+        )?;
+        let n = |r: &rusqlite::Row, i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(12)?,
+                ReplicationProgress {
+                    transactions: n(r, 1)?,
+                    inserts: n(r, 2)?,
+                    updates: n(r, 3)?,
+                    deletes: n(r, 4)?,
+                    truncates: n(r, 5)?,
+                    rows_not_found: n(r, 6)?,
+                    applied_lsn: r.get(7)?,
+                    caught_up_lsn: r.get(8)?,
+                    latency_ms: n(r, 9)?,
+                    fence: r.get(10)?,
+                    wal_bytes_pending: r.get(11)?,
+                    reconnecting: None,
+                },
+            ))
+        })?;
+        let mut all = std::collections::BTreeMap::new();
+        for row in rows {
+            let (database, reconnecting, mut p) = row?;
+            p.reconnecting = reconnecting
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .with_context(|| format!("the reconnection state of database {database:?} in {}", self.path.display()))?;
+            all.insert(database, p);
+        }
+        Ok(all)
+    }
+
+    /// `details.replicationProgress` as `show` gives it, built from the catalog; `None`
+    /// when no stream reported yet.
+    pub fn replication_progress_details(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let all = self.replication_progress(id)?;
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let databases: serde_json::Map<String, serde_json::Value> = all
+            .into_iter()
+            .map(|(database, p)| {
+                let mut value = serde_json::json!({
+                    "transactions": p.transactions,
+                    "inserts": p.inserts,
+                    "updates": p.updates,
+                    "deletes": p.deletes,
+                    "truncates": p.truncates,
+                    "rowsNotFound": p.rows_not_found,
+                    "appliedLsn": p.applied_lsn,
+                    "caughtUpLsn": p.caught_up_lsn,
+                    "latencySeconds": p.latency_ms as f64 / 1000.0,
+                    "walBytesPending": p.wal_bytes_pending,
+                });
+                if let Some(fence) = p.fence {
+                    value["fence"] = fence.into();
+                }
+                if let Some(reconnecting) = p.reconnecting {
+                    value["reconnecting"] = reconnecting;
+                }
+                (database, value)
+            })
+            .collect();
+        Ok(Some(serde_json::Value::Object(databases)))
     }
 
     /// The replication objects of an online migration, per database.
@@ -911,9 +1363,12 @@ mod tests {
         let record = store.resume_record(old.id).unwrap();
         let app = &record["app"];
         assert_eq!(app.stage, "SchemaRestored");
-        let tables: Vec<&str> = app.tables.iter().map(|(t, _)| t.as_str()).collect();
+        let tables: Vec<&str> = app.tables.iter().map(|t| t.table.as_str()).collect();
         assert_eq!(tables, ["public.a", "public.b.c"]);
-        assert_eq!(app.tables[0].1["sum"], "00ff");
+        assert_eq!(app.tables[0].digest["sum"], "00ff");
+        // Upgrade 4 gave them what their digest has, and defaults for the rest.
+        assert_eq!((app.tables[0].format.as_str(), app.tables[0].rows, app.tables[0].parts), ("binary", 2, 1));
+        assert_eq!((app.tables[1].format.as_str(), app.tables[1].read_at.as_str()), ("text", ""));
         assert!(old.details.get("copyState").is_none());
         let replication = store.replication_objects(old.id).unwrap();
         assert_eq!(
@@ -983,30 +1438,210 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    fn copied(table: &str, rows: u64, read_at: &str) -> CopiedTable {
+        CopiedTable {
+            table: table.into(),
+            schema: table.split('.').next().unwrap().into(),
+            digest: serde_json::json!({ "format": "binary", "rows": rows, "sum": "1" }),
+            format: "binary".into(),
+            parts: 1 + rows % 3,
+            rows,
+            bytes: rows * 100,
+            milliseconds: rows * 7,
+            read_at: read_at.into(),
+            copied_at: "2026-12-03T10:00:00+00:00".into(),
+        }
+    }
+
     #[test]
-    fn the_resume_record_is_saved_as_rows_and_read_back_in_order() {
+    fn the_resume_record_is_saved_as_deltas_and_read_back_exact_and_in_order() {
         let (mut store, dir) = scratch();
         let props = serde_json::json!({});
         let dbs = vec!["app".to_string(), "other".to_string()];
         let m = store.create(&new("resumable", &dbs, &props)).unwrap();
-        let digest = |n: u64| serde_json::json!({ "format": "binary", "rows": n, "sum": "1" });
-        let mut app = ResumeDatabase { stage: "SchemaRestored".into(), recopied: vec![], tables: vec![("public.z".into(), digest(1)), ("public.a".into(), digest(2))] };
+        assert_eq!(store.progress_details(m.id).unwrap(), None, "nothing copied: no progress in show");
+        let first = "00000003-0000001B-1";
+        let counters = |done: u64| CopyCounters { tables_total: 3, tables_done: done, rows_copied: done * 10, bytes_total: 999, ..Default::default() };
+        let delta = ProgressDelta {
+            steps: [("app".to_string(), ("SchemaRestored".to_string(), vec![]))].into(),
+            tables: vec![("app".into(), TableChange::Copied(copied("public.z", 1, first))), ("app".into(), TableChange::Copied(copied("public.a", 2, first)))],
+            counters: [("app".to_string(), counters(2))].into(),
+        };
+        store.save_progress(m.id, &delta).unwrap();
+        let mut app = ResumeDatabase { stage: "SchemaRestored".into(), recopied: vec![], tables: vec![copied("public.z", 1, first), copied("public.a", 2, first)] };
         let mut record = std::collections::BTreeMap::from([("app".to_string(), app.clone())]);
-        store.save_resume_record(m.id, &record).unwrap();
         assert_eq!(store.resume_record(m.id).unwrap(), record);
-        // A table copied again leaves the list and comes back with a new digest; one more finishes.
+
+        // A resume at another snapshot: public.z differs and is emptied to copy again (saved
+        // at once), then public.m and public.z finish; the stage moves on; another database
+        // starts. Only the changes are written.
+        let second = "00000004-00000002-1";
+        store
+            .save_progress(m.id, &ProgressDelta {
+                steps: [("app".to_string(), ("SchemaRestored".to_string(), vec!["public.z".to_string()]))].into(),
+                tables: vec![("app".into(), TableChange::Recopying("public.z".into()))],
+                ..Default::default()
+            })
+            .unwrap();
         app.tables.remove(0);
         app.recopied.push("public.z".into());
-        app.tables.push(("public.m".into(), digest(3)));
-        app.tables.push(("public.z".into(), digest(9)));
+        record.insert("app".into(), app.clone());
+        assert_eq!(store.resume_record(m.id).unwrap(), record, "the recopied table is no longer done");
+        store
+            .save_progress(m.id, &ProgressDelta {
+                steps: [("app".to_string(), ("DataCopied".to_string(), vec!["public.z".to_string()])), ("other".to_string(), ("Created".to_string(), vec![]))].into(),
+                tables: vec![("app".into(), TableChange::Copied(copied("public.m", 3, second))), ("app".into(), TableChange::Copied(copied("public.z", 9, second)))],
+                counters: [("app".to_string(), counters(3)), ("other".to_string(), CopyCounters { errored_tables: vec!["public.x".into()], tables_errored: 1, ..Default::default() })].into(),
+            })
+            .unwrap();
+        app.tables.push(copied("public.m", 3, second));
+        app.tables.push(copied("public.z", 9, second));
         app.stage = "DataCopied".into();
         record.insert("app".into(), app.clone());
         record.insert("other".into(), ResumeDatabase { stage: "Created".into(), ..Default::default() });
-        store.save_resume_record(m.id, &record).unwrap();
         assert_eq!(store.resume_record(m.id).unwrap(), record);
+        assert_eq!(store.copy_counters(m.id).unwrap()["app"], counters(3));
+        assert_eq!(store.copy_counters(m.id).unwrap()["other"].errored_tables, ["public.x"]);
+
+        // `show`'s document, as it was when it was a JSON document, with what each table was read at.
+        let progress = store.progress_details(m.id).unwrap().unwrap();
+        let app_progress = &progress["databases"]["app"];
+        assert_eq!((app_progress["tablesDone"].as_u64(), app_progress["rowsCopied"].as_u64(), app_progress["bytesTotal"].as_u64()), (Some(3), Some(30), Some(999)));
+        assert_eq!(app_progress["erroredTables"], serde_json::json!([]));
+        let listed: Vec<(&str, &str, &str)> = app_progress["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["schema"].as_str().unwrap(), t["name"].as_str().unwrap(), t["readAt"].as_str().unwrap()))
+            .collect();
+        assert_eq!(listed, [("public", "a", first), ("public", "m", second), ("public", "z", second)]);
+        let z = &app_progress["tables"][2];
+        assert_eq!((z["rows"].as_u64(), z["bytes"].as_u64(), z["parts"].as_u64(), z["seconds"].as_f64(), z["format"].as_str()), (Some(9), Some(900), Some(1), Some(0.063), Some("binary")));
+        assert_eq!(progress["databases"]["other"]["tables"], serde_json::json!([]));
+
         store.forget_databases(m.id, &["app".to_string()]).unwrap();
         let left = store.resume_record(m.id).unwrap();
         assert_eq!(left.keys().collect::<Vec<_>>(), ["other"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn replication_counters_are_rows_and_show_gets_its_document() {
+        let (mut store, dir) = scratch();
+        let props = serde_json::json!({});
+        let dbs = vec!["bench".to_string()];
+        let m = store.create(&new("online", &dbs, &props)).unwrap();
+        assert_eq!(store.replication_progress_details(m.id).unwrap(), None);
+        let mut p = ReplicationProgress {
+            transactions: 5,
+            inserts: 7,
+            updates: 2,
+            deletes: 1,
+            applied_lsn: "0/16B3748".into(),
+            caught_up_lsn: "0/16B3748".into(),
+            latency_ms: 1250,
+            reconnecting: Some(serde_json::json!({ "server": "source", "since": "t", "attempts": 2, "lastError": "refused" })),
+            ..Default::default()
+        };
+        store.save_replication_progress(m.id, &[("bench".to_string(), p.clone())].into()).unwrap();
+        assert_eq!(store.replication_progress(m.id).unwrap()["bench"], p);
+        p.reconnecting = None;
+        p.wal_bytes_pending = Some(0);
+        p.fence = Some("token".into());
+        store.save_replication_progress(m.id, &[("bench".to_string(), p.clone())].into()).unwrap();
+        assert_eq!(store.replication_progress(m.id).unwrap()["bench"], p);
+        let doc = store.replication_progress_details(m.id).unwrap().unwrap();
+        assert_eq!(
+            doc["bench"],
+            serde_json::json!({ "transactions": 5, "inserts": 7, "updates": 2, "deletes": 1, "truncates": 0, "rowsNotFound": 0, "appliedLsn": "0/16B3748",
+                                "caughtUpLsn": "0/16B3748", "latencySeconds": 1.25, "walBytesPending": 0, "fence": "token" })
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A version-3 store of a migration in flight: its counters in the details document, its
+    /// finished tables as rows without the facts upgrade 4 adds.
+    #[test]
+    fn a_version_3_store_gets_its_progress_as_rows() {
+        let dir = std::env::temp_dir().join(format!("pgferry-store-upgrade-3-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join("state.db")).unwrap();
+            for upgrade in &UPGRADES[..3] {
+                conn.execute_batch(upgrade).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            let table = |schema: &str, name: &str, part: Option<i64>, parts: u64, rows: u64, bytes: u64, seconds: f64| {
+                let mut t = serde_json::json!({ "schema": schema, "name": name, "parts": parts, "rows": rows, "bytes": bytes, "seconds": seconds, "format": "binary" });
+                if let Some(part) = part {
+                    t["part"] = part.into();
+                }
+                t
+            };
+            let details = serde_json::json!({
+                "sourceTls": "None",
+                "progress": { "databases": {
+                    "app": { "tablesTotal": 3, "tablesQueued": 0, "tablesLoading": 1, "tablesDone": 2, "tablesErrored": 1, "erroredTables": ["public.bad"],
+                             "rowsCopied": 1234, "bytesCopied": 5678, "bytesTotal": 9999,
+                             "tables": [table("public", "big", Some(0), 2, 600, 3000, 1.5), table("public", "small", None, 1, 34, 678, 0.25),
+                                        table("public", "big", Some(100), 2, 600, 2000, 2.0)] },
+                    "other db": { "tablesTotal": 0, "tablesQueued": 0, "tablesLoading": 0, "tablesDone": 0, "tablesErrored": 0, "erroredTables": [],
+                                  "rowsCopied": 0, "bytesCopied": 0, "bytesTotal": 0, "tables": [] } } },
+                "replicationProgress": { "app": { "inserts": 3, "updates": 2, "deletes": 1, "truncates": 0, "transactions": 4, "rowsNotFound": 0,
+                                                  "appliedLsn": "0/3000060", "caughtUpLsn": "0/3000060", "latencySeconds": 0.4567, "walBytesPending": 120,
+                                                  "reconnecting": { "server": "target", "since": "2026-12-01T00:00:00Z", "attempts": 3, "lastError": "refused" } } },
+            });
+            conn.execute(
+                "insert into migration (name, target_server, source_server, source_type, mode, option, status, databases, properties, created_at, details)
+                 values ('v3', 't:5432', 's:5432', 'OnPremises', 'Online', 'Migrate', 'InProgress/MigratingData', '[\"app\"]', '{}', '2026-12-01T00:00:00Z', ?1)",
+                [details.to_string()],
+            )
+            .unwrap();
+            conn.execute("insert into database_step (migration_id, database, stage) values (1, 'app', 'SchemaRestored')", []).unwrap();
+            for (table, rows) in [("public.big", 1200), ("public.small", 34), ("public.earlier", 5)] {
+                let digest = serde_json::json!({ "format": "binary", "rows": rows, "sum": "ff" });
+                conn.execute("insert into table_copied (migration_id, database, table_name, digest) values (1, 'app', ?1, ?2)", params![table, digest.to_string()]).unwrap();
+            }
+        }
+        let store = Store::open(&dir).unwrap();
+        let m = store.find("v3", None).unwrap().unwrap();
+        assert!(m.details.get("progress").is_none() && m.details.get("replicationProgress").is_none(), "{}", m.details);
+        assert_eq!(m.details["sourceTls"], "None");
+        let counters = store.copy_counters(m.id).unwrap();
+        assert_eq!(
+            counters["app"],
+            CopyCounters {
+                tables_total: 3,
+                tables_queued: 0,
+                tables_loading: 1,
+                tables_done: 2,
+                tables_errored: 1,
+                errored_tables: vec!["public.bad".into()],
+                rows_copied: 1234,
+                bytes_copied: 5678,
+                bytes_total: 9999
+            }
+        );
+        assert_eq!(counters["other db"], CopyCounters::default());
+        let tables: Vec<CopiedTable> = store.copied_tables(m.id, Some("app")).unwrap().into_iter().map(|(_, t)| t).collect();
+        let facts: Vec<(&str, &str, u64, u64, u64, u64)> = tables.iter().map(|t| (t.table.as_str(), t.schema.as_str(), t.parts, t.rows, t.bytes, t.milliseconds)).collect();
+        // The parts of big are added up; earlier (copied by a run before the last) keeps defaults.
+        assert_eq!(facts, [("public.big", "public", 2, 1200, 5000, 3500), ("public.small", "public", 1, 34, 678, 250), ("public.earlier", "", 1, 5, 0, 0)]);
+        assert!(tables.iter().all(|t| t.format == "binary" && t.read_at.is_empty() && t.copied_at.is_empty()));
+        // The resume record still decodes, and `show` has its documents back.
+        let record = store.resume_record(m.id).unwrap();
+        assert_eq!(record["app"].tables.len(), 3);
+        let progress = store.progress_details(m.id).unwrap().unwrap();
+        assert_eq!(progress["databases"]["app"]["rowsCopied"], 1234);
+        assert_eq!(progress["databases"]["app"]["tables"][2]["schema"], "public", "split at the first dot when the schema is not known");
+        assert_eq!(progress["databases"]["app"]["tables"][2]["name"], "earlier");
+        let replication = store.replication_progress_details(m.id).unwrap().unwrap();
+        assert_eq!(replication["app"]["latencySeconds"], 0.457);
+        assert_eq!(replication["app"]["walBytesPending"], 120);
+        assert_eq!(replication["app"]["appliedLsn"], "0/3000060");
+        assert_eq!(replication["app"]["reconnecting"]["attempts"], 3);
+        assert!(replication["app"].get("fence").is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -1033,6 +1668,8 @@ mod tests {
             store.transition(m.id, Status::COMPLETING).map(drop),
             store.set_validation(m.id, &serde_json::json!({})),
             store.set_leftovers(m.id, &[]),
+            store.save_progress(m.id, &ProgressDelta { counters: [("app".to_string(), CopyCounters::default())].into(), ..Default::default() }),
+            store.save_replication_progress(m.id, &[("app".to_string(), ReplicationProgress::default())].into()),
             store.check_lease(m.id),
         ] {
             assert!(refused.unwrap_err().is::<LeaseLost>());
@@ -1040,6 +1677,7 @@ mod tests {
         let now = store.get_by_id(m.id).unwrap();
         assert_eq!(now.details["copyState"], 2);
         assert_eq!(now.status, Status::MIGRATING);
+        assert!(store.copy_counters(m.id).unwrap().is_empty() && store.replication_progress(m.id).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -1059,6 +1697,14 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     for id in &ids {
                         store.merge_details(*id, serde_json::json!({ "progress": { "n": n }, "copyState": { "app": n } })).unwrap();
+                        let table = CopiedTable { table: format!("public.t{n}"), digest: serde_json::json!({ "rows": n }), ..Default::default() };
+                        store
+                            .save_progress(*id, &ProgressDelta {
+                                steps: [("app".to_string(), ("SchemaRestored".to_string(), vec![]))].into(),
+                                tables: vec![("app".into(), TableChange::Copied(table))],
+                                counters: [("app".to_string(), CopyCounters { tables_done: n + 1, ..Default::default() })].into(),
+                            })
+                            .unwrap();
                     }
                     n += 1;
                 }
@@ -1091,7 +1737,101 @@ mod tests {
             let m = store.get_by_id(*id).unwrap();
             assert_eq!(m.details["note"], format!("cli {}", i % 4), "m{i}: the CLI's detail was overwritten by the runner's save");
             assert!(m.details["progress"]["n"].is_u64());
+            // Every delta the runner saved is there, its counters with the last of them.
+            let done = store.resume_record(*id).unwrap()["app"].tables.len() as u64;
+            assert_eq!(done, rounds, "m{i}: a table per save");
+            assert_eq!(store.copy_counters(*id).unwrap()["app"].tables_done, done);
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The save the runner makes every 250 ms while tables stream by, with 10,000 tables
+    /// finished: before (the whole resume record compared with the stored one, which is read
+    /// back, and the progress document with its list of 10,000 tables rewritten) and now (the
+    /// tables finished since the last save, and the counters). Run with
+    /// `cargo test -p pgferry --lib -- --ignored --nocapture save_cost`.
+    #[test]
+    #[ignore]
+    fn save_cost_with_10000_tables() {
+        let (mut store, dir) = scratch();
+        let props = serde_json::json!({});
+        let dbs = vec!["app".to_string()];
+        let m = store.create(&new("big", &dbs, &props)).unwrap();
+        const TABLES: u64 = 10_000;
+        const PER_SAVE: u64 = 10;
+        const SAVES: u64 = 50;
+        let table = |n: u64| CopiedTable {
+            table: format!("public.table_{n:05}"),
+            schema: "public".into(),
+            digest: serde_json::json!({ "format": "binary", "rows": n, "sum": format!("{n:016x}") }),
+            format: "binary".into(),
+            parts: 1,
+            rows: n,
+            bytes: n * 8192,
+            milliseconds: 12,
+            read_at: "00000003-0000001B-1".into(),
+            copied_at: Utc::now().to_rfc3339(),
+        };
+        let entry = |n: u64| serde_json::json!({ "schema": "public", "name": format!("table_{n:05}"), "parts": 1, "rows": n, "bytes": n * 8192, "seconds": 0.012, "format": "binary" });
+
+        // Before: the code this replaces (save_resume_record, then merge_details of the progress document).
+        let old_save = |store: &mut Store, done: u64| {
+            let tx = store.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            tx.execute(
+                "insert into database_step (migration_id, database, stage, recopied) values (?1, 'app', 'SchemaRestored', '[]')
+                 on conflict (migration_id, database) do update set stage = excluded.stage, recopied = excluded.recopied",
+                params![m.id],
+            )
+            .unwrap();
+            let stored: std::collections::HashMap<String, String> = {
+                let mut stmt = tx.prepare("select table_name, digest from table_copied where migration_id = ?1 and database = 'app'").unwrap();
+                let rows = stmt.query_map(params![m.id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+                rows.collect::<rusqlite::Result<_>>().unwrap()
+            };
+            for t in (0..done).map(table) {
+                let digest = t.digest.to_string();
+                if stored.get(&t.table) != Some(&digest) {
+                    tx.execute("delete from table_copied where migration_id = ?1 and database = 'app' and table_name = ?2", params![m.id, t.table]).unwrap();
+                    tx.execute("insert into table_copied (migration_id, database, table_name, digest) values (?1, 'app', ?2, ?3)", params![m.id, t.table, digest]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+            let progress = serde_json::json!({ "databases": { "app": { "tablesTotal": TABLES, "tablesDone": done, "tables": (0..done).map(entry).collect::<Vec<_>>() } } });
+            store.merge_details(m.id, serde_json::json!({ "progress": progress })).unwrap();
+        };
+        let new_save = |store: &mut Store, from: u64, to: u64| {
+            let delta = ProgressDelta {
+                steps: Default::default(),
+                tables: (from..to).map(|n| ("app".to_string(), TableChange::Copied(table(n)))).collect(),
+                counters: [("app".to_string(), CopyCounters { tables_total: TABLES, tables_done: to, ..Default::default() })].into(),
+            };
+            store.save_progress(m.id, &delta).unwrap();
+        };
+        let fill = TABLES - PER_SAVE * SAVES;
+
+        old_save(&mut store, fill);
+        let started = std::time::Instant::now();
+        for i in 1..=SAVES {
+            old_save(&mut store, fill + i * PER_SAVE);
+        }
+        let before = started.elapsed() / SAVES as u32;
+
+        store.conn.execute_batch("delete from table_copied; delete from database_progress; update migration set details = '{}'").unwrap();
+        new_save(&mut store, 0, fill);
+        let started = std::time::Instant::now();
+        for i in 0..SAVES {
+            new_save(&mut store, fill + i * PER_SAVE, fill + (i + 1) * PER_SAVE);
+        }
+        let after = started.elapsed() / SAVES as u32;
+        assert_eq!(store.resume_record(m.id).unwrap()["app"].tables.len() as u64, TABLES);
+        let show = std::time::Instant::now();
+        let doc = store.progress_details(m.id).unwrap().unwrap();
+        let show = show.elapsed();
+        assert_eq!(doc["databases"]["app"]["tables"].as_array().unwrap().len() as u64, TABLES);
+        println!(
+            "save with {}..{TABLES} tables stored, {PER_SAVE} finished per save: before {before:?} per save, after {after:?} per save; show's progress document from rows: {show:?}",
+            fill
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

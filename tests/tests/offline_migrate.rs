@@ -62,6 +62,13 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(progress["tablesDone"], progress["tablesTotal"]);
     assert_eq!((progress["tablesQueued"].as_u64(), progress["tablesLoading"].as_u64()), (Some(0), Some(0)), "{progress}");
     assert!(progress["rowsCopied"].as_u64().unwrap() > 40_000, "{progress}");
+    // One entry per table, its parts added up, each read at the run's exported snapshot.
+    let snapshot = events.iter().find(|e| e["event"] == "DatabaseStarted").unwrap()["snapshot"].as_str().unwrap();
+    let tables = progress["tables"].as_array().unwrap();
+    assert_eq!(Some(tables.len() as u64), progress["tablesDone"].as_u64(), "{progress}");
+    assert!(tables.iter().all(|t| t["readAt"] == snapshot && t["rows"].is_u64() && t["copiedAt"].as_str().is_some_and(|a| !a.is_empty())), "{progress}");
+    assert!(tables.iter().any(|t| t["parts"].as_u64() > Some(1)), "the split tables are listed once: {progress}");
+    assert!(doc["details"]["copyState"]["pagila"]["readAt"].as_object().unwrap().values().all(|v| v == snapshot), "{doc}");
     let verification = &doc["details"]["verification"][0];
     assert_eq!(verification["mismatches"], json!([]));
     assert!(verification["objects"]["relation r"].as_i64().unwrap() >= 15, "{verification}");

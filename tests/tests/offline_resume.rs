@@ -56,14 +56,20 @@ fn spawn(pf: &Pgferry, args: &[&str]) -> Child {
     pf.command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
 }
 
-/// Kills the runner once the small tables are copied and `big` is not.
-fn kill_mid_copy(pf: &Pgferry, name: &str, runner: Child) -> Vec<String> {
+/// Kills the runner once the small tables are copied and `big` is not; `show`'s document
+/// then.
+fn kill_mid_copy(pf: &Pgferry, name: &str, runner: Child) -> Value {
     let doc = pf.wait_for(name, "the small tables copied", Duration::from_secs(120), |doc| {
         let done = tables_done(doc);
         ["public.customers", "public.orders", "public.notes"].iter().all(|t| done.contains(&t.to_string())) && !done.contains(&"public.big".to_string())
     });
     kill(runner);
-    tables_done(&doc)
+    doc
+}
+
+/// What each finished table was read at, per `show` (`copyState.<db>.readAt`).
+fn read_at(doc: &Value, table: &str) -> String {
+    doc["details"]["copyState"]["shop"]["readAt"][table].as_str().unwrap_or_else(|| panic!("no readAt for {table}: {doc}")).to_string()
 }
 
 fn assert_exact(source: &Cluster, target: &Cluster) {
@@ -83,8 +89,15 @@ fn a_finished_table_changed_on_the_source_before_a_resume_is_copied_again_at_the
     let props = pf.properties(&source, "shop", json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let runner = spawn(&pf, &["migration", "create", "--migration-name", "moved", "--properties", &props, "--target", &target_arg, "--jobs", "2"]);
-    let done_before_kill = kill_mid_copy(&pf, "moved", runner);
+    let first_run = kill_mid_copy(&pf, "moved", runner);
+    let done_before_kill = tables_done(&first_run);
     assert!(done_before_kill.contains(&"public.customers".to_string()), "{done_before_kill:?}");
+    // Every table the first run finished was read at its exported snapshot.
+    let first_snapshot = read_at(&first_run, "public.customers");
+    assert!(first_snapshot.len() > 10 && first_snapshot.contains('-'), "a snapshot id: {first_snapshot}");
+    for table in &done_before_kill {
+        assert_eq!(read_at(&first_run, table), first_snapshot, "{table}");
+    }
 
     // Between the kill and the resume the source moves on: a finished table (customers:
     // updates, an insert that advances its sequence, a delete), the unfinished one (big),
@@ -121,6 +134,24 @@ fn a_finished_table_changed_on_the_source_before_a_resume_is_copied_again_at_the
     let state = &doc["details"]["copyState"]["shop"];
     assert!(strings(&state["tablesDone"]).contains(&"public.customers".to_string()), "{state}");
     assert_eq!(state["digests"]["public.customers"]["rows"], 5000, "5000 + 1 inserted - 1 deleted: {state}");
+    // Each table says which snapshot it was read at: the tables the resume kept, the first
+    // run's; the ones it copied (again), its own (the one its DatabaseStarted event names).
+    let started: Vec<Value> = out.stderr.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|e| e["event"] == "DatabaseStarted").collect();
+    assert_eq!(started.len(), 1, "{}", out.stderr);
+    let second_snapshot = started[0]["snapshot"].as_str().unwrap().to_string();
+    assert_ne!(second_snapshot, first_snapshot);
+    for (table, snapshot) in [("public.notes", &first_snapshot), ("public.orders", &first_snapshot), ("public.customers", &second_snapshot), ("public.big", &second_snapshot)] {
+        assert_eq!(&read_at(&doc, table), snapshot, "{table}: {state}");
+    }
+    // The per-table list of `details.progress` (built from the same rows) says the same.
+    let listed: std::collections::BTreeMap<String, String> = doc["details"]["progress"]["databases"]["shop"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (format!("{}.{}", t["schema"].as_str().unwrap(), t["name"].as_str().unwrap()), t["readAt"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(listed.get("public.orders"), Some(&first_snapshot), "{listed:?}");
+    assert_eq!(listed.get("public.big"), Some(&second_snapshot), "{listed:?}");
     assert_exact(&source, &target);
     let show = pf.run(&["migration", "show", "--migration-name", "moved"]);
     assert!(show.stdout.contains("1 tables changed since an earlier run copied them: public.customers"), "{}", show.stdout);

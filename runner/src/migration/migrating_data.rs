@@ -122,29 +122,22 @@ pub struct DatabaseState {
     /// snapshot, from what an earlier run had copied at an earlier one.
     #[serde(default)]
     pub recopied: Vec<String>,
+    /// What each table in `tables_done` was read at (its run's snapshot), when known.
+    #[serde(default)]
+    pub read_at: std::collections::BTreeMap<String, String>,
 }
 
 impl DatabaseState {
-    /// As the store keeps it: rows, not one document.
-    pub fn to_record(&self) -> crate::store::ResumeDatabase {
-        crate::store::ResumeDatabase {
-            stage: serde_json::to_value(self.stage).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-            recopied: self.recopied.clone(),
-            tables: self
-                .tables_done
-                .iter()
-                .filter_map(|t| Some((t.clone(), serde_json::to_value(self.digests.get(t)?).ok()?)))
-                .collect(),
-        }
-    }
-
     pub fn from_record(database: &str, record: crate::store::ResumeDatabase) -> Result<DatabaseState> {
         let context = || format!("the resume record of database {database:?} cannot be read; it was written by another pgferry version or damaged");
         let stage = serde_json::from_value(serde_json::Value::String(record.stage)).with_context(context)?;
         let mut state = DatabaseState { stage, recopied: record.recopied, ..Default::default() };
-        for (table, digest) in record.tables {
-            state.digests.insert(table.clone(), serde_json::from_value(digest).with_context(context)?);
-            state.tables_done.push(table);
+        for copied in record.tables {
+            state.digests.insert(copied.table.clone(), serde_json::from_value(copied.digest).with_context(context)?);
+            if !copied.read_at.is_empty() {
+                state.read_at.insert(copied.table.clone(), copied.read_at);
+            }
+            state.tables_done.push(copied.table);
         }
         Ok(state)
     }
@@ -154,7 +147,9 @@ impl DatabaseState {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all_fields = "camelCase")]
 pub enum Progress {
-    DatabaseStarted { database: String, tables_total: usize, bytes_total: u64 },
+    /// `snapshot`: what every table of this run is read at (the exported snapshot; online,
+    /// the replication slot's), recorded with each table it finishes.
+    DatabaseStarted { database: String, tables_total: usize, bytes_total: u64, snapshot: String },
     /// A worker took (a part of) a table.
     TableStarted { database: String, schema: String, name: String },
     TableCopied { database: String, table: TableCopy },
@@ -724,6 +719,9 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         create_target_database(s, db, state.stage == Stage::Created).await?;
         stage(Stage::Created);
     }
+    // What the tables are read at, as recorded with each: online, the slot's snapshot (the
+    // exported one below is the same view under a name of its own).
+    let slot_snapshot = snapshot.map(str::to_string);
     let (coordinator, snapshot) = export_snapshot(s.source, db, snapshot).await?;
     if state.stage < Stage::SchemaRestored {
         dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
@@ -756,6 +754,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             database: db.to_string(),
             tables_total: todo.len(),
             bytes_total: todo.iter().map(|t| t.size.max(0) as u64).sum(),
+            snapshot: slot_snapshot.unwrap_or_else(|| snapshot.clone()),
         });
         if state.stage == Stage::DataCopied {
             // Post-data of an earlier run may be in place: its keys would refuse the

@@ -24,7 +24,7 @@ use crate::replication::apply::ApplyStats;
 use crate::replication::pgoutput::{lsn_to_string, parse_lsn};
 use crate::reconnect::{self, unless_silent, Outages, StreamSpec, StreamState};
 use crate::replication::{slot, Lsn, Names};
-use crate::store::{Leftover, Migration, RequestKind, Store};
+use crate::store::{Leftover, Migration, ReplicationProgress, RequestKind, Store};
 
 /// What the store keeps of one database's replication: enough to clean up after a crash,
 /// and to go on streaming after one.
@@ -319,7 +319,7 @@ async fn follow(store: &mut Store, id: i64, s: &Settings<'_>, streams: &mut [Str
     ];
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut polled_wal = Instant::now() - Duration::from_secs(60);
-    let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), serde_json::Value::Null);
+    let (mut saved, mut saved_counters) = (Instant::now() - Duration::from_secs(60), BTreeMap::new());
     loop {
         tick.tick().await;
         for stream in streams.iter_mut() {
@@ -420,23 +420,32 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Writes every stream's counters to `replicationProgress` unless they equal `last`.
-fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut serde_json::Value) -> Result<()> {
-    let counters: serde_json::Map<String, serde_json::Value> = streams
+/// Writes every stream's counters to the store's `replication_progress` rows (what `show`
+/// gives as `details.replicationProgress`) unless they equal `last`.
+fn save_counters(store: &mut Store, id: i64, streams: &[Stream], last: &mut BTreeMap<String, ReplicationProgress>) -> Result<()> {
+    let counters: BTreeMap<String, ReplicationProgress> = streams
         .iter()
         .map(|st| {
             let stats = st.stats.lock().unwrap().clone();
-            let mut value = serde_json::to_value(&stats).unwrap_or_default();
-            value["walBytesPending"] = json!(st.wal_pending);
-            if let Some(reconnecting) = st.state.reconnecting.lock().unwrap().clone() {
-                value["reconnecting"] = reconnecting;
-            }
-            (st.database.clone(), value)
+            let progress = ReplicationProgress {
+                transactions: stats.transactions,
+                inserts: stats.inserts,
+                updates: stats.updates,
+                deletes: stats.deletes,
+                truncates: stats.truncates,
+                rows_not_found: stats.rows_not_found,
+                applied_lsn: lsn_to_string(stats.applied_lsn),
+                caught_up_lsn: lsn_to_string(stats.caught_up_lsn),
+                latency_ms: (stats.latency_seconds * 1000.0).round() as u64,
+                fence: stats.fence,
+                wal_bytes_pending: st.wal_pending,
+                reconnecting: st.state.reconnecting.lock().unwrap().clone(),
+            };
+            (st.database.clone(), progress)
         })
         .collect();
-    let counters = serde_json::Value::Object(counters);
     if counters != *last {
-        store.merge_details(id, json!({ "replicationProgress": counters }))?;
+        store.save_replication_progress(id, &counters)?;
         *last = counters;
     }
     Ok(())
