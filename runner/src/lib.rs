@@ -4,6 +4,7 @@
 
 pub mod conn_config;
 pub mod connect;
+pub mod detached;
 pub mod inventory;
 pub mod lease;
 pub mod lifecycle;
@@ -17,6 +18,7 @@ pub mod properties;
 pub mod reconnect;
 pub mod replication;
 pub mod report;
+pub mod serve;
 pub mod sql_text;
 pub mod store;
 pub mod terminal;

@@ -8,11 +8,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use pgferry::lifecycle::{State, Status};
+use pgferry::lifecycle::State;
 use pgferry::migration::{self, CopyOptions, CreateRequest};
 use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
 use pgferry::plugins::{self, Registry};
-use pgferry::conn_config::{ConnParams, Role, SslMode};
 use pgferry::properties::{MigrationMode, MigrationOption, Properties};
 use pgferry::report;
 use pgferry::store::{self, Store};
@@ -46,6 +45,34 @@ enum Command {
     /// Inspect the plugins this runner uses
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Serve the HTTP API over the state store; the first line printed is its URL, with the
+    /// access token when one was just made
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default; another address needs TLS or --insecure)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// TLS certificate chain (PEM), to serve HTTPS
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback address, when something else (a TLS proxy, a private
+    /// network) protects it
+    #[arg(long)]
+    insecure: bool,
+    #[command(subcommand)]
+    action: Option<ServeAction>,
+}
+
+#[derive(Subcommand)]
+enum ServeAction {
+    /// Make a new access token and print it; the old one stops working at once
+    RotateToken,
 }
 
 #[derive(Subcommand)]
@@ -235,6 +262,33 @@ fn main() -> ExitCode {
     }
 }
 
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Exit> {
+    let state_dir = state_dir(cli)?;
+    if let Some(ServeAction::RotateToken) = args.action {
+        let mut store = Store::open(&state_dir)?;
+        let token = pgferry::serve::token::rotate(&mut store)?;
+        print(&format!("{token}\n"));
+        eprintln!("the old access token stops working now (a running `pgferry serve` included); only the new one's hash is stored: keep it");
+        return Ok(Exit::Ok);
+    }
+    let config = pgferry::serve::Config {
+        listen: args.listen,
+        state_dir,
+        plugins: cli.plugins.clone(),
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        insecure: args.insecure,
+    };
+    pgferry::serve::run(config, |url, token| {
+        print(&format!("{url}\n"));
+        match token {
+            Some(_) => eprintln!("the API is under {}api/v1/ (OpenAPI at api/v1/openapi.json); the token in the URL is shown this once, as only its hash is stored: keep it, or make a new one with `pgferry serve rotate-token`", url.split('?').next().unwrap_or(url)),
+            None => eprintln!("the API is under {url}api/v1/; use the access token shown when it was made, or make a new one with `pgferry serve rotate-token`"),
+        }
+    })
+    .await?;
+    Ok(Exit::Ok)
+}
+
 fn print(text: &str) {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -286,22 +340,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                     return Ok(Exit::NotFound);
                 };
                 if *cutover {
-                    if m.status != Status::WAITING_FOR_CUTOVER {
-                        bail!(
-                            "migration {migration_name:?} is {}: only an Online migration in WaitingForCutoverTrigger can be cut over",
-                            m.status
-                        );
-                    }
-                    if !migration::runner_alive(&store, &m)? {
-                        bail!(
-                            "no runner is following migration {migration_name:?} (its process is gone), so nobody would carry the cutover out; run `{}` first, then ask for the cutover again",
-                            migration::resume_command(&m)
-                        );
-                    }
-                    let options = serde_json::json!({ "readOnlySource": *read_only_source });
-                    if !store.request(m.id, store::RequestKind::Cutover, &options)? {
-                        bail!("the cutover of migration {migration_name:?} was already requested; follow it with `pgferry migration show --migration-name {migration_name}`");
-                    }
+                    migration::request_cutover(&mut store, &m, *read_only_source)?;
                     // The migration's runner (another process) carries the cutover out; this
                     // command follows it to the end, so that its exit code is the outcome.
                     let m = loop {
@@ -339,114 +378,88 @@ async fn run(cli: Cli) -> Result<Exit> {
             }
             MigrationCommand::CheckNameAvailability { migration_name, target } => {
                 let store = open_store(&cli)?;
-                // The same key `create` records: the target resolved as it would be.
-                let endpoint = pgferry::properties::parse_endpoint(target)?;
-                let spec = endpoint.params.or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)?;
-                let server = format!("{}:{}", spec.host, spec.port);
-                let valid = migration::validate_name(migration_name);
-                let taken = store.name_taken(&server, migration_name)?;
-                let (available, reason) = match (&valid, taken) {
-                    (Err(e), _) => (false, Some(format!("{e}"))),
-                    (Ok(()), Some(status)) => (false, Some(format!("a migration of that name exists on {server} ({status})"))),
-                    (Ok(()), None) => (true, None),
-                };
+                let availability = migration::name_availability(&store, migration_name, target)?;
+                let server = &availability.target_server;
                 match cli.output {
-                    Output::Json => print_json(&serde_json::json!({"name": migration_name, "targetServer": server, "nameAvailable": available, "reason": reason})),
-                    Output::Table => print(&match reason {
+                    Output::Json => print_json(&availability.json()),
+                    Output::Table => print(&match &availability.reason {
                         None => format!("{migration_name:?} is available on {server}\n"),
                         Some(r) => format!("{migration_name:?} is not available on {server}: {r}\n"),
                     }),
                 }
-                Ok(if available { Exit::Ok } else { Exit::Error })
+                Ok(if availability.reason.is_none() { Exit::Ok } else { Exit::Error })
             }
         },
+        Command::Serve(args) => serve(&cli, args).await,
         Command::Plugin(PluginCommand::List) => plugin_list(&cli).await,
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&cli, file).await,
     }
 }
 
 fn show(cli: &Cli, store: &Store, m: &store::Migration) -> Result<()> {
-    let mut m = m.clone();
-    m.details["copyState"] = migration::resume_record_json(store, &m)?;
-    m.details["replication"] = migration::replication_record_json(store, &m)?;
-    // The counters live in the store's catalog; `show` gives them where they always were.
-    if let Some(progress) = store.progress_details(m.id)? {
-        m.details["progress"] = progress;
-    }
-    if let Some(replication) = store.replication_progress_details(m.id)? {
-        m.details["replicationProgress"] = replication;
-    }
-    let m = &m;
-    let runner = report::Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: migration::resume_command(m), cancel: migration::cancel_command(m) };
     match cli.output {
-        Output::Json => print_json(&report::show_document(m, &store.transitions(m.id)?, &runner)),
-        Output::Table => print(&report::show_text(m, &runner)),
+        Output::Json => print_json(&report::show_document_of(store, m)?),
+        Output::Table => print(&report::show_text_of(store, m)?),
     }
     Ok(())
+}
+
+fn state_dir(cli: &Cli) -> Result<PathBuf> {
+    match &cli.state_dir {
+        Some(d) => Ok(d.clone()),
+        None => store::default_state_dir(),
+    }
 }
 
 /// `--no-wait`: the same command without the flag, in a detached process of its own
 /// session (it survives the shell), logging to the state directory; this one returns as
 /// soon as the migration is recorded.
 async fn create_detached(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
-    use std::os::unix::process::CommandExt;
-    let state_dir = match &cli.state_dir {
-        Some(d) => d.clone(),
-        None => store::default_state_dir()?,
-    };
-    // The name becomes a file name: checked before it is used as one.
-    migration::validate_name(&args.migration_name)?;
+    use pgferry::detached::{self, Launch, Started};
+    let state_dir = state_dir(cli)?;
     Store::open(&state_dir)?;
-    let logs = state_dir.join("logs");
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    }
-    let log_path = logs.join(format!("{}.log", args.migration_name));
-    let log = store::create_private_file(&log_path)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1).filter(|a| a != "--no-wait"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the detached runner")?;
-    let store = Store::open(&state_dir)?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        if let Some(m) = store.find(&args.migration_name, None)?
-            && m.runner_pid == Some(child.id()) {
-                show(cli, &store, &m)?;
-                eprintln!("running in the background as process {} (log: {})", child.id(), log_path.display());
-                return Ok(Exit::Ok);
-            }
-        if let Some(status) = child.try_wait()? {
-            // It stopped before recording anything: bad input. Say what it said.
-            eprint!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-            return Ok(if status.success() { Exit::Ok } else { Exit::Error });
+    let exe = std::env::current_exe()?;
+    let args_rest = std::env::args_os().skip(1).filter(|a| a != "--no-wait").collect();
+    let mut runner = detached::start(Launch { exe: &exe, state_dir: &state_dir, name: &args.migration_name, args: args_rest, stdin: None, env: vec![] })?;
+    match detached::wait_started(&state_dir, &args.migration_name, None, &mut runner).await? {
+        Started::Running(m) => {
+            show(cli, &Store::open(&state_dir)?, &m)?;
+            eprintln!("running in the background as process {} (log: {})", runner.child.id(), runner.log.display());
+            Ok(Exit::Ok)
         }
-        if std::time::Instant::now() > deadline {
-            bail!("the detached runner (process {}) has not recorded the migration after 2 minutes; see {}", child.id(), log_path.display());
+        Started::Ended { success, output } => {
+            // It stopped before taking the migration on: bad input. Say what it said.
+            eprint!("{output}");
+            Ok(if success { Exit::Ok } else { Exit::Error })
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
 async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
     if args.no_wait {
+        if args.properties.as_os_str() == "-" {
+            bail!("--properties - (standard input) cannot be combined with --no-wait: give a file");
+        }
         return create_detached(cli, args).await;
     }
-    let properties = Properties::from_file(&args.properties)?;
+    // `-`: the body on standard input (how `serve` hands it over, passwords included).
+    let from_stdin = args.properties.as_os_str() == "-";
+    let properties = if from_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the properties from standard input")?;
+        Properties::parse(&text).context("the properties on standard input")?
+    } else {
+        Properties::from_file(&args.properties)?
+    };
     for warning in &properties.warnings {
-        eprintln!("warning: properties file {}: {warning}", args.properties.display());
+        eprintln!("warning: properties {}: {warning}", args.properties.display());
     }
     let registry = registry(cli).await?;
     let mut store = open_store(cli)?;
     let request = CreateRequest {
         name: args.migration_name.clone(),
         properties,
-        properties_file: Some(std::path::absolute(&args.properties).unwrap_or_else(|_| args.properties.clone())),
+        properties_file: (!from_stdin).then(|| std::path::absolute(&args.properties).unwrap_or_else(|_| args.properties.clone())),
         target: args.target.clone(),
         option: args.migration_option,
         mode: args.migration_mode.map(|m| match m {

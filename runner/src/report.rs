@@ -57,6 +57,35 @@ fn summary(m: &Migration) -> serde_json::Map<String, Value> {
 }
 
 /// The `show --output json` document.
+/// The migration as `show` gives it: the catalog's rows (resume record, replication objects,
+/// counters) in its details, and who runs it.
+fn shown(store: &crate::store::Store, m: &Migration) -> anyhow::Result<(Migration, Runner)> {
+    let mut m = m.clone();
+    m.details["copyState"] = crate::migration::resume_record_json(store, &m)?;
+    m.details["replication"] = crate::migration::replication_record_json(store, &m)?;
+    // The counters live in the store's catalog; `show` gives them where they always were.
+    if let Some(progress) = store.progress_details(m.id)? {
+        m.details["progress"] = progress;
+    }
+    if let Some(replication) = store.replication_progress_details(m.id)? {
+        m.details["replicationProgress"] = replication;
+    }
+    let runner = Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: crate::migration::resume_command(&m), cancel: crate::migration::cancel_command(&m) };
+    Ok((m, runner))
+}
+
+/// `show --output json` (and the API's migration document).
+pub fn show_document_of(store: &crate::store::Store, m: &Migration) -> anyhow::Result<Value> {
+    let (m, runner) = shown(store, m)?;
+    Ok(show_document(&m, &store.transitions(m.id)?, &runner))
+}
+
+/// `show` as a table.
+pub fn show_text_of(store: &crate::store::Store, m: &Migration) -> anyhow::Result<String> {
+    let (m, runner) = shown(store, m)?;
+    Ok(show_text(&m, &runner))
+}
+
 pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecycle::Status)], runner: &Runner) -> Value {
     let mut doc = summary(m);
     doc.extend([

@@ -211,6 +211,14 @@ const UPGRADES: &[&str] = &[
           from migration m, json_each(m.details, '$.replicationProgress') r;
     update migration set details = json_remove(details, '$.progress', '$.replicationProgress');
     ",
+    // 5: serve's access token, as its SHA-256 only (one row).
+    "
+    create table api_token (
+        id         integer primary key check (id = 1),
+        sha256     text not null,
+        created_at text not null
+    );
+    ",
 ];
 
 /// How long a lease lasts without renewal; runners renew every [`LEASE_RENEW`].
@@ -654,6 +662,20 @@ impl Store {
 
     pub fn release_lease(&mut self, id: i64, holder: &Holder) -> Result<()> {
         self.conn.execute("delete from lease where migration_id = ?1 and holder = ?2", params![id, holder.id])?;
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of serve's access token, once one was made.
+    pub fn api_token_hash(&self) -> Result<Option<String>> {
+        Ok(self.conn.query_row("select sha256 from api_token where id = 1", [], |r| r.get(0)).optional()?)
+    }
+
+    /// Replaces serve's access token (its hash): the old one stops working at once.
+    pub fn set_api_token_hash(&mut self, sha256: &str) -> Result<()> {
+        self.conn.execute(
+            "insert into api_token (id, sha256, created_at) values (1, ?1, ?2) on conflict (id) do update set sha256 = excluded.sha256, created_at = excluded.created_at",
+            params![sha256, Utc::now().to_rfc3339()],
+        )?;
         Ok(())
     }
 

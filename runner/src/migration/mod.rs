@@ -71,15 +71,95 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// The target's settings: `--target` (host:port or a URI), else
 /// `TargetDbServerFullyQualifiedDomainName`, over the environment (PGHOST included).
 pub fn target_spec(req: &CreateRequest) -> Result<ConnSpec> {
-    let endpoint = match (&req.target, &req.properties.target) {
+    target_spec_of(&req.properties, req.target.as_deref())
+}
+
+fn target_spec_of(props: &Properties, target: Option<&str>) -> Result<ConnSpec> {
+    let endpoint = match (target, &props.target) {
         (Some(t), _) => parse_endpoint(t).with_context(|| format!("--target {t:?}"))?.params,
         (None, Some(t)) => t.params.clone(),
         (None, None) => ConnParams::default(),
     };
     // sslMode of the properties is about the source (as in the cloud service); the target's
     // comes from its URI or PGSSLMODE, as libpq would take it.
-    let given = ConnParams { user: req.properties.target_user.clone(), password: req.properties.target_password.clone(), ..Default::default() };
+    let given = ConnParams { user: props.target_user.clone(), password: props.target_password.clone(), ..Default::default() };
     given.or(endpoint).or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)
+}
+
+/// The target server (`host:port`) a migration with these properties would be recorded under:
+/// the key of its name.
+pub fn target_server(props: &Properties, target: Option<&str>) -> Result<String> {
+    let spec = target_spec_of(props, target)?;
+    Ok(format!("{}:{}", spec.host, spec.port))
+}
+
+/// Why a migration that moves data cannot start on `target_server` now (one at a time per
+/// target: two copies racing for one server's disk and connections help no one, and their
+/// databases could collide), with what to do; `None` when it can.
+pub fn target_busy(store: &Store, target_server: &str, option: MigrationOption) -> Result<Option<String>> {
+    if option == MigrationOption::Validate {
+        return Ok(None);
+    }
+    let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") else {
+        return Ok(None);
+    };
+    let next = if runner_alive(store, &active)? {
+        format!("wait for it, or stop it with `{}`", cancel_command(&active))
+    } else {
+        format!("its runner is gone: carry it on with `{}`, or stop it with `{}`", resume_command(&active), cancel_command(&active))
+    };
+    Ok(Some(format!("migration {:?} is still {} on target {target_server}; {next}", active.name, active.status)))
+}
+
+/// A cutover that cannot be asked for now (wrong state, no runner, asked already).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CutoverRefused(String);
+
+/// Records a cutover request for the runner of an online migration waiting for it.
+pub fn request_cutover(store: &mut Store, m: &Migration, read_only_source: bool) -> Result<()> {
+    let name = &m.name;
+    if m.status != Status::WAITING_FOR_CUTOVER {
+        return Err(CutoverRefused(format!("migration {name:?} is {}: only an Online migration in WaitingForCutoverTrigger can be cut over", m.status)).into());
+    }
+    if !runner_alive(store, m)? {
+        return Err(CutoverRefused(format!(
+            "no runner is following migration {name:?} (its process is gone), so nobody would carry the cutover out; run `{}` first, then ask for the cutover again",
+            resume_command(m)
+        ))
+        .into());
+    }
+    if !store.request(m.id, crate::store::RequestKind::Cutover, &json!({ "readOnlySource": read_only_source }))? {
+        return Err(CutoverRefused(format!("the cutover of migration {name:?} was already requested; follow it with `pgferry migration show --migration-name {name}`")).into());
+    }
+    Ok(())
+}
+
+/// Whether a name is free on a target server, as `check-name-availability` answers.
+pub struct Availability {
+    pub name: String,
+    pub target_server: String,
+    /// Why not, when it is not.
+    pub reason: Option<String>,
+}
+
+impl Availability {
+    pub fn json(&self) -> serde_json::Value {
+        json!({"name": self.name, "targetServer": self.target_server, "nameAvailable": self.reason.is_none(), "reason": self.reason})
+    }
+}
+
+/// The name checked as `create` would: its form, then the target (resolved as `create`
+/// resolves it) for a migration of that name.
+pub fn name_availability(store: &Store, name: &str, target: &str) -> Result<Availability> {
+    let spec = parse_endpoint(target)?.params.or(ConnParams::from_env(true)?).resolve(Role::Target, SslMode::Prefer)?;
+    let server = format!("{}:{}", spec.host, spec.port);
+    let reason = match (validate_name(name), store.name_taken(&server, name)?) {
+        (Err(e), _) => Some(format!("{e}")),
+        (Ok(()), Some(status)) => Some(format!("a migration of that name exists on {server} ({status})")),
+        (Ok(()), None) => None,
+    };
+    Ok(Availability { name: name.to_string(), target_server: server, reason })
 }
 
 /// The source's settings before the adapter has its say: the properties' own keys, over
@@ -157,17 +237,9 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     if let Some(status) = store.name_taken(&target_server, &req.name)? {
         bail!("migration name {:?} is already taken on target {target_server} (that migration is {status}); pick another name", req.name);
     }
-    // One migration at a time per target: two copies racing for the same server's disk and
-    // connections help no one, and their databases could collide.
-    if option != MigrationOption::Validate
-        && let Some(active) = store.list(true)?.into_iter().find(|m| m.target_server == target_server && m.option != "Validate") {
-            let next = if runner_alive(store, &active)? {
-                format!("wait for it, or stop it with `{}`", cancel_command(&active))
-            } else {
-                format!("its runner is gone: carry it on with `{}`, or stop it with `{}`", resume_command(&active), cancel_command(&active))
-            };
-            bail!("migration {:?} is still {} on target {target_server}; {next}", active.name, active.status);
-        }
+    if let Some(busy) = target_busy(store, &target_server, option)? {
+        bail!(busy);
+    }
     let properties = stored_properties(props, &source, &target, moved.as_ref(), option, mode);
     let migration = store.create(&NewMigration {
         name: &req.name,

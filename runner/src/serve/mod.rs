@@ -1,0 +1,85 @@
+//! `pgferry serve`: the HTTP API (`/api/v1/`, shaped like the cloud service's migrations
+//! resource) over the same state store the CLI uses. The server is a control plane only:
+//! each migration it creates, resumes or cleans up runs in a pgferry runner process of its
+//! own (the CLI's, detached), so a restart of `serve` stops no migration, and what a runner
+//! does is exactly what the CLI does. Passwords sent in a body reach that process through
+//! its standard input or environment and are never written anywhere.
+//!
+//! Every request needs the access token (`Authorization: Bearer …`, or `?token=…` for a
+//! browser's first load); the store keeps only its hash (see `token`). Loopback is the
+//! default; listening on another address needs TLS or an explicit `--insecure`.
+
+mod api;
+pub mod openapi;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::store::Store;
+
+/// How `serve` was started.
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// The plugin configuration the runners it starts use (`--plugins`).
+    pub plugins: Option<PathBuf>,
+    /// PEM certificate chain and private key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain HTTP on a non-loopback address, asked for explicitly.
+    pub insecure: bool,
+}
+
+/// What the handlers share.
+pub(crate) struct App {
+    pub state_dir: PathBuf,
+    pub plugins: Option<PathBuf>,
+    /// This binary: the runners are its `migration` commands.
+    pub exe: PathBuf,
+}
+
+impl App {
+    /// A store connection of its own for one request (SQLite connections are not shared
+    /// between threads; opening one is cheap).
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.state_dir)
+    }
+}
+
+/// Binds, makes the access token on a first start, then calls `ready` with the console's URL
+/// (carrying the token when it was just made) before serving until the process ends.
+pub async fn run(config: Config, ready: impl FnOnce(&str, Option<&str>)) -> Result<()> {
+    if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.insecure {
+        bail!(
+            "serve would listen on {} with plain HTTP, where the access token and the passwords sent to it could be read on the network; give --tls-cert and --tls-key, or --insecure if something else (a TLS proxy, a private network) protects it",
+            config.listen
+        );
+    }
+    let mut store = Store::open(&config.state_dir)?;
+    let new_token = token::ensure(&mut store)?;
+    drop(store);
+    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{bound}/");
+    let app = Arc::new(App { state_dir: config.state_dir.clone(), plugins: config.plugins.clone(), exe: std::env::current_exe().context("finding this program's path")? });
+    let router = api::router(app);
+    match &new_token {
+        Some(token) => ready(&format!("{url}?token={token}"), Some(token)),
+        None => ready(&url, None),
+    }
+    match &config.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("reading the TLS certificate {} and key {}", cert.display(), key.display()))?;
+            axum_server::from_tcp_rustls(listener, tls)?.serve(router.into_make_service()).await?;
+        }
+        None => axum_server::from_tcp(listener)?.serve(router.into_make_service()).await?,
+    }
+    Ok(())
+}
