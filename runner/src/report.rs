@@ -279,7 +279,8 @@ fn check_text(check: &CheckReport) -> String {
     // Ids, titles and findings may come from a plugin: shown, never obeyed by the terminal.
     let line = |s: &str| printable(s, false);
     let block = |s: &str, indent: &str| printable(s, true).replace('\n', &format!("\n{indent}"));
-    let mut out = format!("  {mark} {:<34} {}\n", line(&check.id), line(&check.title));
+    // Named after the plugin that ran it: two plugins may use the same ids.
+    let mut out = format!("  {mark} {:<48} {}\n", line(&format!("{}/{}", check.plugin, check.id)), line(&check.title));
     for f in &check.findings {
         let object = f.object.as_deref().map(|o| format!(" [{}]", line(o))).unwrap_or_default();
         out.push_str(&format!("       {} {}{}: {}\n", f.severity, line(&f.code), object, block(&f.message, "         ")));

@@ -131,6 +131,37 @@ async fn trap(host: &PluginHost) {
     }
 }
 
+/// What a subscriber wrote, for a test to read.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn what_a_guest_prints_is_logged_under_its_name_printable_and_capped() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_max_level(tracing::Level::INFO).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let host = new_host();
+    trap(&host).await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log.lines().find(|l| l.contains("about to panic")).unwrap_or_else(|| panic!("the guest's stdout is logged: {log}"));
+    assert!(line.contains("plugin=\"guest-trap\"") && line.contains("stdout: guest-trap: about to panic"), "{line}");
+    assert!(!log.contains('\x1b'), "escape sequences are made printable: {log:?}");
+    assert!(log.contains("deliberate panic in check()"), "its stderr is logged too: {log}");
+    assert!(log.contains("more bytes to its stdout in one call than are kept"), "what is dropped is said: {log}");
+    assert!(log.len() < 40 * 1024, "the log keeps at most the cap of the 40 KiB printed: {} bytes", log.len());
+}
+
 async fn garbage_describe(host: &PluginHost) {
     let p = guest(host, "guest-garbage");
     let err = host.describe_rules(&p).await.unwrap_err();

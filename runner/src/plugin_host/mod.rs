@@ -288,11 +288,12 @@ fn classify<T>(
     function: &'static str,
     result: wasmtime::Result<T>,
 ) -> Result<T, PluginError> {
+    let state = store.data();
+    state.log_output();
     let error = match result {
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    let state = store.data();
     let kind = if state.deadline_hit {
         PluginErrorKind::Deadline { function, deadline: plugin.limits.deadline }
     } else if let Some(requested) = state.memory_hit() {

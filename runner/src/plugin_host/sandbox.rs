@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// How much of a guest's stderr is kept.
-const STDERR_CAPTURE: usize = 8 * 1024;
+/// How much of a guest's stdout and stderr one call keeps (for the log, and a panic's
+/// message); the rest is accepted and dropped, so a chatty guest is never failed for it.
+const OUTPUT_CAPTURE: usize = 16 * 1024;
 
 use super::services::Services;
 
@@ -32,8 +32,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct StoreState {
     wasi: WasiCtx,
-    /// The guest's stderr, kept in memory (capped) so a panic message can name the cause.
-    stderr: MemoryOutputPipe,
+    /// The guest's stdout and stderr, kept in memory (capped): logged under the plugin's
+    /// name after the call, and a panic message names the cause of a trap.
+    stdout: CappedOutput,
+    stderr: CappedOutput,
     table: ResourceTable,
     limiter: MemoryLimiter,
     pub(super) plugin: Arc<str>,
@@ -71,6 +73,75 @@ impl StoreState {
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: ")).collect();
         lines[lines.len().saturating_sub(2)..].join(" ").chars().take(500).collect()
     }
+
+    /// Logs what the guest printed in this call (`println!`, `eprintln!`), a line each,
+    /// under the plugin's name; made printable first (a plugin's text never drives the
+    /// terminal).
+    pub fn log_output(&self) {
+        let plugin = &*self.plugin;
+        for (stream, output) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = output.contents();
+            for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+                let line = crate::terminal::printable(line, false);
+                match stream {
+                    "stdout" => tracing::info!(plugin, "{stream}: {line}"),
+                    _ => tracing::warn!(plugin, "{stream}: {line}"),
+                }
+            }
+            let dropped = output.dropped();
+            if dropped > 0 {
+                tracing::warn!(plugin, "plugin `{plugin}` wrote {dropped} more bytes to its {stream} in one call than are kept ({OUTPUT_CAPTURE})");
+            }
+        }
+    }
+}
+
+/// A guest's stdout or stderr: keeps the first [`OUTPUT_CAPTURE`] bytes of a call, counts
+/// the rest and drops it. Every write succeeds.
+#[derive(Clone, Default)]
+struct CappedOutput {
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CappedOutput {
+    fn contents(&self) -> Vec<u8> {
+        self.kept.lock().unwrap().clone()
+    }
+
+    fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        let mut kept = self.kept.lock().unwrap();
+        let room = OUTPUT_CAPTURE.saturating_sub(kept.len()).min(buf.len());
+        kept.extend_from_slice(&buf[..room]);
+        self.dropped.fetch_add(buf.len() - room, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 pub(super) struct CallSetup {
@@ -83,15 +154,17 @@ pub(super) struct CallSetup {
 
 pub(super) fn new_store(engine: &wasmtime::Engine, setup: CallSetup) -> Store<StoreState> {
     // Nothing is granted: no preopened dirs, no env, no args, no sockets, no name lookup.
-    let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+    let (stdout, stderr) = (CappedOutput::default(), CappedOutput::default());
     let wasi = WasiCtxBuilder::new()
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
+        .stdout(stdout.clone())
         .stderr(stderr.clone())
         .build();
     let state = StoreState {
         wasi,
+        stdout,
         stderr,
         table: ResourceTable::new(),
         limiter: MemoryLimiter { max: setup.limits.memory_bytes, used: 0, hit: None },

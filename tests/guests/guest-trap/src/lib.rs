@@ -12,6 +12,10 @@ impl Rule for Boom {
     }
 
     fn check(&self, _cx: &Context) -> Result<Vec<Finding>, String> {
+        // Printed output goes to the runner's log under the plugin's name, made printable,
+        // and more than the host keeps is dropped without failing the guest.
+        println!("guest-trap: about to panic \x1b[2J");
+        println!("{}", "x".repeat(40 * 1024));
         panic!("guest-trap: deliberate panic in check()");
     }
 }
