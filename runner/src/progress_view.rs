@@ -89,7 +89,7 @@ impl View {
                             bar.abandon_with_message(format!("copying {schema}.{name} failed"));
                         }
                     }
-                    Progress::StageReached { .. } | Progress::TableStarted { .. } | Progress::VerificationStarted { .. } => {}
+                    Progress::StageReached { .. } | Progress::TableStarted { .. } | Progress::VerificationStarted { .. } | Progress::Analyzed { .. } => {}
                 })
             }
         }
@@ -111,6 +111,7 @@ fn line(event: &Progress) -> String {
             format!("{database}: {} tables finished by an earlier run differ from the source at this run's snapshot, copying them again: {}", tables.len(), tables.join(", "))
         }
         Progress::VerificationStarted { database, tables_total } => format!("{database}: verifying {tables_total} tables"),
+        Progress::Analyzed { database, tables, seconds } => format!("{database}: analyzed {tables} tables in {seconds:.1} s"),
         Progress::TableFailed { database, schema, name, error } => format!("{database}: copying {schema}.{name} failed: {error}"),
         Progress::TableBytes { database, schema, name, part, bytes } => {
             let part = part.map(|p| format!(" (part from block {p})")).unwrap_or_default();

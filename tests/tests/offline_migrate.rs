@@ -73,6 +73,21 @@ fn pagila_with_large_objects_moves_exactly() {
     assert_eq!(verification["mismatches"], json!([]));
     assert!(verification["objects"]["relation r"].as_i64().unwrap() >= 15, "{verification}");
     assert_eq!(verification["largeObjects"], 4);
+    // Every table has its planner statistics: ANALYZE ran on the target (not autovacuum).
+    let analyzed = events.iter().find(|e| e["event"] == "Analyzed").expect("an Analyzed event");
+    assert!(analyzed["tables"].as_u64().unwrap() >= 15, "{analyzed}");
+    // (A partitioned parent's ANALYZE samples its partitions and records no last_analyze; a
+    // materialized view never populated has nothing to analyze.)
+    let never_analyzed = || {
+        target
+            .psql("pagila", "select coalesce(string_agg(s.relname, ', '), '') from pg_stat_user_tables s join pg_class c on c.oid = s.relid where c.relkind <> 'p' and (c.relkind <> 'm' or c.relispopulated) and s.last_analyze is null")
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !never_analyzed().trim().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(never_analyzed().trim(), "", "tables the migration did not analyze");
 
     assert_eq!(schema(&source, "pagila"), schema(&target, "pagila"), "schemas differ");
     assert_eq!(table_digests(&source, "pagila"), table_digests(&target, "pagila"), "table contents differ");

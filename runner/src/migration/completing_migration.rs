@@ -238,7 +238,50 @@ async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
 
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<DatabaseVerification> {
     dump_and_restore(s, &copied.name, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+    analyze(s, &copied.name, progress).await?;
     verify(s, copied, progress).await
+}
+
+/// ANALYZE of every table of the target database, `jobs` at a time, biggest first: the
+/// planner's statistics are not copied, and a target without them plans its first queries
+/// blind (as pgcopydb's and the cloud service's guidance says, the migration makes them).
+pub async fn analyze(s: &Settings<'_>, db: &str, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (client, _) = s.target.connect(db).await?;
+    let tables: Vec<String> = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind in ('r', 'p', 'm') and n.nspname not in ('pg_catalog', 'information_schema')
+                and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+                and (c.relkind <> 'm' or c.relispopulated)
+              order by pg_total_relation_size(c.oid) desc",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_failure(Role::Target, &e, format!("listing the tables of database {db:?} to analyze")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    let total = tables.len();
+    let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..s.jobs.max(1).min(total.max(1)) {
+        let (target, queue, db) = (s.target.clone(), queue.clone(), db.to_string());
+        workers.spawn(async move {
+            let (client, _) = target.connect(&db).await?;
+            loop {
+                let Some(table) = queue.lock().await.pop_front() else { break };
+                client.batch_execute(&format!("ANALYZE {table}")).await.map_err(|e| pg_failure(Role::Target, &e, format!("analyzing table {table} of database {db:?} on the target")))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker.context("an ANALYZE worker panicked")??;
+    }
+    let _ = progress.send(Progress::Analyzed { database: db.to_string(), tables: total, seconds: started.elapsed().as_secs_f64() });
+    Ok(())
 }
 
 /// Sequences, verification at the coordinator's snapshot, then the database's own

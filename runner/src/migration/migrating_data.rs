@@ -163,6 +163,8 @@ pub enum Progress {
     StageReached { database: String, stage: Stage },
     /// Online: changes applied so far (every few seconds while streaming).
     Replicating { database: String, transactions: u64, inserts: u64, updates: u64, deletes: u64, latency_seconds: f64, wal_bytes_pending: Option<i64> },
+    /// Every table of the target database was analyzed (the planner's statistics made).
+    Analyzed { database: String, tables: usize, seconds: f64 },
     /// Post-data and sequences are done; the target's tables are being checked.
     VerificationStarted { database: String, tables_total: usize },
 }

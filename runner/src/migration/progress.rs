@@ -211,7 +211,7 @@ impl Progress {
                 db.bytes_copied = db.bytes_copied - before + bytes;
                 self.unsaved_counters.insert(database);
             }
-            migrating_data::Progress::VerificationStarted { .. } => {}
+            migrating_data::Progress::VerificationStarted { .. } | migrating_data::Progress::Analyzed { .. } => {}
             migrating_data::Progress::TableFailed { database, schema, name, error: _ } => {
                 let db = self.databases.entry(database.clone()).or_default();
                 let key = format!("{schema}.{name}");

@@ -256,6 +256,7 @@ async fn base_copy(
         drop(created_slot.session);
         // Indexes and keys before streaming: applying UPDATEs needs them.
         migrating_data::dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+        super::completing_migration::analyze(s, db, &tx).await?;
         copied.coordinator.batch_execute("COMMIT").await?;
         let _ = std::fs::remove_dir_all(&copied.dump_dir);
         anyhow::Ok(created_slot.consistent_point)
