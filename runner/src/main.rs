@@ -45,6 +45,9 @@ enum Command {
     /// Inspect the plugins this runner uses
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// What pgferry knows of the servers (the inventory plugins see)
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
     /// Serve the HTTP API over the state store; the first line printed is its URL, with the
     /// access token when one was just made
     Serve(ServeArgs),
@@ -210,6 +213,43 @@ enum PluginCommand {
     List,
     /// What a component file is: world, contract version, imports, exports, sha256
     Inspect { file: PathBuf },
+    /// Run one plugin (a rule set's applicable rules, or an adapter's readiness) against an
+    /// inventory dump or the live servers a properties file names, and print its findings
+    Test {
+        /// The component (.wasm)
+        file: PathBuf,
+        /// An inventory dump (`pgferry inventory dump`, or an SDK fixture as JSON)
+        #[arg(long, value_name = "FILE", required_unless_present = "properties", conflicts_with = "properties")]
+        inventory: Option<PathBuf>,
+        /// A properties file: the inventory is collected from the servers it names
+        #[arg(long, value_name = "FILE")]
+        properties: Option<PathBuf>,
+        /// With --properties: the target server (host:port or a postgres URI)
+        #[arg(long, requires = "properties")]
+        target: Option<String>,
+        /// The migration mode the checks see
+        #[arg(long, value_enum, default_value_t = ModeArg::Offline)]
+        migration_mode: ModeArg,
+        /// The source type the checks see [default: the properties' sourceType, else OnPremises]
+        #[arg(long)]
+        source_type: Option<String>,
+        /// A setting for the plugin (repeatable)
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Collect the inventory of the servers a properties file names (its DBsToMigrate), as
+    /// the JSON the SDK's test Fixture loads (`Fixture::from_json`)
+    Dump {
+        #[arg(long, value_name = "FILE")]
+        properties: PathBuf,
+        /// Target server: host:port or a postgres URI
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 /// Exit codes (README.md documents them).
@@ -393,6 +433,15 @@ async fn run(cli: Cli) -> Result<Exit> {
         Command::Serve(args) => serve(&cli, args).await,
         Command::Plugin(PluginCommand::List) => plugin_list(&cli).await,
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&cli, file).await,
+        Command::Plugin(PluginCommand::Test { file, inventory, properties, target, migration_mode, source_type, settings }) => {
+            plugin_test(&cli, file, inventory.as_deref(), properties.as_deref(), target.as_deref(), *migration_mode, source_type.as_deref(), settings).await
+        }
+        Command::Inventory(InventoryCommand::Dump { properties, target }) => {
+            let props = Properties::from_file(properties)?;
+            let inventory = migration::live_inventory(&registry(&cli).await?, &props, target.as_deref()).await?;
+            print_json(&inventory.to_fixture_json());
+            Ok(Exit::Ok)
+        }
     }
 }
 
@@ -573,6 +622,79 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plugin_test(
+    cli: &Cli,
+    file: &std::path::Path,
+    inventory: Option<&std::path::Path>,
+    properties: Option<&std::path::Path>,
+    target: Option<&str>,
+    mode: ModeArg,
+    source_type: Option<&str>,
+    settings: &[String],
+) -> Result<Exit> {
+    use pgferry::migration::validation_in_progress::{check_report, report, rule_checks};
+    use pgferry::plugin_host::{CheckContext, Services};
+    let settings: Vec<(String, String)> = settings
+        .iter()
+        .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--setting {s:?} is not KEY=VALUE")))
+        .collect::<Result<_>>()?;
+    let (inventory, props) = match (inventory, properties) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the inventory dump {}", path.display()))?;
+            let inventory = pgferry::plugin_host::Inventory::from_fixture_json(&text).with_context(|| format!("{} is not an inventory dump (`pgferry inventory dump` writes one)", path.display()))?;
+            (std::sync::Arc::new(inventory), None)
+        }
+        (None, Some(path)) => {
+            let props = Properties::from_file(path)?;
+            (migration::live_inventory(&registry(cli).await?, &props, target).await?, Some(props))
+        }
+        (None, None) => bail!("give --inventory FILE or --properties FILE"),
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let host = PluginHost::new(plugins::default_cache_dir())?;
+    let plugin = host
+        .load(&name, Origin::File(file.to_path_buf()), &bytes, Grants::default(), settings, Limits::default())
+        .with_context(|| format!("{} is not a usable pgferry plugin", file.display()))?;
+    let source_type = source_type.map(str::to_string).or_else(|| props.as_ref().map(|p| p.source_type.clone())).unwrap_or_else(|| "OnPremises".into());
+    let dbs_to_migrate = match &props {
+        Some(p) => p.dbs_to_migrate.clone(),
+        None => inventory.source_databases.keys().cloned().collect(),
+    };
+    let base = CheckContext {
+        migration_name: "plugin-test".into(),
+        mode: match mode {
+            ModeArg::Offline => pgferry::plugin_host::MigrationMode::Offline,
+            ModeArg::Online => pgferry::plugin_host::MigrationMode::Online,
+        },
+        migration_option: pgferry::plugin_host::MigrationOption::Validate,
+        source_type: source_type.clone(),
+        database: None,
+        dbs_to_migrate,
+        overwrite_dbs_in_target: false,
+    };
+    let services = std::sync::Arc::new(Services { inventory, sql: None });
+    let started = chrono::Utc::now();
+    let (server_checks, db_checks) = match plugin.shape.world {
+        World::ValidationRule => {
+            let rules = host.describe_rules(&plugin).await?;
+            let rule_plugin = plugins::RulePlugin { plugin: std::sync::Arc::new(plugin), rules };
+            rule_checks(&host, std::slice::from_ref(&rule_plugin), services, &base, &[source_type.to_ascii_lowercase()], &[]).await
+        }
+        World::SourceAdapter => {
+            let findings = host.readiness(&plugin, services, &base).await;
+            (vec![check_report("source-readiness", "Source readiness", &plugin.name, findings)], vec![])
+        }
+    };
+    let report = report(started, server_checks, db_checks);
+    match cli.output {
+        Output::Json => print_json(&serde_json::to_value(&report)?),
+        Output::Table => print(&report::validation_text(&report)),
+    }
+    Ok(if report.status == pgferry::migration::validation_in_progress::CheckState::Failed { Exit::ValidationFailed } else { Exit::Ok })
 }
 
 async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {

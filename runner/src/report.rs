@@ -252,7 +252,7 @@ fn reconnecting_text(c: &Value) -> String {
     )
 }
 
-fn validation_text(report: &ValidationReport) -> String {
+pub fn validation_text(report: &ValidationReport) -> String {
     let mut out = format!("\nValidation: {:?}\n", report.status);
     out.push_str(&level_text("Instance", &report.server_level));
     for db in &report.db_level {

@@ -167,3 +167,51 @@ fn read_only_sql_is_only_for_granted_plugins_and_stays_read_only() {
     assert!(denied.iter().all(|(c, _)| c.ends_with("-refused")), "{denied:?}");
     assert!(denied[0].1.contains("not granted `sql`"), "{denied:?}");
 }
+
+/// A plugin author's loop without a migration: dump a real server's inventory, load it as
+/// the SDK's test fixture, and run one plugin against the dump and against the live server.
+#[test]
+fn an_inventory_dump_is_an_sdk_fixture_and_plugin_test_runs_one_plugin_against_it() {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    source.psql("app", "create table t (id int primary key, pad text); insert into t select g, repeat('x', 500) from generate_series(1, 20000) g;").unwrap();
+    let pf = Pgferry::new();
+    let props = pf.properties(&source, "app", json!({}));
+    let target_arg = format!("127.0.0.1:{}", target.port());
+
+    let out = pf.run(&["inventory", "dump", "--properties", &props, "--target", &target_arg]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let fixture = pgferry_sdk::testing::Fixture::from_json(&out.stdout).unwrap_or_else(|e| panic!("the SDK loads the dump: {e}: {}", out.stdout));
+    let app = fixture.source_databases.iter().find(|d| d.name == "app").expect("app is in the dump");
+    assert!(app.tables.iter().any(|t| t.name == "t"), "its tables are in the dump");
+    let size = fixture.source.databases.iter().find(|d| d.name == "app").expect("app is in the server's list").size_bytes;
+    assert!(size > 10_000_000, "{size}");
+    let dump = pf.write("inventory.json", &out.stdout);
+    let dump = dump.display().to_string();
+
+    // Under the limit: no finding, exit 0.
+    let example = example_wasm().display().to_string();
+    let out = pf.run(&["plugin", "test", &example, "--inventory", &dump]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert!(out.stdout.contains("ok   example-max-database-size/max-database-size"), "{}", out.transcript());
+    // Over the limit set for the test: the rule's finding, exit 4 as a failed validation.
+    let out = pf.run(&["plugin", "test", &example, "--inventory", &dump, "--setting", "max_bytes=1000000", "--output", "json"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let finding = &report["dbLevel"][0]["checks"][0]["findings"][0];
+    assert_eq!((report["dbLevel"][0]["databaseName"].as_str(), finding["code"].as_str()), (Some("app"), Some("max-database-size")), "{report:#}");
+    // The same against the live servers.
+    let out = pf.run(&["plugin", "test", &example, "--properties", &props, "--target", &target_arg, "--setting", "max_bytes=1000000"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    assert!(out.stdout.contains("over the limit of"), "{}", out.transcript());
+    // An adapter: its readiness, here for an online migration of a source without logical WAL.
+    let adapter = workspace_root().join("plugins/dist/adapter-on-premises.wasm").display().to_string();
+    let out = pf.run(&["plugin", "test", &adapter, "--inventory", &dump, "--migration-mode", "Online"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    assert!(out.stdout.contains("adapter-on-premises/source-readiness") && out.stdout.contains("wal_level"), "{}", out.transcript());
+    // A file that is not a dump is named.
+    let out = pf.run(&["plugin", "test", &example, "--inventory", &props]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("is not an inventory dump"), "{}", out.transcript());
+}

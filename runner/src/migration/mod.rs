@@ -289,6 +289,15 @@ pub async fn resume(store: &mut Store, registry: &Registry, name: &str, target: 
     drive(store, &run, source, target, states, observer).await
 }
 
+/// The inventory of the servers a properties file names (the source as its adapter turns
+/// it, the target as `create` resolves it), as a migration's validation would see it.
+pub async fn live_inventory(registry: &Registry, props: &Properties, target: Option<&str>) -> Result<Arc<crate::plugin_host::Inventory>> {
+    let adapter = registry.require_adapter(&props.source_type)?;
+    let target = target_spec_of(props, target)?;
+    let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
+    Ok(performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate).await?.inventory)
+}
+
 /// The resume record of a migration. One that does not decode is an error, never "nothing
 /// done": a cancel or resume reading it as empty would skip cleanup or redo finished work.
 fn resume_states(store: &Store, m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {

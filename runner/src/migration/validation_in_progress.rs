@@ -80,9 +80,25 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
     let mut refined: Vec<String> = readiness_check.findings.iter().map(|f| f.code.clone()).collect();
     refined.extend(adapter.description.info.owned_codes.iter().cloned());
 
-    let mut server_checks = vec![readiness_check];
+    let (mut server_checks, db_checks) = rule_checks(&registry.host, &registry.rules, services, base, &source_types, &refined).await;
+    server_checks.insert(0, readiness_check);
+    report(started_on, server_checks, db_checks)
+}
+
+/// The checks of `rule_plugins`' rules that apply to `base` (its mode and, by `source_types`,
+/// its source), instance-level once and database-level per database to migrate. Findings
+/// whose codes are in `refined` (the adapter's verdicts) are left out.
+pub async fn rule_checks(
+    host: &crate::plugin_host::PluginHost,
+    rule_plugins: &[crate::plugins::RulePlugin],
+    services: Arc<Services>,
+    base: &CheckContext,
+    source_types: &[String],
+    refined: &[String],
+) -> (Vec<CheckReport>, Vec<(String, Vec<CheckReport>)>) {
+    let mut server_checks = Vec::new();
     let mut db_checks: Vec<(String, Vec<CheckReport>)> = base.dbs_to_migrate.iter().map(|d| (d.clone(), Vec::new())).collect();
-    for rule_plugin in &registry.rules {
+    for rule_plugin in rule_plugins {
         for rule in &rule_plugin.rules {
             if !rule.modes.is_empty() && !rule.modes.contains(&base.mode) {
                 continue;
@@ -92,7 +108,7 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
             }
             match rule.level {
                 Level::Instance => {
-                    let result = registry.host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, base).await;
+                    let result = host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, base).await;
                     let mut check = check_report(&rule.id, &rule.title, &rule_plugin.plugin.name, result);
                     check.findings.retain(|f| !refined.contains(&f.code));
                     check.state = state_of(&check.findings);
@@ -101,13 +117,18 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
                 Level::Database => {
                     for (database, checks) in &mut db_checks {
                         let ctx = CheckContext { database: Some(database.clone()), ..base.clone() };
-                        let result = registry.host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, &ctx).await;
+                        let result = host.check_rule(&rule_plugin.plugin, services.clone(), &rule.id, &ctx).await;
                         checks.push(check_report(&rule.id, &rule.title, &rule_plugin.plugin.name, result));
                     }
                 }
             }
         }
     }
+    (server_checks, db_checks)
+}
+
+/// The report of these checks, its states rolled up.
+pub fn report(started_on: DateTime<Utc>, server_checks: Vec<CheckReport>, db_checks: Vec<(String, Vec<CheckReport>)>) -> ValidationReport {
     let server_level = level_report(server_checks);
     let db_level: Vec<DatabaseReport> =
         db_checks.into_iter().map(|(database_name, checks)| DatabaseReport { database_name, result: level_report(checks) }).collect();
@@ -115,7 +136,7 @@ pub async fn run(registry: &Registry, adapter: &AdapterPlugin, services: Arc<Ser
     ValidationReport { status, started_on, ended_on: Utc::now(), server_level, db_level }
 }
 
-fn check_report(id: &str, title: &str, plugin: &str, result: Result<Vec<Finding>, crate::plugin_host::PluginError>) -> CheckReport {
+pub fn check_report(id: &str, title: &str, plugin: &str, result: Result<Vec<Finding>, crate::plugin_host::PluginError>) -> CheckReport {
     let findings: Vec<FindingReport> = match result {
         Ok(findings) => findings.into_iter().map(finding_report).collect(),
         Err(error) => {

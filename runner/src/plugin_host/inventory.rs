@@ -31,6 +31,34 @@ impl Inventory {
         }
     }
 
+    /// As `pgferry inventory dump` writes it: the JSON the SDK's test `Fixture` loads
+    /// (databases as lists, no plugin settings).
+    pub fn to_fixture_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": self.source,
+            "target": self.target,
+            "source_databases": self.source_databases.values().collect::<Vec<_>>(),
+            "target_databases": self.target_databases.values().collect::<Vec<_>>(),
+            "settings": [],
+        })
+    }
+
+    /// Reads an inventory dump (or an SDK fixture written as JSON).
+    pub fn from_fixture_json(text: &str) -> Result<Inventory, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            source: ServerInfo,
+            target: ServerInfo,
+            #[serde(default)]
+            source_databases: Vec<DatabaseInfo>,
+            #[serde(default)]
+            target_databases: Vec<DatabaseInfo>,
+        }
+        let f: Fixture = serde_json::from_str(text)?;
+        let by_name = |dbs: Vec<DatabaseInfo>| dbs.into_iter().map(|d| (d.name.clone(), d)).collect();
+        Ok(Inventory { source: f.source, target: f.target, source_databases: by_name(f.source_databases), target_databases: by_name(f.target_databases) })
+    }
+
     pub fn database(&self, side: Side, name: &str) -> Option<&DatabaseInfo> {
         match side {
             Side::Source => self.source_databases.get(name),
