@@ -183,15 +183,26 @@ pub async fn probe(server: &ConnSpec) -> Result<()> {
     tokio::time::timeout(server.connect_timeout, ask).await.unwrap_or_else(|_| Err(no_answer(server)))
 }
 
-/// Ends (with the error to stop on) once a probe of `server`, every few seconds, finds it
-/// out of reach. A refusal that is not an outage (too many connections) is not silence.
+/// How many probes in a row must find a server out of reach before the work in progress
+/// is given up: one slow answer from a busy server must not cost a long copy.
+const SILENT_PROBES: u32 = 3;
+
+/// Ends (with the error to stop on) once [`SILENT_PROBES`] probes of `server` in a row,
+/// every few seconds, find it out of reach. A refusal that is not an outage (too many
+/// connections) is not silence.
 async fn silence(server: &ConnSpec) -> anyhow::Error {
+    let mut silent = 0;
     loop {
         tokio::time::sleep(POLL).await;
-        if let Err(e) = probe(server).await
-            && is_connection_lost(&e)
-        {
-            return e;
+        match probe(server).await {
+            Err(e) if is_connection_lost(&e) => {
+                silent += 1;
+                if silent >= SILENT_PROBES {
+                    return e;
+                }
+                tracing::info!("the {} did not answer a probe ({silent} in a row): {e:#}", server.describe());
+            }
+            _ => silent = 0,
         }
     }
 }

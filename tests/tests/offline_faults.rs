@@ -94,8 +94,8 @@ fn a_target_stalled_mid_copy_is_noticed_shown_and_the_copy_goes_on_after_it() {
     wait_mid_copy(&pf, "stalled");
     proxy.stall(true);
     let stalled = std::time::Instant::now();
-    // Found silent by a probe (every 5 s, 2 s to answer), then shown while it lasts.
-    let doc = pf.wait_for("stalled", "reconnecting", Duration::from_secs(30), |d| reconnecting(d).is_some());
+    // Found silent by three probes in a row (every 5 s, 2 s to answer), then shown while it lasts.
+    let doc = pf.wait_for("stalled", "reconnecting", Duration::from_secs(60), |d| reconnecting(d).is_some());
     eprintln!("the stall was shown {:.1} s after it began", stalled.elapsed().as_secs_f64());
     assert_eq!(doc["substate"], "MigratingData", "{doc:#}");
     let server = format!("target server 127.0.0.1:{}", proxy.port());

@@ -378,15 +378,19 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
     drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
+    // Partition indexes are attached to their parents one by one too, in the archive's order:
+    // in parallel, a sub-partitioned table's index could be attached before its own
+    // partitions' were, which leaves the top index invalid, and a key referencing it fails
+    // ("no unique constraint matching given keys"; seen once on the regression database).
     let (keys, rest): (Vec<&str>, Vec<&str>) = entries.into_iter().partition(|l| {
-        // The keys, and comments on constraints (which may be on a key).
-        l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT "))
+        // The keys, comments on constraints (which may be on a key), index attachments.
+        l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT ")) || l.contains(" INDEX ATTACH ")
     });
     let (keys_file, rest_file) = (dump_dir.join(format!("{section}-keys.list")), dump_dir.join(format!("{section}-rest.list")));
     std::fs::write(&keys_file, keys.join("\n"))?;
     std::fs::write(&rest_file, rest.join("\n"))?;
     pg_tools::run(restore(Some(&rest_file), s.jobs), &what).await?;
-    pg_tools::run(restore(Some(&keys_file), 1), &format!("{what} (foreign keys)")).await
+    pg_tools::run(restore(Some(&keys_file), 1), &format!("{what} (index attachments and foreign keys)")).await
 }
 
 /// Whether a line of `pg_restore --list` is a publication of pgferry's (`pgferry_<id>_<n>`,
