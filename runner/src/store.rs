@@ -491,9 +491,17 @@ impl Store {
         create_private_dir(dir)?;
         let path = dir.join("state.db");
         // SQLite gives the -wal and -shm files the database file's mode: made 0600 first.
-        {
+        // Only when it is absent: closing a descriptor of the file drops every POSIX lock
+        // this process holds on it, those of its open connections too (one `serve` has
+        // many), and another process that then finds no reader deletes the WAL under them
+        // ("database disk image is malformed").
+        if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&path).with_context(|| format!("cannot create the state store {}", path.display()))?;
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("cannot create the state store {}", path.display()))),
+            }
         }
         restrict(&path)?;
         let conn = Connection::open(&path).with_context(|| format!("cannot open the state store {}", path.display()))?;
