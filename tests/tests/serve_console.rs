@@ -84,8 +84,10 @@ impl Drop for Browser {
 /// Chromium and chromedriver, or `None` (and a message saying why the test skips).
 async fn browser(test: &str) -> Option<Browser> {
     let (Some(chromium), Some(chromedriver)) = (program("PGFERRY_CHROMIUM", &["chromium", "chromium-browser"]), program("PGFERRY_CHROMEDRIVER", &["chromedriver"])) else {
-        println!("SKIP {test}: chromium and chromedriver are not installed (Debian packages chromium and chromium-driver; .ci/run installs them)");
-        eprintln!("SKIP {test}: chromium and chromedriver are not installed (Debian packages chromium and chromium-driver; .ci/run installs them)");
+        pgferry_tests::support::print_skipped(
+            &format!("serve_console::{test}"),
+            "chromium or chromedriver not found (Debian packages chromium and chromium-driver, which .ci/run installs; or PGFERRY_CHROMIUM / PGFERRY_CHROMEDRIVER)",
+        );
         return None;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -393,6 +395,17 @@ fn an_online_migration_is_cut_over_and_another_canceled_by_clicks() {
         click(c, "#start").await;
         wait_text(c, "#details-name", "the details page", Duration::from_secs(60), |t| t == "web-dropped").await;
         wait_text(c, "#substate", "web-dropped waiting for the cutover", Duration::from_secs(240), |t| t == "WaitingForCutoverTrigger").await;
+        // Its runner killed: the page says so, with the command that goes on (the lease is
+        // seen at once, or at its expiry).
+        let runner = text_of(c, "#runner").await;
+        let pid: i32 = runner.strip_prefix("alive: process ").and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{runner}"));
+        // SAFETY: kill(2) of the runner process this test's server started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        wait_text(c, "#runner", "runner not alive", Duration::from_secs(60), |t| t == "runner not alive").await;
+        let next = text_of(c, "#next").await;
+        assert!(next.contains("pgferry") && next.contains("resume") && next.contains("web-dropped"), "the next command: {next}");
+        let shot = screenshot(c, "details-runner-not-alive.png").await;
+        println!("screenshot {}", shot.display());
         // A refused confirm does nothing.
         click(c, "#cancel").await;
         c.dismiss_alert().await.unwrap();

@@ -352,7 +352,7 @@ function detailSections(doc, ctl) {
         { label: 'Transactions', num: true }, { label: 'WAL pending', num: true }, 'Applied up to', 'Connection'],
       Object.entries(d.replicationProgress).map(([db, r]) => rowWithHeader([db, Number(r.latencySeconds || 0).toFixed(1) + ' s', num(r.inserts), num(r.updates),
         num(r.deletes), num(r.transactions), r.walBytesPending === null || r.walBytesPending === undefined ? '—' : bytes(r.walBytesPending), r.appliedLsn || '',
-        r.reconnecting ? 'reconnecting since ' + when(r.reconnecting.since) + ' (' + (r.reconnecting.lastError || '') + ')' : active ? 'streaming' : 'stopped'])),
+        r.reconnecting ? 'reconnecting since ' + when(r.reconnecting.since) + ' (' + (r.reconnecting.lastError || '') + ')' : active && runner.alive ? 'streaming' : 'stopped'])),
       { id: 'replication' }));
   }
   if (d.cutover) {
