@@ -491,9 +491,17 @@ impl Store {
         create_private_dir(dir)?;
         let path = dir.join("state.db");
         // SQLite gives the -wal and -shm files the database file's mode: made 0600 first.
-        {
+        // Only when it is absent: closing a descriptor of the file drops every POSIX lock
+        // this process holds on it, those of its open connections too (one `serve` has
+        // many), and another process that then finds no reader deletes the WAL under them
+        // ("database disk image is malformed").
+        if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&path).with_context(|| format!("cannot create the state store {}", path.display()))?;
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("cannot create the state store {}", path.display()))),
+            }
         }
         restrict(&path)?;
         let conn = Connection::open(&path).with_context(|| format!("cannot open the state store {}", path.display()))?;
@@ -1701,6 +1709,39 @@ mod tests {
         assert_eq!(now.status, Status::MIGRATING);
         assert!(store.copy_counters(m.id).unwrap().is_empty() && store.replication_progress(m.id).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The POSIX locks this process holds on the store's file (from /proc/locks).
+    fn locks_on(path: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(path).unwrap().ino();
+        let pid = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"POSIX") && f.get(4) == Some(&pid.as_str()) && f.get(5).and_then(|d| d.rsplit(':').next()) == Some(inode.to_string().as_str())
+            })
+            .count()
+    }
+
+    /// `serve` opens a store per request while others stay open: opening one must not drop
+    /// the locks of those (closing any descriptor of a file drops all of a process's POSIX
+    /// locks on it), or another process closing the last connection it sees deletes the WAL
+    /// under them and the store reads as malformed.
+    #[test]
+    fn opening_the_store_again_keeps_the_locks_of_the_open_connections() {
+        let (mut store, dir) = scratch();
+        let props = serde_json::json!({});
+        store.create(&new("m", &["app".to_string()], &props)).unwrap();
+        let path = dir.join("state.db");
+        let held = locks_on(&path);
+        assert!(held > 0, "an open WAL connection holds a lock on the file");
+        let again = Store::open(&dir).unwrap();
+        assert!(locks_on(&path) >= held, "opening another connection dropped the locks of the first");
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A runner saving progress many times a second and CLIs recording requests and other

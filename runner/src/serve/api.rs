@@ -36,6 +36,8 @@ pub(super) fn router(app: Shared) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
+        // The console's assets hold no data: merged after the token layer, which they skip.
+        .merge(super::console::router())
 }
 
 /// An error as RFC 9457 problem details; `detail` is the message the CLI would print.

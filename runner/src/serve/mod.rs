@@ -8,8 +8,12 @@
 //! Every request needs the access token (`Authorization: Bearer …`, or `?token=…` for a
 //! browser's first load); the store keeps only its hash (see `token`). Loopback is the
 //! default; listening on another address needs TLS or an explicit `--insecure`.
+//!
+//! The web console (`console`) is served at `/`: static assets, without the token, that call
+//! the API with it.
 
 mod api;
+mod console;
 pub mod openapi;
 pub mod token;
 
