@@ -1768,6 +1768,10 @@ mod tests {
                                 counters: [("app".to_string(), CopyCounters { tables_done: n + 1, ..Default::default() })].into(),
                             })
                             .unwrap();
+                        // A runner saves every 250 ms at most; one that never paused would
+                        // starve the others on a loaded machine (SQLite's busy wait is not
+                        // fair), which is not what this test is about.
+                        std::thread::sleep(std::time::Duration::from_micros(500));
                     }
                     n += 1;
                 }
