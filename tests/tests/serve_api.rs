@@ -160,6 +160,20 @@ fn create_checks_its_input_streams_each_state_and_never_stores_the_passwords() {
     let props = properties(&source, "app", json!({}));
     let target_q = format!("target=127.0.0.1:{}", target.port());
 
+    // The wizard's "test connection": version, TLS state, databases with their sizes.
+    let r = call("POST", &format!("{api}/source/test-connection"), Some(&token), Some(&props));
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    assert_eq!(r.body["server"], format!("127.0.0.1:{}", source.port()));
+    assert!(r.body["version"].as_str().unwrap().starts_with("15."), "{:#}", r.body);
+    assert_eq!(r.body["tls"], "None", "the test clusters speak plain text: {:#}", r.body);
+    let app = r.body["databases"].as_array().unwrap().iter().find(|d| d["name"] == "app").expect("app is listed");
+    assert!(app["sizeBytes"].as_u64().unwrap() > 5_000_000, "{app}");
+    assert!(!r.body["databases"].as_array().unwrap().iter().any(|d| d["name"] == "template1"), "templates are not offered");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = call("POST", &format!("{api}/source/test-connection"), Some(&token), Some(&props.replace(&format!("127.0.0.1:{}@", source.port()), &format!("127.0.0.1:{closed}@"))));
+    assert_eq!(r.status, 400, "{:#}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains(&format!("source server 127.0.0.1:{closed}")), "names the server: {:#}", r.body);
+
     let r = call("PUT", &format!("{api}/migrations/bad_name?{target_q}"), Some(&token), Some(&props));
     assert_eq!(r.status, 400, "{:#}", r.body);
     assert!(r.body["detail"].as_str().unwrap().contains("letters, digits and hyphens"), "{:#}", r.body);

@@ -220,11 +220,22 @@ async fn fill_wizard(c: &Client, w: &Wizard<'_>) {
     fill(c, "#f-srcUser", "postgres").await;
     fill(c, "#f-srcPassword", w.source_password).await;
     choose(c, "#f-sslMode", "Prefer").await;
+    // "Test connection" reaches the source and lists its databases with their sizes.
+    click(c, "#test-connection").await;
+    let result = wait_text(c, "#test-result", "the connection test", Duration::from_secs(30), |t| t.starts_with("Connected to") || t.starts_with("Cannot")).await;
+    assert!(result.contains(&format!("127.0.0.1:{}", w.source.port())) && result.contains("PostgreSQL 15") && result.contains("TLS"), "{result}");
     click(c, "#next-source").await;
     fill(c, "#f-target", &format!("127.0.0.1:{}", w.target.port())).await;
     fill(c, "#f-tgtPassword", w.target_password).await;
     click(c, "#next-target").await;
-    fill(c, "#f-dbs", w.databases).await;
+    // Picked from the source's list (each with its size), which fills the names in.
+    let listed = text_of(c, "#db-list").await;
+    for db in w.databases.split(',') {
+        assert!(listed.contains(&format!("{db} (")), "{db} is listed with its size: {listed}");
+        click(c, &format!("#db-{db}")).await;
+    }
+    let picked = c.execute("return document.getElementById('f-dbs').value", vec![]).await.unwrap();
+    assert_eq!(picked.as_str().map(|v| v.replace('\n', ",")), Some(w.databases.to_string()), "the boxes fill the names in");
     click(c, "#next-databases").await;
     assert_eq!(c.find(Locator::Css("#tab-summary")).await.unwrap().attr("aria-selected").await.unwrap().as_deref(), Some("true"));
 }
@@ -262,6 +273,9 @@ fn the_wizard_runs_an_offline_migration_to_succeeded_in_the_grid() {
         fill_wizard(c, &w).await;
         // The name was checked live against the target given.
         wait_text(c, "#name-check", "the name check", Duration::from_secs(10), |t| t.contains("\"web-offline\" is available")).await;
+        click(c, "#tab-databases").await;
+        let shot = screenshot(c, "wizard-databases.png").await;
+        println!("screenshot {}", shot.display());
         click(c, "#tab-setup").await;
         let shot = screenshot(c, "wizard-setup.png").await;
         println!("screenshot {}", shot.display());

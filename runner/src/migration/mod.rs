@@ -298,6 +298,32 @@ pub async fn live_inventory(registry: &Registry, props: &Properties, target: Opt
     Ok(performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate).await?.inventory)
 }
 
+/// "Test connection" of a wizard: reaches the source a properties body names (through its
+/// adapter, with its password) and says what it is: server, version, TLS state and the
+/// databases a migration could take, with their sizes (templates left out).
+pub async fn source_facts(registry: &Registry, props: &Properties) -> Result<serde_json::Value> {
+    let adapter = registry.require_adapter(&props.source_type)?;
+    let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
+    let (client, tls) = source.connect(&source.dbname).await?;
+    let info = crate::inventory::collect_server(&client, crate::plugin_host::Side::Source, &source.host, source.port)
+        .await
+        .with_context(|| format!("reading what the {} holds", source.describe()))?;
+    let provider = &adapter.description.provider_objects.databases;
+    let databases: Vec<serde_json::Value> = info
+        .databases
+        .iter()
+        .filter(|d| !d.is_template && !migrating_data::is_provider_object(provider, &d.name))
+        .map(|d| json!({"name": d.name, "sizeBytes": d.size_bytes, "allowConnections": d.allow_connections}))
+        .collect();
+    Ok(json!({
+        "server": format!("{}:{}", source.host, source.port),
+        "sourceType": adapter.description.info.ids[0],
+        "version": info.version,
+        "tls": tls,
+        "databases": databases,
+    }))
+}
+
 /// The resume record of a migration. One that does not decode is an error, never "nothing
 /// done": a cancel or resume reading it as empty would skip cleanup or redo finished work.
 fn resume_states(store: &Store, m: &Migration) -> Result<BTreeMap<String, DatabaseState>> {

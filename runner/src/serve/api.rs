@@ -32,6 +32,7 @@ pub(super) fn router(app: Shared) -> Router {
         .route("/api/v1/migrations/{name}/resume", post(resume))
         .route("/api/v1/migrations/{name}/events", get(events))
         .route("/api/v1/check-name-availability", post(check_name))
+        .route("/api/v1/source/test-connection", post(test_source))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), require_token))
@@ -317,6 +318,18 @@ async fn resume(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
     drop(store);
     let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, name: &name, args, stdin: None, env: secrets_env(&body) };
     started(&app, &name, q.target.as_deref(), launch, StatusCode::ACCEPTED).await.map_err(|p| if p.status == StatusCode::BAD_REQUEST { Problem::conflict(p.detail) } else { p })
+}
+
+/// `POST /source/test-connection` with a properties body (the source part is enough, its
+/// password under `SecretParameters`): the source's version, TLS state and databases with
+/// their sizes, for a wizard; 400 with the connection's error when it cannot be reached.
+async fn test_source(State(app): State<Shared>, body: Bytes) -> Answer {
+    let text = std::str::from_utf8(&body).map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
+    let properties = Properties::parse(text).map_err(|e| Problem::bad_request(format!("the body: {e:#}")))?;
+    let config = app.plugins.clone().or_else(crate::plugins::default_config_file);
+    let registry = crate::plugins::Registry::load(config.as_deref(), crate::plugins::default_cache_dir()).await?;
+    let facts = migration::source_facts(&registry, &properties).await.map_err(|e| Problem::bad_request(format!("{e:#}")))?;
+    Ok(Json(facts).into_response())
 }
 
 #[derive(Deserialize)]

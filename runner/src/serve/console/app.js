@@ -455,6 +455,8 @@ function renderWizard(main) {
     overwrite: h('input', { type: 'checkbox' }),
   };
   const nameCheck = h('span', { id: 'name-check', class: 'hint', 'aria-live': 'polite' }, 'Letters, digits and hyphens.');
+  const testResult = h('span', { id: 'test-result', class: 'hint', 'aria-live': 'polite' }, 'Checks that the source can be reached with these details.');
+  const dbList = h('fieldset', { id: 'db-list', class: 'db-list', hidden: true }, h('legend', {}, 'Databases on the source'));
   const problem = h('div', { id: 'wizard-problem', role: 'alert' });
   const summary = h('div', { id: 'summary' });
 
@@ -471,6 +473,7 @@ function renderWizard(main) {
       field('f-srcUser', 'Administrator login', f.srcUser),
       field('f-srcPassword', 'Password', f.srcPassword, 'Sent to the runner only, never stored.'),
       field('f-sslMode', 'SSL mode', f.sslMode),
+      h('div', { class: 'field' }, h('span'), h('button', { type: 'button', id: 'test-connection', onclick: testConnection }, 'Test connection'), testResult),
     ],
     target: [
       field('f-target', 'Target server (host:port)', f.target),
@@ -478,7 +481,8 @@ function renderWizard(main) {
       field('f-tgtPassword', 'Password', f.tgtPassword, 'Sent to the runner only, never stored.'),
     ],
     databases: [
-      h('p', { class: 'note', id: 'dbs-note' }, 'The API cannot list the source\'s databases yet: type the names of the databases to migrate, one per line (or separated by commas).'),
+      h('p', { class: 'note', id: 'dbs-note' }, 'Pick from the source\'s databases once the connection was tested (Connect to source), or type the names of the databases to migrate, one per line (or separated by commas).'),
+      dbList,
       field('f-dbs', 'Databases to migrate', f.dbs),
       h('div', { class: 'field' }, h('span'), h('label', { class: 'check', for: 'f-overwrite' }, Object.assign(f.overwrite, { id: 'f-overwrite' }),
         'Overwrite databases that exist on the target'), h('span')),
@@ -542,6 +546,38 @@ function renderWizard(main) {
   }
   f.name.addEventListener('input', checkName);
   f.target.addEventListener('input', checkName);
+
+  // "Test connection": the source's version, TLS state and databases (with their sizes),
+  // which become check boxes under Select databases.
+  async function testConnection() {
+    const button = document.getElementById('test-connection');
+    button.disabled = true;
+    testResult.className = 'hint';
+    testResult.textContent = 'Connecting…';
+    try {
+      const facts = await api('POST', '/source/test-connection', request().body);
+      testResult.className = 'hint avail-ok';
+      testResult.textContent = 'Connected to ' + facts.server + ': PostgreSQL ' + facts.version + ', TLS ' + facts.tls + ', ' + facts.databases.length + ' databases.';
+      const chosen = new Set(databases());
+      const boxes = facts.databases.map((d) => {
+        const box = h('input', { type: 'checkbox', id: 'db-' + d.name, value: d.name, checked: chosen.has(d.name), disabled: !d.allowConnections });
+        box.addEventListener('change', () => {
+          const picked = [...dbList.querySelectorAll('input[type=checkbox]:checked')].map((b) => b.value);
+          f.dbs.value = picked.join('\n');
+        });
+        return h('label', { class: 'check', for: 'db-' + d.name }, box, d.name + ' (' + bytes(d.sizeBytes) + ')' + (d.allowConnections ? '' : ', does not accept connections'));
+      });
+      dbList.replaceChildren(h('legend', {}, 'Databases on the source'), ...boxes);
+      dbList.hidden = false;
+      say('Connected to the source ' + facts.server + '.');
+    } catch (e) {
+      testResult.className = 'hint avail-bad';
+      testResult.textContent = 'Cannot connect: ' + e.message;
+      showError(e);
+    } finally {
+      button.disabled = false;
+    }
+  }
 
   function databases() {
     return f.dbs.value.split(/[\s,]+/).map((s) => s.trim()).filter(Boolean);
