@@ -60,6 +60,17 @@ pub fn start(launch: Launch<'_>) -> Result<Runner> {
     Ok(Runner { child, log: log_path })
 }
 
+impl Runner {
+    /// Leaves the runner to itself, reaping it when it exits (a long-running parent such as
+    /// `serve` would otherwise keep every finished runner as a zombie).
+    pub fn reap_in_background(self) {
+        let mut child = self.child;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+    }
+}
+
 /// How a started runner got on.
 pub enum Started {
     /// It runs the migration (its lease's process).

@@ -301,15 +301,24 @@ pub struct Lease {
 
 impl Lease {
     /// Whether its runner may still be at work: the lease has not expired, and when the
-    /// runner was on this host, its process exists (a kill -9 is seen at once; a reused pid
-    /// only delays it to the expiry).
+    /// runner was on this host, its process is running (a kill -9 is seen at once, also
+    /// while the process is a zombie its parent has not reaped; a reused pid only delays it
+    /// to the expiry).
     pub fn alive(&self) -> bool {
         if self.expires_at <= Utc::now() {
             return false;
         }
         let this_host = Holder::this_process().host;
-        self.host != this_host || Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.host != this_host || process_running(self.pid)
     }
+}
+
+/// Whether process `pid` exists and has not exited: `/proc/PID/stat`'s state (after the
+/// command name in parentheses) is neither Z (zombie) nor X (dead).
+fn process_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
 }
 
 /// A request recorded for the migration's runner.

@@ -278,7 +278,19 @@ fn an_online_migration_is_cut_over_and_another_canceled_through_the_api() {
 
     let r = call("PUT", &format!("{api}/migrations/dropped?{target_q}"), Some(&token), Some(&properties(&source, "shop", online)));
     assert_eq!(r.status, 201, "{:#}", r.body);
-    wait_for(&server, &token, "dropped", "WaitingForCutoverTrigger", |d| d["substate"] == "WaitingForCutoverTrigger");
+    let doc = wait_for(&server, &token, "dropped", "WaitingForCutoverTrigger", |d| d["substate"] == "WaitingForCutoverTrigger");
+    // Its runner (a child of serve) is killed: seen dead at once, not as a zombie until the
+    // lease expires, so a cutover is refused with what to run; a cancel cleans up by itself.
+    let pid = doc["runner"]["pid"].as_i64().expect("the runner's pid") as i32;
+    // SAFETY: signals the runner process this test's server started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let doc = wait_for(&server, &token, "dropped", "its runner seen dead", |d| d["runner"]["alive"] == false);
+    assert!(killed.elapsed() < Duration::from_secs(5), "seen dead before the 10 s lease ran out, after {:?}", killed.elapsed());
+    assert!(doc["runner"]["leaseExpiresAt"].is_string(), "the lease had not expired: {doc:#}");
+    let r = call("PATCH", &format!("{api}/migrations/dropped"), Some(&token), Some(r#"{"properties": {"triggerCutover": "True"}}"#));
+    assert_eq!(r.status, 409, "{:#}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("no runner is following"), "{:#}", r.body);
     let r = call("PATCH", &format!("{api}/migrations/dropped"), Some(&token), Some(r#"{"properties": {"cancel": "True"}}"#));
     assert_eq!(r.status, 202, "{:#}", r.body);
     wait_for(&server, &token, "dropped", "Canceled", |d| d["state"] == "Canceled");

@@ -208,7 +208,9 @@ fn runner_args(app: &App, rest: &[&str]) -> Vec<OsString> {
 /// with what it said when it refused (400).
 async fn started(app: &App, name: &str, target: Option<&str>, launch: crate::detached::Launch<'_>, status: StatusCode) -> Answer {
     let mut runner = crate::detached::start(launch)?;
-    let outcome = crate::detached::wait_started(&app.state_dir, name, target, &mut runner).await?;
+    let outcome = crate::detached::wait_started(&app.state_dir, name, target, &mut runner).await;
+    runner.reap_in_background();
+    let outcome = outcome?;
     let store = app.store()?;
     match outcome {
         crate::detached::Started::Running(m) => Ok((status, Json(report::show_document_of(&store, &m)?)).into_response()),
@@ -283,23 +285,36 @@ async fn update(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
             let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, name: &name, args, stdin: None, env: secrets_env(&body) };
             let mut runner = crate::detached::start(launch)?;
             // A cleanup takes seconds: answer when it is under way (Canceling) or refused.
-            loop {
-                let current = store.get_by_id(m.id)?;
+            let answer: Answer = loop {
+                let current = match store.get_by_id(m.id) {
+                    Ok(current) => current,
+                    Err(e) => break Err(e.into()),
+                };
                 if current.status == Status::CANCELING || current.status == Status::CANCELED {
-                    return Ok((StatusCode::ACCEPTED, Json(report::show_document_of(&store, &current)?)).into_response());
+                    break accepted(&store, &current);
                 }
-                if let Some(exit) = runner.child.try_wait().map_err(anyhow::Error::from)? {
-                    let output = std::fs::read_to_string(&runner.log).unwrap_or_default();
-                    let current = store.get_by_id(m.id)?;
-                    if exit.success() || current.status != m.status {
-                        return Ok((StatusCode::ACCEPTED, Json(report::show_document_of(&store, &current)?)).into_response());
+                match runner.child.try_wait() {
+                    Ok(Some(exit)) => {
+                        let output = std::fs::read_to_string(&runner.log).unwrap_or_default();
+                        break match store.get_by_id(m.id) {
+                            Ok(current) if exit.success() || current.status != m.status => accepted(&store, &current),
+                            Ok(_) => Err(Problem::conflict(crate::detached::error_text(&output))),
+                            Err(e) => Err(e.into()),
+                        };
                     }
-                    return Err(Problem::conflict(crate::detached::error_text(&output)));
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => break Err(anyhow::Error::from(e).into()),
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            };
+            runner.reap_in_background();
+            answer
         }
     }
+}
+
+/// 202 with the migration's document.
+fn accepted(store: &Store, m: &Migration) -> Answer {
+    Ok((StatusCode::ACCEPTED, Json(report::show_document_of(store, m)?)).into_response())
 }
 
 /// `POST /migrations/{name}/resume`, with the passwords in the body when the environment
