@@ -164,3 +164,48 @@ pub fn stabilize(text: &str, ports: &[(u16, &str)], dir: &Path) -> String {
     }
     text
 }
+
+/// A running `pgferry serve` on a free loopback port; stopped when dropped.
+pub struct Served {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The first line it printed: the console's URL (with `?token=` on a first start).
+    pub first_line: String,
+}
+
+impl Served {
+    /// The token of the first line (a first start shows it).
+    pub fn token(&self) -> String {
+        self.first_line.split_once("?token=").expect("a first start shows the token").1.to_string()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pgferry {
+    /// Starts `pgferry serve --listen 127.0.0.1:0` with `extra` arguments and waits for the
+    /// first line it prints.
+    pub fn serve(&self, extra: &[&str]) -> Served {
+        use std::io::BufRead;
+        let mut child = self
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting pgferry serve");
+        let mut first_line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut first_line).expect("reading serve's first line");
+        let first_line = first_line.trim().to_string();
+        assert!(first_line.starts_with("http://127.0.0.1:"), "the first line is the console's URL: {first_line:?}");
+        let base = first_line.split('/').take(3).collect::<Vec<_>>().join("/");
+        Served { child, base, first_line }
+    }
+}

@@ -10,7 +10,7 @@ pub mod compare;
 pub mod proxy;
 pub mod support;
 
-pub use cli::{stabilize, CliOutput, Pgferry};
+pub use cli::{stabilize, CliOutput, Pgferry, Served};
 pub use certs::{TestCerts, test_ca_and_server_cert};
 pub use proxy::Proxy;
 pub use cluster::{

@@ -4,37 +4,11 @@
 //! the routes.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pgferry_tests::{compare, Cluster, Pgferry};
+use pgferry_tests::{compare, Cluster, Pgferry, Served};
 use serde_json::{json, Value};
-
-/// A running `pgferry serve` on a free loopback port.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`
-    base: String,
-    /// The first line it printed.
-    first_line: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(pf: &Pgferry, extra: &[&str]) -> Server {
-    let mut child = pf.command().args(["serve", "--listen", "127.0.0.1:0"]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let first_line = first_line.trim().to_string();
-    assert!(first_line.starts_with("http://127.0.0.1:"), "the first line is the console's URL: {first_line:?}");
-    let base = first_line.split('/').take(3).collect::<Vec<_>>().join("/");
-    Server { child, base, first_line }
-}
 
 fn token_of(first_line: &str) -> String {
     first_line.split_once("?token=").expect("a first start shows the token").1.to_string()
@@ -84,7 +58,7 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Rep
 }
 
 /// Polls `GET /migrations/{name}` until `done`.
-fn wait_for(server: &Server, token: &str, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_for(server: &Served, token: &str, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let r = call("GET", &format!("{}/api/v1/migrations/{name}", server.base), Some(token), None);
@@ -110,7 +84,7 @@ fn properties(source: &Cluster, db: &str, extra: Value) -> String {
 #[test]
 fn every_request_needs_the_token_which_is_stored_only_as_a_hash_and_rotates() {
     let pf = Pgferry::new();
-    let server = serve(&pf, &[]);
+    let server = pf.serve(&[]);
     let token = token_of(&server.first_line);
     let list = format!("{}/api/v1/migrations", server.base);
 
@@ -135,7 +109,7 @@ fn every_request_needs_the_token_which_is_stored_only_as_a_hash_and_rotates() {
     drop(server);
 
     // A restart does not show it again, and it still works.
-    let server = serve(&pf, &[]);
+    let server = pf.serve(&[]);
     assert!(!server.first_line.contains("token="), "{}", server.first_line);
     assert_eq!(call("GET", &format!("{}/api/v1/migrations", server.base), Some(&token), None).status, 200);
     // Rotated: the old one stops working at once, the new one works.
@@ -154,7 +128,7 @@ fn create_checks_its_input_streams_each_state_and_never_stores_the_passwords() {
     source.create_database("app").unwrap();
     source.psql("app", "create table items (id int primary key, note text); insert into items select g, md5(g::text) from generate_series(1, 200000) g;").unwrap();
     let pf = Pgferry::new();
-    let server = serve(&pf, &[]);
+    let server = pf.serve(&[]);
     let token = token_of(&server.first_line);
     let api = format!("{}/api/v1", server.base);
     let props = properties(&source, "app", json!({}));
@@ -257,7 +231,7 @@ fn an_online_migration_is_cut_over_and_another_canceled_through_the_api() {
         source.psql(db, "create table items (id int primary key, note text); insert into items select g, md5(g::text) from generate_series(1, 1000) g;").unwrap();
     }
     let pf = Pgferry::new();
-    let server = serve(&pf, &[]);
+    let server = pf.serve(&[]);
     let token = token_of(&server.first_line);
     let api = format!("{}/api/v1", server.base);
     let target_q = format!("target=127.0.0.1:{}", target.port());
@@ -303,7 +277,7 @@ fn an_online_migration_is_cut_over_and_another_canceled_through_the_api() {
 #[test]
 fn the_openapi_document_describes_exactly_the_routes() {
     let pf = Pgferry::new();
-    let server = serve(&pf, &[]);
+    let server = pf.serve(&[]);
     let token = token_of(&server.first_line);
     let doc = call("GET", &format!("{}/api/v1/openapi.json", server.base), Some(&token), None).body;
     assert_eq!(doc["openapi"], "3.1.0");

@@ -8,7 +8,6 @@
 //! `PGFERRY_CHROMIUM` / `PGFERRY_CHROMEDRIVER`); without them the browser tests say so and
 //! return.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,29 +19,10 @@ use serde_json::json;
 
 // ---- pgferry serve ----
 
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`
-    base: String,
-    /// The first line it printed: the console's URL with `?token=`.
-    first_line: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(pf: &Pgferry) -> Server {
-    let mut child = pf.command().args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let first_line = first_line.trim().to_string();
-    assert!(first_line.starts_with("http://127.0.0.1:") && first_line.contains("/?token="), "{first_line:?}");
-    let base = first_line.split('/').take(3).collect::<Vec<_>>().join("/");
-    Server { child, base, first_line }
+fn serve(pf: &Pgferry) -> pgferry_tests::Served {
+    let server = pf.serve(&[]);
+    assert!(server.first_line.contains("/?token="), "{:?}", server.first_line);
+    server
 }
 
 // ---- Chromium over WebDriver ----
