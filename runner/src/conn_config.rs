@@ -50,6 +50,8 @@ use crate::properties::Secret;
 pub enum Role {
     Source,
     Target,
+    /// The PostgreSQL control database holding the state store.
+    Store,
 }
 
 impl std::fmt::Display for Role {
@@ -57,6 +59,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Source => "source",
             Role::Target => "target",
+            Role::Store => "state store",
         })
     }
 }
@@ -304,6 +307,7 @@ impl ConnParams {
         let host = self.host.with_context(|| match role {
             Role::Source => "no source server: set SourceDBServerResourceId (host:port@user or a postgres URI)".to_string(),
             Role::Target => "no target server: pass --target host:port (or a postgres URI), set TargetDbServerFullyQualifiedDomainName in the properties, or PGHOST".to_string(),
+            Role::Store => "no state store server: give --store postgres://user@host:port/dbname".to_string(),
         })?;
         let root_cert = match self.sslrootcert.as_deref() {
             Some("system") => RootCert::System,

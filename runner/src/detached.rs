@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::store::{self, Migration, Store};
+use crate::store::{self, Location, Migration, Store};
 
 /// A started runner.
 pub struct Runner {
@@ -23,7 +23,11 @@ pub struct Runner {
 /// What a runner was started for.
 pub struct Launch<'a> {
     pub exe: &'a Path,
+    /// Where its log goes (`logs/`).
     pub state_dir: &'a Path,
+    /// The store it uses (handed over in its environment when shared: the URI may hold a
+    /// password).
+    pub store: &'a Location,
     /// The migration's name: its log file's name (checked with `validate_name` first).
     pub name: &'a str,
     pub args: Vec<OsString>,
@@ -49,7 +53,7 @@ pub fn start(launch: Launch<'_>) -> Result<Runner> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0);
-    for (key, value) in &launch.env {
+    for (key, value) in launch.env.iter().chain(&launch.store.child_env()) {
         cmd.env(key, value);
     }
     let mut child = cmd.spawn().context("starting the detached runner")?;
@@ -80,10 +84,10 @@ pub enum Started {
     Ended { success: bool, output: String },
 }
 
-/// Waits until `runner` has recorded migration `name` (in the store in `state_dir`) as its
+/// Waits until `runner` has recorded migration `name` (in the store at `location`) as its
 /// own, or ends.
-pub async fn wait_started(state_dir: &Path, name: &str, target: Option<&str>, runner: &mut Runner) -> Result<Started> {
-    let store = Store::open(state_dir)?;
+pub async fn wait_started(location: &Location, name: &str, target: Option<&str>, runner: &mut Runner) -> Result<Started> {
+    let store = Store::open_at(location)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let pid = runner.child.id();
     loop {

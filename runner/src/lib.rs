@@ -23,3 +23,4 @@ pub mod sql_text;
 pub mod store;
 pub mod terminal;
 pub mod work_dir;
+pub mod worker;

@@ -79,6 +79,19 @@ impl Status {
     pub const CANCELING: Status = Status { state: S::Canceling, substate: Sub::CancelingRequestedDBMigrations };
     pub const CANCELED: Status = Status { state: S::Canceled, substate: Sub::Canceled };
 
+    pub const ALL: [Status; 10] = [
+        Status::CREATED,
+        Status::VALIDATING,
+        Status::MIGRATING,
+        Status::WAITING_FOR_CUTOVER,
+        Status::COMPLETING,
+        Status::SUCCEEDED,
+        Status::VALIDATION_FAILED,
+        Status::FAILED,
+        Status::CANCELING,
+        Status::CANCELED,
+    ];
+
     /// Not ended: it blocks another migration on the same target, and `list --filter
     /// Active` shows it. A Canceling migration still has work (cleanup) to finish.
     pub fn is_active(&self) -> bool {
@@ -131,18 +144,7 @@ pub struct IllegalTransition {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 10] = [
-        Status::CREATED,
-        Status::VALIDATING,
-        Status::MIGRATING,
-        Status::WAITING_FOR_CUTOVER,
-        Status::COMPLETING,
-        Status::SUCCEEDED,
-        Status::VALIDATION_FAILED,
-        Status::FAILED,
-        Status::CANCELING,
-        Status::CANCELED,
-    ];
+    const ALL: [Status; 10] = Status::ALL;
 
     #[test]
     fn terminal_states_are_final_but_a_failed_one_can_resume_or_be_canceled() {

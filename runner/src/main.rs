@@ -22,6 +22,11 @@ struct Cli {
     /// Where the state store lives [default: $PGFERRY_STATE_DIR or ~/.local/state/pgferry]
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// A PostgreSQL control database to keep the state store in, shared by every runner,
+    /// worker and server given it (postgres://user@host:port/dbname; the password from
+    /// ~/.pgpass or PGPASSWORD) [default: the embedded store in the state directory]
+    #[arg(long, global = true, env = "PGFERRY_STORE", hide_env_values = true, value_name = "URI")]
+    store: Option<String>,
     /// Plugin configuration (TOML) [default: $PGFERRY_PLUGINS or ~/.config/pgferry/plugins.toml]
     #[arg(long, global = true, value_name = "FILE")]
     plugins: Option<PathBuf>,
@@ -51,6 +56,24 @@ enum Command {
     /// Serve the HTTP API over the state store; the first line printed is its URL, with the
     /// access token when one was just made
     Serve(ServeArgs),
+    /// Run the migrations queued in a shared store (`--store postgres://…`), and resume
+    /// those whose runner died, on this host; start one on as many hosts as you like
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Migrations this worker runs at once
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Seconds between looks for work while idle
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    poll_interval: f64,
+    /// Exit once no migration is waiting (instead of waiting for more)
+    #[arg(long)]
+    until_idle: bool,
+    #[command(flatten)]
+    copy: CopyArgs,
 }
 
 #[derive(Args)]
@@ -178,6 +201,10 @@ struct CreateArgs {
     /// (follow it with `show`, its log is in the state directory under logs/)
     #[arg(long)]
     no_wait: bool,
+    /// Record the migration for a `pgferry worker` to run (with the worker's credentials:
+    /// the store keeps no password) and return
+    #[arg(long, conflicts_with = "no_wait")]
+    queue: bool,
     #[command(flatten)]
     copy: CopyArgs,
 }
@@ -304,8 +331,9 @@ fn main() -> ExitCode {
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Exit> {
     let state_dir = state_dir(cli)?;
+    let location = store_location(cli)?;
     if let Some(ServeAction::RotateToken) = args.action {
-        let mut store = Store::open(&state_dir)?;
+        let mut store = Store::open_at(&location)?;
         let token = pgferry::serve::token::rotate(&mut store)?;
         print(&format!("{token}\n"));
         eprintln!("the old access token stops working now (a running `pgferry serve` included); only the new one's hash is stored: keep it");
@@ -314,6 +342,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Exit> {
     let config = pgferry::serve::Config {
         listen: args.listen,
         state_dir,
+        store: location,
         plugins: cli.plugins.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         insecure: args.insecure,
@@ -329,6 +358,28 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<Exit> {
+    let location = store_location(cli)?;
+    let registry = registry(cli).await?;
+    let options = pgferry::worker::Options {
+        concurrency: args.concurrency.into(),
+        poll: std::time::Duration::from_secs_f64(args.poll_interval.max(0.05)),
+        until_idle: args.until_idle,
+        // No progress bars: a worker's output is a log.
+        copy: Box::new(|| CopyOptions { observer: None, ..args.copy.options(cli) }),
+    };
+    eprintln!("worker {} takes migrations from {}", store::Holder::this_process().id, location.describe());
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    pgferry::worker::run(&location, &registry, &options, stop).await?;
+    Ok(Exit::Ok)
+}
+
 fn print(text: &str) {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -339,11 +390,15 @@ fn print_json(value: &serde_json::Value) {
 }
 
 fn open_store(cli: &Cli) -> Result<Store> {
-    let dir = match &cli.state_dir {
-        Some(d) => d.clone(),
-        None => store::default_state_dir()?,
-    };
-    Store::open(&dir)
+    Store::open_at(&store_location(cli)?)
+}
+
+/// `--store`, else the embedded store in the state directory.
+fn store_location(cli: &Cli) -> Result<store::Location> {
+    match &cli.store {
+        Some(uri) => store::Location::parse(uri),
+        None => Ok(store::Location::Dir(state_dir(cli)?)),
+    }
 }
 
 async fn registry(cli: &Cli) -> Result<Registry> {
@@ -367,7 +422,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             MigrationCommand::Show { migration_name, target } => {
                 let store = open_store(&cli)?;
                 let Some(m) = store.find(migration_name, target.as_deref())? else {
-                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
+                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.describe());
                     return Ok(Exit::NotFound);
                 };
                 show(&cli, &store, &m)?;
@@ -376,7 +431,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             MigrationCommand::Update { migration_name, target, cutover, read_only_source, no_wait, properties, cancel } => {
                 let mut store = open_store(&cli)?;
                 let Some(m) = store.find(migration_name, target.as_deref())? else {
-                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.path().display());
+                    eprintln!("Error: no migration named {migration_name:?} in the state store {}", store.describe());
                     return Ok(Exit::NotFound);
                 };
                 if *cutover {
@@ -431,6 +486,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             }
         },
         Command::Serve(args) => serve(&cli, args).await,
+        Command::Worker(args) => worker(&cli, args).await,
         Command::Plugin(PluginCommand::List) => plugin_list(&cli).await,
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&cli, file).await,
         Command::Plugin(PluginCommand::Test { file, inventory, properties, target, migration_mode, source_type, settings }) => {
@@ -466,13 +522,14 @@ fn state_dir(cli: &Cli) -> Result<PathBuf> {
 async fn create_detached(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
     use pgferry::detached::{self, Launch, Started};
     let state_dir = state_dir(cli)?;
-    Store::open(&state_dir)?;
+    let location = store_location(cli)?;
+    Store::open_at(&location)?;
     let exe = std::env::current_exe()?;
     let args_rest = std::env::args_os().skip(1).filter(|a| a != "--no-wait").collect();
-    let mut runner = detached::start(Launch { exe: &exe, state_dir: &state_dir, name: &args.migration_name, args: args_rest, stdin: None, env: vec![] })?;
-    match detached::wait_started(&state_dir, &args.migration_name, None, &mut runner).await? {
+    let mut runner = detached::start(Launch { exe: &exe, state_dir: &state_dir, store: &location, name: &args.migration_name, args: args_rest, stdin: None, env: vec![] })?;
+    match detached::wait_started(&location, &args.migration_name, None, &mut runner).await? {
         Started::Running(m) => {
-            show(cli, &Store::open(&state_dir)?, &m)?;
+            show(cli, &Store::open_at(&location)?, &m)?;
             eprintln!("running in the background as process {} (log: {})", runner.child.id(), runner.log.display());
             Ok(Exit::Ok)
         }
@@ -516,7 +573,14 @@ async fn create(cli: &Cli, args: &CreateArgs) -> Result<Exit> {
             ModeArg::Online => MigrationMode::Online,
         }),
         copy: args.copy.options(cli),
+        queue: args.queue,
     };
+    if args.queue {
+        let m = migration::create(&mut store, &registry, request).await?;
+        show(cli, &store, &m)?;
+        eprintln!("queued: a `pgferry worker` given this store runs it, with its own credentials (PGFERRY_SOURCE_PASSWORD / PGFERRY_TARGET_PASSWORD, PGPASSWORD, ~/.pgpass)");
+        return Ok(Exit::Ok);
+    }
     let name = args.migration_name.clone();
     let reader = store.reopen()?;
     let m = interruptible(reader, &name, migration::create(&mut store, &registry, request)).await?;

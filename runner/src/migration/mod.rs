@@ -41,6 +41,8 @@ pub struct CreateRequest {
     pub option: Option<MigrationOption>,
     pub mode: Option<MigrationMode>,
     pub copy: CopyOptions,
+    /// Record it for a `pgferry worker` and return, instead of running it here.
+    pub queue: bool,
 }
 
 /// How the data moves, for `create` and `resume` alike.
@@ -251,7 +253,12 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
         databases: &props.dbs_to_migrate,
         properties: &properties,
         properties_file: req.properties_file.as_deref(),
+        queued: req.queue,
     })?;
+    if req.queue {
+        // A `pgferry worker` claims it; its credentials are the worker's own.
+        return Ok(migration);
+    }
     let lease = RunnerLease::acquire(store, migration.id, &req.name)?;
     let run = Run { registry, id: migration.id, req: &req, adapter, lease: &lease };
     drive(store, &run, source, target, BTreeMap::new(), observer).await
@@ -397,7 +404,7 @@ fn shell_word(w: &str) -> String {
 }
 
 fn not_found(store: &Store, name: &str) -> anyhow::Error {
-    NotFound(format!("no migration named {name:?} in the state store {}", store.path().display())).into()
+    NotFound(format!("no migration named {name:?} in the state store {}", store.describe())).into()
 }
 
 /// No migration of that name (exit code 3).
@@ -443,7 +450,7 @@ async fn stored_request<'r>(registry: &'r Registry, m: &Migration, secrets: Opti
         accepted: Default::default(),
         warnings: vec![],
     };
-    let options = CreateRequest { name: m.name.clone(), option: properties.option, mode: properties.mode, target: None, properties, properties_file: m.properties_file.clone(), copy };
+    let options = CreateRequest { name: m.name.clone(), option: properties.option, mode: properties.mode, target: None, properties, properties_file: m.properties_file.clone(), copy, queue: false };
     let adapter = registry.require_adapter(&options.properties.source_type)?;
     let target = target_spec(&options)?;
     let props = &options.properties;

@@ -141,7 +141,7 @@ struct TargetQuery {
 fn find(store: &Store, name: &str, target: Option<&str>) -> Result<Migration, Problem> {
     match store.find(name, target).map_err(Problem::bad_request)? {
         Some(m) => Ok(m),
-        None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no migration named {name:?} in the state store {}", store.path().display()))),
+        None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no migration named {name:?} in the state store {}", store.describe()))),
     }
 }
 
@@ -182,8 +182,12 @@ async fn create(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
             args.extend([OsString::from(flag), OsString::from(value)]);
         }
     }
+    if app.store.is_shared() {
+        // A worker runs it: this server's runners would be one host's.
+        args.push(OsString::from("--queue"));
+    }
     drop(store);
-    let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, name: &name, args, stdin: Some(body.to_vec()), env: vec![] };
+    let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, store: &app.store, name: &name, args, stdin: Some(body.to_vec()), env: vec![] };
     started(&app, &name, q.target.as_deref(), launch, StatusCode::CREATED).await
 }
 
@@ -208,7 +212,7 @@ fn runner_args(app: &App, rest: &[&str]) -> Vec<OsString> {
 /// with what it said when it refused (400).
 async fn started(app: &App, name: &str, target: Option<&str>, launch: crate::detached::Launch<'_>, status: StatusCode) -> Answer {
     let mut runner = crate::detached::start(launch)?;
-    let outcome = crate::detached::wait_started(&app.state_dir, name, target, &mut runner).await;
+    let outcome = crate::detached::wait_started(&app.store, name, target, &mut runner).await;
     runner.reap_in_background();
     let outcome = outcome?;
     let store = app.store()?;
@@ -282,7 +286,7 @@ async fn update(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
             if let Some(target) = &q.target {
                 args.extend([OsString::from("--target"), OsString::from(target)]);
             }
-            let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, name: &name, args, stdin: None, env: secrets_env(&body) };
+            let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, store: &app.store, name: &name, args, stdin: None, env: secrets_env(&body) };
             let mut runner = crate::detached::start(launch)?;
             // A cleanup takes seconds: answer when it is under way (Canceling) or refused.
             let answer: Answer = loop {
@@ -331,7 +335,7 @@ async fn resume(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
         args.extend([OsString::from("--target"), OsString::from(target)]);
     }
     drop(store);
-    let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, name: &name, args, stdin: None, env: secrets_env(&body) };
+    let launch = crate::detached::Launch { exe: &app.exe, state_dir: &app.state_dir, store: &app.store, name: &name, args, stdin: None, env: secrets_env(&body) };
     started(&app, &name, q.target.as_deref(), launch, StatusCode::ACCEPTED).await.map_err(|p| if p.status == StatusCode::BAD_REQUEST { Problem::conflict(p.detail) } else { p })
 }
 

@@ -23,12 +23,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::store::Store;
+use crate::store::{Location, Store};
 
 /// How `serve` was started.
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the runners it starts log (`logs/`).
     pub state_dir: PathBuf,
+    pub store: Location,
     /// The plugin configuration the runners it starts use (`--plugins`).
     pub plugins: Option<PathBuf>,
     /// PEM certificate chain and private key, for HTTPS.
@@ -40,6 +42,8 @@ pub struct Config {
 /// What the handlers share.
 pub(crate) struct App {
     pub state_dir: PathBuf,
+    /// A shared store: migrations created here are queued for `pgferry worker`s.
+    pub store: Location,
     pub plugins: Option<PathBuf>,
     /// This binary: the runners are its `migration` commands.
     pub exe: PathBuf,
@@ -49,7 +53,7 @@ impl App {
     /// A store connection of its own for one request (SQLite connections are not shared
     /// between threads; opening one is cheap).
     pub fn store(&self) -> Result<Store> {
-        Store::open(&self.state_dir)
+        Store::open_at(&self.store)
     }
 }
 
@@ -62,7 +66,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&str, Option<&str>)) -> Resu
             config.listen
         );
     }
-    let mut store = Store::open(&config.state_dir)?;
+    let mut store = Store::open_at(&config.store)?;
     let new_token = token::ensure(&mut store)?;
     drop(store);
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -70,7 +74,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&str, Option<&str>)) -> Resu
     let bound = listener.local_addr()?;
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{bound}/");
-    let app = Arc::new(App { state_dir: config.state_dir.clone(), plugins: config.plugins.clone(), exe: std::env::current_exe().context("finding this program's path")? });
+    let app = Arc::new(App { state_dir: config.state_dir.clone(), store: config.store.clone(), plugins: config.plugins.clone(), exe: std::env::current_exe().context("finding this program's path")? });
     let router = api::router(app);
     match &new_token {
         Some(token) => ready(&format!("{url}?token={token}"), Some(token)),
