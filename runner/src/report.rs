@@ -28,7 +28,7 @@ impl Runner {
         if !m.status.is_active() && m.status != crate::lifecycle::Status::FAILED {
             return None;
         }
-        if self.alive() {
+        if self.alive() || m.queued_at.is_some() {
             return None;
         }
         Some(if m.status == crate::lifecycle::Status::CANCELING { &self.cancel } else { &self.resume })
@@ -96,6 +96,7 @@ pub fn show_document(m: &Migration, transitions: &[(DateTime<Utc>, crate::lifecy
                 "pid": runner.lease.as_ref().map(|l| l.pid),
                 "host": runner.lease.as_ref().map(|l| l.host.clone()),
                 "leaseExpiresAt": runner.lease.as_ref().map(|l| l.expires_at),
+                "queuedAt": m.queued_at,
             }),
         ),
         ("leftovers".to_string(), json!(runner.leftovers)),
@@ -134,6 +135,7 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
     if m.status.is_active() {
         let who = match &runner.lease {
             Some(l) if runner.alive() => format!("process {} on {}", l.pid, l.host),
+            _ if m.queued_at.is_some() => "queued: waiting for a pgferry worker".to_string(),
             _ => "not alive".to_string(),
         };
         line(&mut out, "Runner", &who);

@@ -107,6 +107,8 @@ pub fn target_busy(store: &Store, target_server: &str, option: MigrationOption) 
     };
     let next = if runner_alive(store, &active)? {
         format!("wait for it, or stop it with `{}`", cancel_command(&active))
+    } else if active.queued_at.is_some() {
+        format!("it is queued for a pgferry worker: queue this one too (`--queue`), or stop it with `{}`", cancel_command(&active))
     } else {
         format!("its runner is gone: carry it on with `{}`, or stop it with `{}`", resume_command(&active), cancel_command(&active))
     };
@@ -239,7 +241,10 @@ pub async fn create(store: &mut Store, registry: &Registry, mut req: CreateReque
     if let Some(status) = store.name_taken(&target_server, &req.name)? {
         bail!("migration name {:?} is already taken on target {target_server} (that migration is {status}); pick another name", req.name);
     }
-    if let Some(busy) = target_busy(store, &target_server, option)? {
+    // Queued, it waits its turn on the target (workers claim one at a time per target).
+    if !req.queue
+        && let Some(busy) = target_busy(store, &target_server, option)?
+    {
         bail!(busy);
     }
     let properties = stored_properties(props, &source, &target, moved.as_ref(), option, mode);

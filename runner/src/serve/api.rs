@@ -173,7 +173,10 @@ async fn create(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
         return Err(Problem::conflict(format!("migration name {name:?} is already taken on target {target_server} (that migration is {status}); pick another name")));
     }
     let option = option.or(properties.option).unwrap_or(crate::properties::MigrationOption::ValidateAndMigrate);
-    if let Some(busy) = migration::target_busy(&store, &target_server, option)? {
+    // With a shared store it is queued and waits its turn on the target.
+    if !app.store.is_shared()
+        && let Some(busy) = migration::target_busy(&store, &target_server, option)?
+    {
         return Err(Problem::conflict(busy));
     }
     let mut args = runner_args(&app, &["migration", "create", "--migration-name", &name, "--properties", "-", "--output", "json"]);

@@ -917,6 +917,8 @@ impl Store {
 
     /// A worker's claim: the oldest active migration that no live runner holds (queued, or
     /// its runner died) gets `holder`'s lease, in one transaction; `None` when there is none.
+    /// Migrations that move data take their turn on their target, oldest first (as
+    /// `create` allows one at a time per target).
     /// On PostgreSQL the candidates are locked `FOR UPDATE SKIP LOCKED`: workers claiming
     /// at once each get another migration, none waits on another's claim.
     pub fn claim(&mut self, holder: &Holder) -> Result<Option<Migration>> {
@@ -932,6 +934,9 @@ impl Store {
             &format!(
                 "select m.id from migration m left join lease l on l.migration_id = m.id
                   where m.status in ({list}) and (l.migration_id is null or l.expires_at_ms < ?1 or l.host = ?2)
+                    and (m.option = 'Validate' or not exists (
+                         select 1 from migration o
+                          where o.target_server = m.target_server and o.option <> 'Validate' and o.id < m.id and o.status in ({list})))
                   order by m.id limit 20 {lock}"
             ),
             args![now_ms(), holder.host.as_str()],
@@ -1038,7 +1043,7 @@ impl Store {
     pub fn copied_tables(&self, id: i64, database: Option<&str>) -> Result<Vec<(String, CopiedTable)>> {
         let rows = self.conn.query(
             "select database, table_name, digest, schema_name, format, parts, rows, bytes, milliseconds, read_at, copied_at
-               from table_copied where migration_id = ?1 and (?2 is null or database = ?2) order by rowid",
+               from table_copied where migration_id = ?1 and database = coalesce(?2, database) order by rowid",
             args![id, database],
         )?;
         let mut tables = Vec::new();
@@ -1427,7 +1432,7 @@ impl Store {
 
     /// Finds a migration by name; with several targets holding the name, `target` decides.
     pub fn find(&self, name: &str, target: Option<&str>) -> Result<Option<Migration>> {
-        let rows = self.conn.query(&format!("{SELECT} where name = ?1 and (?2 is null or target_server = ?2) order by id"), args![name, target])?;
+        let rows = self.conn.query(&format!("{SELECT} where name = ?1 and target_server = coalesce(?2, target_server) order by id"), args![name, target])?;
         let mut found: Vec<Migration> = rows.iter().map(row_to_migration).collect::<Result<_>>()?;
         match found.len() {
             0 => Ok(None),

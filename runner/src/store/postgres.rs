@@ -150,6 +150,7 @@ impl<'a> FromSql<'a> for Value {
             Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
             Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
             Type::BOOL => Value::Int(bool::from_sql(ty, raw)?.into()),
+            Type::VOID => Value::Null,
             _ => Value::Text(<&str>::from_sql(ty, raw)?.to_string()),
         })
     }
@@ -159,6 +160,6 @@ impl<'a> FromSql<'a> for Value {
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::BOOL | Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::BOOL | Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::VOID)
     }
 }
