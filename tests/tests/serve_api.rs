@@ -352,3 +352,48 @@ fn https_with_the_given_certificate_serves_the_api_and_plain_http_gets_nothing()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn with_a_shared_store_the_api_queues_and_a_worker_on_the_store_runs_it() {
+    let control = Cluster::start().unwrap();
+    control.create_database("pgferry").unwrap();
+    let store = control.uri("pgferry");
+    let (source, target) = (Cluster::start().unwrap(), Cluster::start().unwrap());
+    source.create_database("app").unwrap();
+    source.psql("app", "create table items (id int primary key, note text); insert into items select g, md5(g::text) from generate_series(1, 1000) g;").unwrap();
+    let pf = Pgferry::new();
+    let server = pf.serve(&["--store", &store]);
+    let token = token_of(&server.first_line);
+    let api = format!("{}/api/v1", server.base);
+    let target_q = format!("target=127.0.0.1:{}", target.port());
+    let props = properties(&source, "app", json!({}));
+
+    // Two for one target: both queued (the second waits its turn), none run by serve.
+    for name in ["first", "second"] {
+        let r = call("PUT", &format!("{api}/migrations/{name}?{target_q}"), Some(&token), Some(&props));
+        assert_eq!(r.status, 201, "{:#}", r.body);
+        assert!(r.body["runner"]["queuedAt"].is_string(), "queued: {:#}", r.body);
+        assert_eq!(r.body["runner"]["alive"], false, "{:#}", r.body);
+        assert_eq!(r.body["next"], Value::Null, "nothing for the user to run: {:#}", r.body);
+    }
+    let r = call("PUT", &format!("{api}/migrations/first?{target_q}"), Some(&token), Some(&props));
+    assert_eq!(r.status, 409, "a name clash: {:#}", r.body);
+
+    // A worker on the same store runs the first, then the second (overwriting what the
+    // first made: the second's properties say so).
+    let log = std::fs::File::create(pf.dir().join("worker.log")).unwrap();
+    let mut worker = pf.command().args(["worker", "--until-idle", "--store", &store]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let first = wait_for(&server, &token, "first", "Succeeded", |d| d["state"] == "Succeeded");
+    assert_eq!(first["runner"]["queuedAt"], Value::Null, "claimed: {first:#}");
+    let second = wait_for(&server, &token, "second", "an end", |d| d["state"] != "InProgress");
+    assert_eq!(second["state"], "ValidationFailed", "the database is on the target already and overwriting was not asked for: {second:#}");
+    assert!(worker.wait().unwrap().success(), "{}", std::fs::read_to_string(pf.dir().join("worker.log")).unwrap());
+    compare::assert_same(&source, &target, "app");
+    let log = std::fs::read_to_string(pf.dir().join("worker.log")).unwrap();
+    let first_claim = log.find("claimed migration \"first\"").expect(&log);
+    let second_claim = log.find("claimed migration \"second\"").expect(&log);
+    assert!(first_claim < second_claim, "in turn on their target: {log}");
+    assert!(!pf.dir().join("state/state.db").exists(), "serve kept nothing in the embedded store");
+    let stored = control.psql("pgferry", "select string_agg(m::text, ' ') from pgferry.migration m").unwrap();
+    assert!(stored.contains("first") && !stored.contains("pw-never-stored"), "no password in the shared store: {stored}");
+}
