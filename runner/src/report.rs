@@ -64,7 +64,12 @@ fn shown(store: &crate::store::Store, m: &Migration) -> anyhow::Result<(Migratio
     m.details["copyState"] = crate::migration::resume_record_json(store, &m)?;
     m.details["replication"] = crate::migration::replication_record_json(store, &m)?;
     // The counters live in the store's catalog; `show` gives them where they always were.
-    if let Some(progress) = store.progress_details(m.id)? {
+    if let Some(mut progress) = store.progress_details(m.id)? {
+        if m.status == crate::lifecycle::Status::MIGRATING
+            && let Some(since) = store.transitions(m.id)?.iter().rev().find(|(_, s)| *s == crate::lifecycle::Status::MIGRATING).map(|(at, _)| *at)
+        {
+            add_eta(&mut progress, (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0);
+        }
         m.details["progress"] = progress;
     }
     if let Some(replication) = store.replication_progress_details(m.id)? {
@@ -72,6 +77,26 @@ fn shown(store: &crate::store::Store, m: &Migration) -> anyhow::Result<(Migratio
     }
     let runner = Runner { lease: store.lease(m.id)?, leftovers: store.leftovers(m.id)?, resume: crate::migration::resume_command(&m), cancel: crate::migration::cancel_command(&m) };
     Ok((m, runner))
+}
+
+/// `etaSeconds` per database still copying (and for all), from the rate of its bytes since
+/// the copy started: `elapsed` × what is left / what is done. None before the first bytes.
+fn add_eta(progress: &mut Value, elapsed: f64) {
+    let Some(dbs) = progress.get_mut("databases").and_then(Value::as_object_mut) else { return };
+    let eta = |copied: u64, total: u64| (copied > 0 && total > copied).then(|| (elapsed * (total - copied) as f64 / copied as f64).round());
+    let (mut copied, mut total) = (0, 0);
+    for p in dbs.values_mut() {
+        let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (c, t) = (n("bytesCopied"), n("bytesTotal"));
+        copied += c;
+        total += t.max(c);
+        if let Some(eta) = eta(c, t) {
+            p["etaSeconds"] = json!(eta);
+        }
+    }
+    if let Some(eta) = eta(copied, total) {
+        progress["etaSeconds"] = json!(eta);
+    }
 }
 
 /// `show --output json` (and the API's migration document).
@@ -174,7 +199,8 @@ pub fn show_text(m: &Migration, runner: &Runner) -> String {
             line(
                 &mut out,
                 "Copied",
-                &format!("{name}: {}/{} tables, {} rows, {} bytes{errored}", n("tablesDone"), n("tablesTotal"), n("rowsCopied"), n("bytesCopied")),
+                &format!("{name}: {}/{} tables, {} rows, {} bytes{errored}{}", n("tablesDone"), n("tablesTotal"), n("rowsCopied"), n("bytesCopied"),
+                    p.get("etaSeconds").and_then(Value::as_f64).map(|s| format!(", about {} left", human_duration(chrono::Duration::seconds(s as i64)))).unwrap_or_default()),
             );
         }
     }
@@ -316,4 +342,23 @@ pub fn list_text(migrations: &[Migration]) -> String {
 
 pub fn list_json(migrations: &[Migration]) -> Value {
     Value::Array(migrations.iter().map(|m| Value::Object(summary(m))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_is_the_time_left_at_the_rate_so_far() {
+        let mut progress = json!({"databases": {
+            "a": {"bytesCopied": 250, "bytesTotal": 1000},
+            "b": {"bytesCopied": 0, "bytesTotal": 1000},
+            "c": {"bytesCopied": 500, "bytesTotal": 500},
+        }});
+        add_eta(&mut progress, 10.0);
+        assert_eq!(progress["databases"]["a"]["etaSeconds"], json!(30.0), "a quarter in 10 s: 30 s left");
+        assert!(progress["databases"]["b"].get("etaSeconds").is_none(), "no rate before the first bytes");
+        assert!(progress["databases"]["c"].get("etaSeconds").is_none(), "done");
+        assert_eq!(progress["etaSeconds"], json!(23.0), "750 of 2500 in 10 s: 1750 left at 75 per s");
+    }
 }

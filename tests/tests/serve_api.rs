@@ -302,7 +302,15 @@ fn the_openapi_document_describes_exactly_the_routes() {
             assert_eq!(unauthenticated.status, 401, "{method} {path} needs the token");
         }
     }
-    assert!(operations >= 8, "{doc:#}");
+    assert!(operations >= 9, "{doc:#}");
+
+    // The wizard's source types are the loaded adapters'.
+    let types = call("GET", &format!("{}/api/v1/source-types", server.base), Some(&token), None).body;
+    let ids: Vec<&str> = types["sourceTypes"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    for id in ["OnPremises", "AWS_RDS", "AWS_AURORA", "AzureVM", "PostgreSQLSingleServer"] {
+        assert!(ids.contains(&id), "{id} missing: {types:#}");
+    }
+    assert!(types["sourceTypes"].as_array().unwrap().iter().all(|t| t["displayName"].is_string() && t["plugin"].is_string()), "{types:#}");
 }
 
 #[test]

@@ -191,6 +191,8 @@ async fn fill_wizard(c: &Client, w: &Wizard<'_>) {
     click(c, "#nav-new").await;
     wait_text(c, "#tab-setup", "the wizard", Duration::from_secs(10), |t| t.contains("Setup")).await;
     fill(c, "#f-name", w.name).await;
+    // Listed from the loaded adapters.
+    wait_text(c, "#f-sourceType", "the source types", Duration::from_secs(20), |t| t.contains("(OnPremises)") && t.contains("(AWS_RDS)")).await;
     choose(c, "#f-sourceType", "OnPremises").await;
     choose(c, "#f-option", "ValidateAndMigrate").await;
     choose(c, "#f-mode", w.mode).await;

@@ -47,6 +47,9 @@ pub(crate) struct App {
     pub plugins: Option<PathBuf>,
     /// This binary: the runners are its `migration` commands.
     pub exe: PathBuf,
+    /// The plugins, loaded at the first request that needs them (compiling them is seconds
+    /// on a cold cache, so not at every request).
+    pub registry: tokio::sync::OnceCell<crate::plugins::Registry>,
 }
 
 impl App {
@@ -54,6 +57,16 @@ impl App {
     /// between threads; opening one is cheap).
     pub fn store(&self) -> Result<Store> {
         Store::open_at(&self.store)
+    }
+
+    /// The plugins of `--plugins` (or the default configuration), as the runners load them.
+    pub async fn registry(&self) -> Result<&crate::plugins::Registry> {
+        self.registry
+            .get_or_try_init(|| {
+                let config = self.plugins.clone().or_else(crate::plugins::default_config_file);
+                async move { crate::plugins::Registry::load(config.as_deref(), crate::plugins::default_cache_dir()).await }
+            })
+            .await
     }
 }
 
@@ -74,7 +87,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&str, Option<&str>)) -> Resu
     let bound = listener.local_addr()?;
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{bound}/");
-    let app = Arc::new(App { state_dir: config.state_dir.clone(), store: config.store.clone(), plugins: config.plugins.clone(), exe: std::env::current_exe().context("finding this program's path")? });
+    let app = Arc::new(App { state_dir: config.state_dir.clone(), store: config.store.clone(), plugins: config.plugins.clone(),
+        exe: std::env::current_exe().context("finding this program's path")?,
+        registry: tokio::sync::OnceCell::new(),
+    });
     let router = api::router(app);
     match &new_token {
         Some(token) => ready(&format!("{url}?token={token}"), Some(token)),

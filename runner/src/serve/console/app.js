@@ -7,13 +7,6 @@
 const TOKEN_KEY = 'pgferry.token';
 const GRID_REFRESH_MS = 3000;
 const DETAILS_POLL_MS = 5000;
-const SOURCE_TYPES = [
-  ['OnPremises', 'On-premises server'],
-  ['AWS_RDS', 'Amazon RDS for PostgreSQL'],
-  ['AWS_AURORA', 'Amazon Aurora PostgreSQL'],
-  ['AzureVM', 'Azure virtual machine'],
-  ['PostgreSQLSingleServer', 'Azure Database for PostgreSQL Single Server'],
-];
 const ACTIVE_STATES = ['InProgress', 'WaitingForUserAction', 'Canceling'];
 const CANCELABLE_STATES = ['InProgress', 'WaitingForUserAction', 'Failed', 'Canceling'];
 
@@ -404,10 +397,11 @@ function validationSections(v) {
 function progressSections(databases) {
   const out = [h('h2', {}, 'Progress')];
   out.push(table(null, ['Database', { label: 'Tables done', num: true }, { label: 'Loading', num: true }, { label: 'Queued', num: true }, { label: 'Errored', num: true },
-    { label: 'Rows copied', num: true }, { label: 'Bytes copied', num: true }],
+    { label: 'Rows copied', num: true }, { label: 'Bytes copied', num: true }, { label: 'Time left', num: true }],
   Object.entries(databases).map(([db, p]) => rowWithHeader([db, num(p.tablesDone) + ' / ' + num(p.tablesTotal), num(p.tablesLoading), num(p.tablesQueued),
     (p.tablesErrored ? num(p.tablesErrored) + ' (' + (p.erroredTables || []).join(', ') + ')' : '0'), num(p.rowsCopied),
-    bytes(p.bytesCopied) + (p.bytesTotal ? ' of ' + bytes(p.bytesTotal) : '')])), { id: 'progress' }));
+    bytes(p.bytesCopied) + (p.bytesTotal ? ' of ' + bytes(p.bytesTotal) : ''),
+    p.etaSeconds === undefined ? '—' : 'about ' + humanDuration(p.etaSeconds)])), { id: 'progress' }));
   for (const [db, p] of Object.entries(databases)) {
     const tables = p.tables || [];
     if (!tables.length) continue;
@@ -440,7 +434,8 @@ function select(options, value) {
 function renderWizard(main) {
   const f = {
     name: h('input', { type: 'text', autocomplete: 'off', required: true, 'aria-describedby': 'name-check', spellcheck: 'false' }),
-    sourceType: select(SOURCE_TYPES.map(([id, label]) => [id, label + ' (' + id + ')']), 'OnPremises'),
+    // Filled from the loaded adapter plugins (GET /source-types) below.
+    sourceType: select([['', 'Loading the source types…']], ''),
     option: select([['ValidateAndMigrate', 'Validate and migrate'], ['Validate', 'Validate only'], ['Migrate', 'Migrate without validation']], 'ValidateAndMigrate'),
     mode: select([['Offline', 'Offline'], ['Online', 'Online (replicate until cutover)']], 'Offline'),
     srcHost: h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' }),
@@ -546,6 +541,17 @@ function renderWizard(main) {
   }
   f.name.addEventListener('input', checkName);
   f.target.addEventListener('input', checkName);
+
+  // The source types are the loaded adapters' (a vendor's adapter plugin adds its own).
+  (async () => {
+    try {
+      const r = await api('GET', '/source-types');
+      const options = r.sourceTypes.map((t) => h('option', { value: t.id, selected: t.id === 'OnPremises' }, t.displayName + ' (' + t.id + ')'));
+      f.sourceType.replaceChildren(...options);
+    } catch (e) {
+      f.sourceType.replaceChildren(h('option', { value: '' }, 'Cannot list the source types: ' + e.message));
+    }
+  })();
 
   // "Test connection": the source's version, TLS state and databases (with their sizes),
   // which become check boxes under Select databases.
