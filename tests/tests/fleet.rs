@@ -159,20 +159,24 @@ fn a_worker_killed_mid_copy_leaves_its_migration_to_another_which_finishes_it_ex
     let props = pf.properties(&source, "shop", json!({}));
     queue(&pf, &uri, "shop", &props, &target);
 
-    let mut first = worker(&pf, &uri, "first", &[]);
+    // Two workers on the store; whichever claims the migration is killed mid-copy.
+    let mut workers = vec![(worker(&pf, &uri, "w1", &[]), "w1"), (worker(&pf, &uri, "w2", &[]), "w2")];
     let doc = wait_for(&pf, &uri, "shop", "big streaming", Duration::from_secs(120), |d| {
         let done: Vec<&str> = d["details"]["copyState"]["shop"]["tablesDone"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         d["details"]["progress"]["databases"]["shop"]["bytesCopied"].as_u64().unwrap_or(0) > 2_000_000 && !done.contains(&"public.big")
     });
-    assert_eq!(doc["runner"]["pid"], first.id(), "the first worker runs it: {doc:#}");
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let running = workers.iter().position(|(w, _)| doc["runner"]["pid"] == w.id()).unwrap_or_else(|| panic!("a worker runs it: {doc:#}"));
+    let (mut killed, killed_name) = workers.remove(running);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let (mut other, other_name) = workers.pop().unwrap();
 
-    let mut second = worker(&pf, &uri, "second", &[]);
     let doc = wait_for(&pf, &uri, "shop", "Succeeded", Duration::from_secs(240), |d| d["state"] == "Succeeded");
-    second.kill().unwrap();
-    second.wait().unwrap();
-    assert!(worker_log(&pf, "second").contains("claimed migration \"shop\""), "{}", worker_log(&pf, "second"));
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert_eq!(doc["runner"]["alive"], false, "{doc:#}");
+    assert!(worker_log(&pf, other_name).contains("claimed migration \"shop\""), "the other worker took it over: {}", worker_log(&pf, other_name));
+    assert!(worker_log(&pf, killed_name).contains("claimed migration \"shop\""), "{}", worker_log(&pf, killed_name));
     let states: Vec<&str> = doc["transitions"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
     assert!(!states.contains(&"Failed"), "taken over, not failed: {states:?}");
     assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]), "{doc:#}");
