@@ -234,3 +234,24 @@ fn fifty_queued_migrations_on_two_workers_each_run_once_and_none_is_lost() {
         assert_eq!(owner.trim(), format!("db{n:02}"));
     }
 }
+
+#[test]
+fn a_control_database_restart_mid_copy_is_ridden_out_and_the_copy_ends_exact() {
+    let (control, uri) = control();
+    let (source, target) = (Cluster::start().unwrap(), Cluster::start().unwrap());
+    source.create_database("shop").unwrap();
+    source.psql("shop", "create table big (id bigint primary key, payload text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 1000000) g;").unwrap();
+    let pf = Pgferry::new();
+    let props = pf.properties(&source, "shop", json!({}));
+    queue(&pf, &uri, "shop", &props, &target);
+    let mut w = worker(&pf, &uri, "w", &[]);
+    wait_for(&pf, &uri, "shop", "big streaming", Duration::from_secs(120), |d| d["details"]["progress"]["databases"]["shop"]["bytesCopied"].as_u64().unwrap_or(0) > 2_000_000);
+    control.restart().unwrap();
+    let doc = wait_for(&pf, &uri, "shop", "Succeeded", Duration::from_secs(240), |d| d["state"] == "Succeeded");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]), "{doc:#}");
+    compare::assert_same(&source, &target, "shop");
+    let log = worker_log(&pf, "w");
+    assert!(log.contains("cannot connect to the state store"), "the outage was seen: {log}");
+}
