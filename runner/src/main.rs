@@ -214,6 +214,10 @@ struct CopyArgs {
     /// Parallel copy workers, at least 1 [default: the number of cores]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
+    /// Index and key builds at once, each table's as soon as its data is copied, while
+    /// other tables still copy [default: as --jobs]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    index_jobs: Option<u16>,
     /// Copy tables bigger than this many bytes in parts, by several workers (0: never)
     #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
     split_tables_larger_than: u64,
@@ -615,8 +619,10 @@ struct Interrupted(String);
 
 impl CopyArgs {
     fn options(&self, cli: &Cli) -> CopyOptions {
+        let jobs = self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         CopyOptions {
-            jobs: self.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            jobs,
+            index_jobs: self.index_jobs.map_or(jobs, usize::from),
             pg_bin: self.pg_bin.clone(),
             split_bytes: self.split_tables_larger_than,
             reconnect_timeout: std::time::Duration::from_secs(self.reconnect_timeout),

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use super::copy_digest::{CopyDigester, Digest};
 use crate::connect::{pg_failure, Role};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
-use super::migrating_data::{dump_and_restore, CopiedDatabase, Progress, Settings, TableToVerify};
+use super::migrating_data::{restore_post_data, CopiedDatabase, Progress, Settings, TableToVerify};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -237,7 +237,7 @@ async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
 }
 
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<DatabaseVerification> {
-    dump_and_restore(s, &copied.name, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+    restore_post_data(s, copied).await?;
     analyze(s, &copied.name, progress).await?;
     verify(s, copied, progress).await
 }

@@ -88,6 +88,16 @@ pub struct CopiedDatabase {
     /// `schema.name` of the tables resumes copied again (see `DatabaseState::recopied`).
     pub recopied: Vec<String>,
     pub dump_dir: PathBuf,
+    /// The post-data archive at the snapshot, and the entries of it built during the copy
+    /// (none for a cutover's verification, which restores nothing).
+    pub post_data: Option<PostData>,
+}
+
+/// A database's post-data archive (dumped at the copy's snapshot) and the TOC ids of its
+/// entries already run: the indexes and keys built as their tables landed.
+pub struct PostData {
+    pub file: PathBuf,
+    pub built: std::collections::BTreeSet<u32>,
 }
 
 /// How far a database got, recorded in the store as it happens: the resume record.
@@ -176,6 +186,8 @@ pub struct Settings<'a> {
     pub provider: &'a ProviderObjectNames,
     pub overwrite: bool,
     pub jobs: usize,
+    /// Index and key builds at once, while the copy goes on (see `post_data`).
+    pub index_jobs: usize,
     /// Tables bigger than this are copied in block ranges by several workers (0: never).
     pub split_bytes: u64,
     pub tools: &'a PgTools,
@@ -330,6 +342,19 @@ pub async fn export_snapshot(source: &ConnSpec, db: &str, adopt: Option<&str>) -
 
 /// pg_dump of one section at the snapshot, restored into the target database.
 pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<()> {
+    let file = dump(s, db, snapshot, section, dump_dir).await?;
+    restore(s, db, section, &file, dump_dir, &Default::default()).await
+}
+
+/// The post-data archive restored into the target database, less the entries built during
+/// the copy.
+pub async fn restore_post_data(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<()> {
+    let post_data = copied.post_data.as_ref().context("no post-data archive was dumped for this database")?;
+    restore(s, &copied.name, "post-data", &post_data.file, &copied.dump_dir, &post_data.built).await
+}
+
+/// pg_dump of one section of database `db` at the snapshot, into the work directory.
+async fn dump(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<PathBuf> {
     let file = dump_dir.join(format!("{section}.dump"));
     let mut dump = s.tools.command("pg_dump", s.source, db);
     dump.args(["--format=custom", "--no-sync", &format!("--section={section}"), &format!("--snapshot={snapshot}"), "--file"]).arg(&file);
@@ -337,6 +362,11 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
         dump.arg(format!("--exclude-schema={schema}"));
     }
     pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
+    Ok(file)
+}
+
+/// pg_restore of a section's archive `file`, less the entries `exclude` (TOC ids).
+async fn restore(s: &Settings<'_>, db: &str, section: &str, file: &std::path::Path, dump_dir: &std::path::Path, exclude: &std::collections::BTreeSet<u32>) -> Result<()> {
     let restore = |list: Option<&std::path::Path>, jobs: usize| {
         let mut cmd = s.tools.command("pg_restore", s.target, db);
         cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password"]);
@@ -352,7 +382,7 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
         if let Some(list) = list {
             cmd.arg(format!("--use-list={}", list.display()));
         }
-        cmd.arg(&file);
+        cmd.arg(file);
         cmd
     };
     let what = format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe());
@@ -360,12 +390,13 @@ pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, sectio
         return pg_tools::run(restore(None, 1), &what).await;
     }
     let mut list_cmd = s.tools.offline("pg_restore");
-    list_cmd.arg("--list").arg(&file);
+    list_cmd.arg("--list").arg(file);
     let listing = list_cmd.output().await.context("listing the post-data archive")?;
     anyhow::ensure!(listing.status.success(), "pg_restore --list failed: {}", String::from_utf8_lossy(&listing.stderr));
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     // An online migration's own publication is in the snapshot: it stays on the source.
-    let entries: Vec<&str> = listing.lines().filter(|l| !l.starts_with(';') && !is_pgferry_publication(l)).collect();
+    let built = |l: &str| l.split_once(';').and_then(|(id, _)| id.trim().parse::<u32>().ok()).is_some_and(|id| exclude.contains(&id));
+    let entries: Vec<&str> = listing.lines().filter(|l| !l.starts_with(';') && !is_pgferry_publication(l) && !built(l)).collect();
     if s.jobs < 2 {
         let list_file = dump_dir.join(format!("{section}.list"));
         std::fs::write(&list_file, entries.join("\n"))?;
@@ -525,14 +556,73 @@ fn split_big_tables(tables: Vec<TableJob>, split_bytes: u64, jobs: usize, versio
     out
 }
 
+/// The post-data archive as pg_restore would run it (plain SQL, each entry marked with its
+/// TOC id), for `post_data::table_entries`.
+async fn plain_archive(s: &Settings<'_>, file: &std::path::Path) -> Result<String> {
+    let mut cmd = s.tools.offline("pg_restore");
+    cmd.args(["--verbose", "--file", "-"]).arg(file);
+    let out = cmd.output().await.context("reading the post-data archive")?;
+    anyhow::ensure!(out.status.success(), "pg_restore --file - of {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).context("the post-data archive is not UTF-8 text")
+}
+
 /// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
-async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<TableJob>, progress: &mpsc::UnboundedSender<Progress>) -> Result<Vec<TableCopy>> {
+/// With `early` (the archive entries that build each table's indexes and keys), a table's
+/// entries run on `index_jobs` workers of their own as soon as all its parts are copied,
+/// while other tables are still copying; the TOC ids of the entries run are returned.
+async fn copy_tables(
+    s: &Settings<'_>,
+    db: &str,
+    snapshot: &str,
+    tables: Vec<TableJob>,
+    early: Option<std::collections::BTreeMap<super::post_data::TableKey, Vec<super::post_data::TableEntry>>>,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<(Vec<TableCopy>, std::collections::BTreeSet<u32>)> {
+    // Parts still being copied per table: at 0 the table's indexes may be built.
+    let mut parts_left: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+    for t in &tables {
+        *parts_left.entry((t.schema.clone(), t.name.clone())).or_default() += 1;
+    }
+    let parts_left = Arc::new(Mutex::new(parts_left));
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+    let built = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     // A JoinSet aborts its tasks when dropped: a canceled migration stops copying.
+    let mut indexers = tokio::task::JoinSet::new();
+    let landed = match early {
+        None => None,
+        Some(entries) => {
+            let (landed, arrivals) = mpsc::unbounded_channel::<(String, String)>();
+            let (arrivals, entries) = (Arc::new(Mutex::new(arrivals)), Arc::new(entries));
+            for _ in 0..s.index_jobs.max(1) {
+                let (target, db, arrivals, entries, built) = (s.target.clone(), db.to_string(), arrivals.clone(), entries.clone(), built.clone());
+                indexers.spawn(async move {
+                    let mut client = None;
+                    loop {
+                        let Some(table) = arrivals.lock().await.recv().await else { break };
+                        let Some(todo) = entries.get(&table).filter(|e| !e.is_empty()) else { continue };
+                        if client.is_none() {
+                            client = Some(target.connect(&db).await?.0);
+                        }
+                        let started = Instant::now();
+                        for entry in todo {
+                            client.as_ref().expect("connected").batch_execute(&entry.sql).await.map_err(|e| {
+                                crate::connect::pg_failure(Role::Target, &e, format!("building the indexes and keys of table {}.{} in database {db:?} (archive entry {})", table.0, table.1, entry.id))
+                            })?;
+                            built.lock().await.insert(entry.id);
+                        }
+                        tracing::debug!("{db}: {} indexes and keys of {}.{} built in {:.2}s", todo.len(), table.0, table.1, started.elapsed().as_secs_f64());
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            Some(landed)
+        }
+    };
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1) {
         let (source, target) = (s.source.clone(), s.target.clone());
         let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
+        let (parts_left, landed) = (parts_left.clone(), landed.clone());
         workers.spawn(async move {
             let (src, _) = source.connect(&db).await?;
             // The text settings matter to tables copied as text: what the source writes is
@@ -554,12 +644,24 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
                     }
                 };
                 let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
+                let key = (job.schema.clone(), job.name.clone());
+                let whole = {
+                    let mut left = parts_left.lock().await;
+                    let n = left.get_mut(&key).expect("counted above");
+                    *n -= 1;
+                    *n == 0
+                };
+                if whole && let Some(landed) = &landed {
+                    let _ = landed.send(key);
+                }
                 done.push(copy);
             }
             src.batch_execute("COMMIT").await?;
             anyhow::Ok(done)
         });
     }
+    // The index workers stop once every copy worker is done and the queue is drained.
+    drop(landed);
     let mut copied = Vec::new();
     let mut first_error = None;
     while let Some(worker) = workers.join_next().await {
@@ -572,10 +674,14 @@ async fn copy_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: Vec<Tab
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(copied),
+    if let Some(e) = first_error {
+        return Err(e);
     }
+    while let Some(indexer) = indexers.join_next().await {
+        indexer.context("an index worker panicked")??;
+    }
+    let built = std::mem::take(&mut *built.lock().await);
+    Ok((copied, built))
 }
 
 /// How often a table that streams says how far it got.
@@ -733,6 +839,8 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
         stage(Stage::SchemaRestored);
     }
+    // Dumped now, at the copy's snapshot: its indexes and keys are built as tables land.
+    let post_data_file = dump(s, db, &snapshot, "post-data", &dump_dir).await?;
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
     let key = |t: &TableJob| format!("{}.{}", t.schema, t.name);
@@ -755,6 +863,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         }
     }
     let todo: Vec<TableJob> = tables.into_iter().filter(|t| !done.contains(&key(t))).collect();
+    let mut built = std::collections::BTreeSet::new();
     if state.stage < Stage::DataCopied || !todo.is_empty() {
         let _ = progress.send(Progress::DatabaseStarted {
             database: db.to_string(),
@@ -772,7 +881,17 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             // An interrupted copy may have left some rows of these tables behind.
             truncate(s.target, db, &todo).await?;
         }
-        let copied = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), progress).await?;
+        // A fresh copy builds each table's indexes and keys as soon as its data is in. A
+        // resumed one leaves them to the restore after the copy, which drops and remakes
+        // what an interrupted run may have built (`--clean`).
+        let early = if resumed {
+            None
+        } else {
+            let keys = todo.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+            Some(super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys))
+        };
+        let (copied, indexed) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), early, progress).await?;
+        built = indexed;
         // The parts of a split table add up to its digest.
         let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();
         for part in copied {
@@ -792,7 +911,8 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);
     }
-    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir })
+    let post_data = Some(PostData { file: post_data_file, built });
+    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir, post_data })
 }
 
 /// A resumed run's check of the tables earlier runs finished (`done`), each copied at its

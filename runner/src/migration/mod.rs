@@ -6,6 +6,7 @@ pub mod copy_digest;
 pub mod migrating_data;
 mod progress;
 pub mod performing_prerequisite_steps;
+mod post_data;
 pub mod validation_in_progress;
 pub mod waiting_for_cutover_trigger;
 
@@ -49,6 +50,8 @@ pub struct CreateRequest {
 pub struct CopyOptions {
     /// Parallel copy workers.
     pub jobs: usize,
+    /// Index and key builds at once, while tables are still copying.
+    pub index_jobs: usize,
     /// Tables bigger than this are copied in parts by several workers (0: never).
     pub split_bytes: u64,
     /// Where pg_dump/pg_restore live, when not found on their own.
@@ -504,7 +507,7 @@ pub async fn cancel(store: &mut Store, registry: &Registry, m: &Migration, secre
     let replicating = waiting_for_cutover_trigger::records(store, m.id)?;
     let work = !created.is_empty() || !replicating.is_empty();
     let servers = if work {
-        let copy = CopyOptions { jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT, observer: None };
+        let copy = CopyOptions { jobs: 1, index_jobs: 1, split_bytes: 0, pg_bin: None, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT, observer: None };
         let (_, _, source, target) = stored_request(registry, &m, secrets, copy).await?;
         check_credentials(&m, &source, &target, "cancel").await?;
         Some((source, target))
@@ -688,6 +691,7 @@ async fn migrate(
         provider: &adapter.description.provider_objects,
         overwrite: req.properties.overwrite_dbs_in_target,
         jobs: req.copy.jobs.max(1),
+        index_jobs: req.copy.index_jobs.max(1),
         split_bytes: req.copy.split_bytes,
         tools: &tools,
         work_dir: work_dir.to_path_buf(),

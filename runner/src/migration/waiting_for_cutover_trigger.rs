@@ -255,7 +255,7 @@ async fn base_copy(
         // The copy has adopted the snapshot: the slot's session is no longer needed.
         drop(created_slot.session);
         // Indexes and keys before streaming: applying UPDATEs needs them.
-        migrating_data::dump_and_restore(s, db, &copied.snapshot, "post-data", &copied.dump_dir).await?;
+        migrating_data::restore_post_data(s, &copied).await?;
         super::completing_migration::analyze(s, db, &tx).await?;
         copied.coordinator.batch_execute("COMMIT").await?;
         let _ = std::fs::remove_dir_all(&copied.dump_dir);
@@ -536,6 +536,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             large_objects: 0,
             recopied: vec![],
             dump_dir: crate::work_dir::WorkDir::database_dir(&s.work_dir, db),
+            post_data: None,
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
         let checked = completing_migration::verify(s, &copied, &no_events).await?;
