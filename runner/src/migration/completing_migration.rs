@@ -106,6 +106,7 @@ pub async fn digest_table(client: &Client, role: Role, table: &TableToVerify) ->
 }
 
 /// One table's digests on both sides.
+#[derive(Clone)]
 pub struct Compared {
     /// `schema.name`.
     pub table: String,
@@ -160,10 +161,15 @@ pub async fn compare_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: 
     Ok(compared)
 }
 
-async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify]) -> Result<Vec<TableCheck>> {
-    let mut mismatches: Vec<TableCheck> = compare_tables(s, db, snapshot, tables)
+/// The tables' digests on both sides, less those `landed` has already (verified by the
+/// pipeline as they landed), and the tables that differ.
+async fn verify_tables(s: &Settings<'_>, db: &str, snapshot: &str, tables: &[TableToVerify], landed: &[Compared]) -> Result<Vec<TableCheck>> {
+    let checked: std::collections::HashSet<&str> = landed.iter().map(|c| c.table.as_str()).collect();
+    let left: Vec<TableToVerify> = tables.iter().filter(|t| !checked.contains(format!("{}.{}", t.schema, t.name).as_str())).cloned().collect();
+    let mut mismatches: Vec<TableCheck> = compare_tables(s, db, snapshot, &left)
         .await?
         .into_iter()
+        .chain(landed.iter().cloned())
         .filter(|c| c.source != c.target)
         .map(|c| TableCheck {
             table: c.table,
@@ -238,19 +244,20 @@ async fn apply_database_properties(s: &Settings<'_>, db: &str) -> Result<()> {
 
 pub async fn run_database(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<DatabaseVerification> {
     restore_post_data(s, copied).await?;
-    analyze(s, &copied.name, progress).await?;
+    analyze(s, &copied.name, &copied.landed.analyzed, progress).await?;
     verify(s, copied, progress).await
 }
 
 /// ANALYZE of every table of the target database, `jobs` at a time, biggest first: the
 /// planner's statistics are not copied, and a target without them plans its first queries
 /// blind (as pgcopydb's and the cloud service's guidance says, the migration makes them).
-pub async fn analyze(s: &Settings<'_>, db: &str, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<()> {
+/// `done`: `(schema, name)` of the tables the pipeline analyzed already.
+pub async fn analyze(s: &Settings<'_>, db: &str, done: &std::collections::HashSet<(String, String)>, progress: &tokio::sync::mpsc::UnboundedSender<Progress>) -> Result<()> {
     let started = std::time::Instant::now();
     let (client, _) = s.target.connect(db).await?;
     let tables: Vec<String> = client
         .query(
-            "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            "select n.nspname::text, c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
               where c.relkind in ('r', 'p', 'm') and n.nspname not in ('pg_catalog', 'information_schema')
                 and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
                 and (c.relkind <> 'm' or c.relispopulated)
@@ -260,10 +267,12 @@ pub async fn analyze(s: &Settings<'_>, db: &str, progress: &tokio::sync::mpsc::U
         .await
         .map_err(|e| pg_failure(Role::Target, &e, format!("listing the tables of database {db:?} to analyze")))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|table| !done.contains(table))
+        .map(|(schema, name)| format!("{}.{}", quote_ident(&schema), quote_ident(&name)))
         .collect();
     drop(client);
-    let total = tables.len();
+    let total = tables.len() + done.len();
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1).min(total.max(1)) {
@@ -294,7 +303,7 @@ pub async fn verify(s: &Settings<'_>, copied: &CopiedDatabase, progress: &tokio:
     let _ = progress.send(Progress::VerificationStarted { database: db.clone(), tables_total: copied.tables.len() });
 
     let tables = &copied.tables;
-    let mut mismatches = verify_tables(s, db, &copied.snapshot, tables).await?;
+    let mut mismatches = verify_tables(s, db, &copied.snapshot, tables, &copied.landed.verified).await?;
     let objects = object_counts(&copied.coordinator).await?;
     let target_objects = object_counts(&target).await?;
     let kinds: std::collections::BTreeSet<&String> = objects.keys().chain(target_objects.keys()).collect();

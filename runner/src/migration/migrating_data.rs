@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::copy_digest::{CopyDigester, Digest, Format};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
-use crate::connect::{pg_error, ConnSpec, Role};
+use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
@@ -91,6 +91,18 @@ pub struct CopiedDatabase {
     /// The post-data archive at the snapshot, and the entries of it built during the copy
     /// (none for a cutover's verification, which restores nothing).
     pub post_data: Option<PostData>,
+    /// Tables the pipeline verified and analyzed as they landed (offline, a fresh copy).
+    pub landed: Landed,
+}
+
+/// What the per-table pipeline did after each table's copy, so that CompletingMigration
+/// does not do it again.
+#[derive(Default)]
+pub struct Landed {
+    /// Digests of both sides, read on the target right after the table's indexes were built.
+    pub verified: Vec<super::completing_migration::Compared>,
+    /// `(schema, name)` of the tables analyzed.
+    pub analyzed: std::collections::HashSet<(String, String)>,
 }
 
 /// A database's post-data archive (dumped at the copy's snapshot) and the TOC ids of its
@@ -566,51 +578,81 @@ async fn plain_archive(s: &Settings<'_>, file: &std::path::Path) -> Result<Strin
     String::from_utf8(out.stdout).context("the post-data archive is not UTF-8 text")
 }
 
+/// The per-table pipeline's work: the archive entries that build each table's indexes and
+/// keys, and whether each table is then verified (read back and digested) and analyzed.
+struct Early {
+    entries: std::collections::BTreeMap<super::post_data::TableKey, Vec<super::post_data::TableEntry>>,
+    verify: bool,
+}
+
 /// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
-/// With `early` (the archive entries that build each table's indexes and keys), a table's
-/// entries run on `index_jobs` workers of their own as soon as all its parts are copied,
-/// while other tables are still copying; the TOC ids of the entries run are returned.
+/// With `early`, a table goes on through a pipeline of `index_jobs` workers of their own as
+/// soon as all its parts are copied, while other tables are still copying: its indexes and
+/// keys are built (the archive entries `early` has for it), then, offline, it is read back
+/// and digested against what its copy read, then analyzed. Returned with the copies: the
+/// TOC ids of the entries run, and what was verified and analyzed.
 async fn copy_tables(
     s: &Settings<'_>,
     db: &str,
     snapshot: &str,
     tables: Vec<TableJob>,
-    early: Option<std::collections::BTreeMap<super::post_data::TableKey, Vec<super::post_data::TableEntry>>>,
+    early: Option<Early>,
     progress: &mpsc::UnboundedSender<Progress>,
-) -> Result<(Vec<TableCopy>, std::collections::BTreeSet<u32>)> {
-    // Parts still being copied per table: at 0 the table's indexes may be built.
-    let mut parts_left: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+) -> Result<(Vec<TableCopy>, (std::collections::BTreeSet<u32>, Landed))> {
+    // Parts still being copied per table, and the digest of those copied: at 0 the table
+    // goes on through the pipeline.
+    let mut parts_left: std::collections::HashMap<(String, String), (usize, Digest)> = std::collections::HashMap::new();
     for t in &tables {
-        *parts_left.entry((t.schema.clone(), t.name.clone())).or_default() += 1;
+        parts_left.entry((t.schema.clone(), t.name.clone())).or_default().0 += 1;
     }
     let parts_left = Arc::new(Mutex::new(parts_left));
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let built = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let landed_tables = Arc::new(Mutex::new(Landed::default()));
     // A JoinSet aborts its tasks when dropped: a canceled migration stops copying.
-    let mut indexers = tokio::task::JoinSet::new();
+    let mut pipeline = tokio::task::JoinSet::new();
     let landed = match early {
         None => None,
-        Some(entries) => {
-            let (landed, arrivals) = mpsc::unbounded_channel::<(String, String)>();
-            let (arrivals, entries) = (Arc::new(Mutex::new(arrivals)), Arc::new(entries));
+        Some(early) => {
+            let (landed, arrivals) = mpsc::unbounded_channel::<TableToVerify>();
+            let (arrivals, early) = (Arc::new(Mutex::new(arrivals)), Arc::new(early));
             for _ in 0..s.index_jobs.max(1) {
-                let (target, db, arrivals, entries, built) = (s.target.clone(), db.to_string(), arrivals.clone(), entries.clone(), built.clone());
-                indexers.spawn(async move {
+                let (target, db, arrivals, early, built, landed_tables) = (s.target.clone(), db.to_string(), arrivals.clone(), early.clone(), built.clone(), landed_tables.clone());
+                pipeline.spawn(async move {
                     let mut client = None;
                     loop {
                         let Some(table) = arrivals.lock().await.recv().await else { break };
-                        let Some(todo) = entries.get(&table).filter(|e| !e.is_empty()) else { continue };
-                        if client.is_none() {
-                            client = Some(target.connect(&db).await?.0);
+                        let key = (table.schema.clone(), table.name.clone());
+                        let todo = early.entries.get(&key).map(Vec::as_slice).unwrap_or_default();
+                        if todo.is_empty() && !early.verify {
+                            continue;
                         }
+                        if client.is_none() {
+                            let (connected, _) = target.connect(&db).await?;
+                            connected.batch_execute(&stable_text()).await?;
+                            client = Some(connected);
+                        }
+                        let client = client.as_ref().expect("connected");
                         let started = Instant::now();
                         for entry in todo {
-                            client.as_ref().expect("connected").batch_execute(&entry.sql).await.map_err(|e| {
-                                crate::connect::pg_failure(Role::Target, &e, format!("building the indexes and keys of table {}.{} in database {db:?} (archive entry {})", table.0, table.1, entry.id))
+                            client.batch_execute(&entry.sql).await.map_err(|e| {
+                                crate::connect::pg_failure(Role::Target, &e, format!("building the indexes and keys of table {}.{} in database {db:?} (archive entry {})", key.0, key.1, entry.id))
                             })?;
                             built.lock().await.insert(entry.id);
                         }
-                        tracing::debug!("{db}: {} indexes and keys of {}.{} built in {:.2}s", todo.len(), table.0, table.1, started.elapsed().as_secs_f64());
+                        if early.verify {
+                            let target_digest = super::completing_migration::digest_table(client, Role::Target, &table).await?;
+                            let name = format!("{}.{}", quote_ident(&key.0), quote_ident(&key.1));
+                            client.batch_execute(&format!("ANALYZE {name}")).await.map_err(|e| pg_failure(Role::Target, &e, format!("analyzing table {name} of database {db:?} on the target")))?;
+                            let mut landed = landed_tables.lock().await;
+                            landed.verified.push(super::completing_migration::Compared {
+                                table: format!("{}.{}", key.0, key.1),
+                                source: table.source.expect("the copy's digest"),
+                                target: target_digest,
+                            });
+                            landed.analyzed.insert(key.clone());
+                        }
+                        tracing::debug!("{db}: {}.{} built ({} entries) and checked in {:.2}s", key.0, key.1, todo.len(), started.elapsed().as_secs_f64());
                     }
                     anyhow::Ok(())
                 });
@@ -644,15 +686,15 @@ async fn copy_tables(
                     }
                 };
                 let _ = progress.send(Progress::TableCopied { database: db.clone(), table: copy.clone() });
-                let key = (job.schema.clone(), job.name.clone());
                 let whole = {
                     let mut left = parts_left.lock().await;
-                    let n = left.get_mut(&key).expect("counted above");
+                    let (n, digest) = left.get_mut(&(job.schema.clone(), job.name.clone())).expect("counted above");
                     *n -= 1;
-                    *n == 0
+                    *digest = digest.combine(copy.digest);
+                    (*n == 0).then_some(*digest)
                 };
-                if whole && let Some(landed) = &landed {
-                    let _ = landed.send(key);
+                if let (Some(digest), Some(landed)) = (whole, &landed) {
+                    let _ = landed.send(TableToVerify { schema: job.schema.clone(), name: job.name.clone(), columns: job.columns.clone(), format: job.format, source: Some(digest) });
                 }
                 done.push(copy);
             }
@@ -677,11 +719,12 @@ async fn copy_tables(
     if let Some(e) = first_error {
         return Err(e);
     }
-    while let Some(indexer) = indexers.join_next().await {
-        indexer.context("an index worker panicked")??;
+    while let Some(worker) = pipeline.join_next().await {
+        worker.context("a pipeline worker panicked")??;
     }
     let built = std::mem::take(&mut *built.lock().await);
-    Ok((copied, built))
+    let landed = std::mem::take(&mut *landed_tables.lock().await);
+    Ok((copied, (built, landed)))
 }
 
 /// How often a table that streams says how far it got.
@@ -863,13 +906,13 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         }
     }
     let todo: Vec<TableJob> = tables.into_iter().filter(|t| !done.contains(&key(t))).collect();
-    let mut built = std::collections::BTreeSet::new();
+    let (mut built, mut landed) = (std::collections::BTreeSet::new(), Landed::default());
     if state.stage < Stage::DataCopied || !todo.is_empty() {
         let _ = progress.send(Progress::DatabaseStarted {
             database: db.to_string(),
             tables_total: todo.len(),
             bytes_total: todo.iter().map(|t| t.size.max(0) as u64).sum(),
-            snapshot: slot_snapshot.unwrap_or_else(|| snapshot.clone()),
+            snapshot: slot_snapshot.clone().unwrap_or_else(|| snapshot.clone()),
         });
         if state.stage == Stage::DataCopied {
             // Post-data of an earlier run may be in place: its keys would refuse the
@@ -888,10 +931,11 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             None
         } else {
             let keys = todo.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
-            Some(super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys))
+            // Online, the target's tables move on with the stream: verified at the cutover.
+            Some(Early { entries: super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys), verify: slot_snapshot.is_none() })
         };
-        let (copied, indexed) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), early, progress).await?;
-        built = indexed;
+        let (copied, pipelined) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), early, progress).await?;
+        (built, landed) = pipelined;
         // The parts of a split table add up to its digest.
         let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();
         for part in copied {
@@ -912,7 +956,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         stage(Stage::DataCopied);
     }
     let post_data = Some(PostData { file: post_data_file, built });
-    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir, post_data })
+    Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir, post_data, landed })
 }
 
 /// A resumed run's check of the tables earlier runs finished (`done`), each copied at its

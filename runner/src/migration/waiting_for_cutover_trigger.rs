@@ -256,7 +256,7 @@ async fn base_copy(
         drop(created_slot.session);
         // Indexes and keys before streaming: applying UPDATEs needs them.
         migrating_data::restore_post_data(s, &copied).await?;
-        super::completing_migration::analyze(s, db, &tx).await?;
+        super::completing_migration::analyze(s, db, &copied.landed.analyzed, &tx).await?;
         copied.coordinator.batch_execute("COMMIT").await?;
         let _ = std::fs::remove_dir_all(&copied.dump_dir);
         anyhow::Ok(created_slot.consistent_point)
@@ -537,6 +537,7 @@ async fn complete(store: &mut Store, id: i64, s: &Settings<'_>, databases: &[Str
             recopied: vec![],
             dump_dir: crate::work_dir::WorkDir::database_dir(&s.work_dir, db),
             post_data: None,
+            landed: Default::default(),
         };
         let (no_events, _) = tokio::sync::mpsc::unbounded_channel();
         let checked = completing_migration::verify(s, &copied, &no_events).await?;
