@@ -30,6 +30,7 @@ const SINGLE_SERVER: Provider = Provider {
     objects: Objects {
         databases: &["azure_maintenance", "azure_sys"],
         roles: &["azure_superuser", "azure_pg_admin", "azuresu"],
+        settings: &["azure.*"],
         ..Objects::NONE
     },
     logical: Logical {

@@ -33,6 +33,7 @@ pub(super) fn router(app: Shared) -> Router {
         .route("/api/v1/migrations/{name}/events", get(events))
         .route("/api/v1/check-name-availability", post(check_name))
         .route("/api/v1/source/test-connection", post(test_source))
+        .route("/api/v1/source-types", get(source_types))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), require_token))
@@ -342,9 +343,22 @@ async fn test_source(State(app): State<Shared>, body: Bytes) -> Answer {
     let text = std::str::from_utf8(&body).map_err(|_| Problem::bad_request("the body is not UTF-8 text"))?;
     let properties = Properties::parse(text).map_err(|e| Problem::bad_request(format!("the body: {e:#}")))?;
     let config = app.plugins.clone().or_else(crate::plugins::default_config_file);
-    let registry = crate::plugins::Registry::load(config.as_deref(), crate::plugins::default_cache_dir()).await?;
+    let registry = crate::plugins::Registry::load(config.as_deref(), &[], crate::plugins::default_cache_dir()).await?;
     let facts = migration::source_facts(&registry, &properties).await.map_err(|e| Problem::bad_request(format!("{e:#}")))?;
     Ok(Json(facts).into_response())
+}
+
+/// `GET /source-types`: the source types the loaded source-adapter plugins declare, in load
+/// order (the built-in ones first), for a wizard's choice: `[{"id", "aliases", "displayName"}]`.
+async fn source_types(State(app): State<Shared>) -> Answer {
+    let config = app.plugins.clone().or_else(crate::plugins::default_config_file);
+    let registry = crate::plugins::Registry::load(config.as_deref(), &[], crate::plugins::default_cache_dir()).await?;
+    let types: Vec<Value> = registry
+        .adapters
+        .iter()
+        .map(|a| json!({"id": a.description.info.ids[0], "aliases": a.description.info.ids[1..], "displayName": a.description.info.display_name}))
+        .collect();
+    Ok(Json(types).into_response())
 }
 
 #[derive(Deserialize)]
