@@ -14,6 +14,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/migrations/{name}/events", "Server-sent events: `state` on each state change, `progress` as counters move"),
     ("post", "/api/v1/check-name-availability", "Whether a migration name is free on a target server"),
     ("post", "/api/v1/source/test-connection", "Reach the source a properties body names: its version, TLS state and databases with their sizes"),
+    ("get", "/api/v1/source-types", "The source types the loaded source-adapter plugins declare: id, aliases, display name"),
     ("get", "/api/v1/openapi.json", "This document"),
 ];
 

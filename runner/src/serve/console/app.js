@@ -7,13 +7,6 @@
 const TOKEN_KEY = 'pgferry.token';
 const GRID_REFRESH_MS = 3000;
 const DETAILS_POLL_MS = 5000;
-const SOURCE_TYPES = [
-  ['OnPremises', 'On-premises server'],
-  ['AWS_RDS', 'Amazon RDS for PostgreSQL'],
-  ['AWS_AURORA', 'Amazon Aurora PostgreSQL'],
-  ['AzureVM', 'Azure virtual machine'],
-  ['PostgreSQLSingleServer', 'Azure Database for PostgreSQL Single Server'],
-];
 const ACTIVE_STATES = ['InProgress', 'WaitingForUserAction', 'Canceling'];
 const CANCELABLE_STATES = ['InProgress', 'WaitingForUserAction', 'Failed', 'Canceling'];
 
@@ -440,7 +433,8 @@ function select(options, value) {
 function renderWizard(main) {
   const f = {
     name: h('input', { type: 'text', autocomplete: 'off', required: true, 'aria-describedby': 'name-check', spellcheck: 'false' }),
-    sourceType: select(SOURCE_TYPES.map(([id, label]) => [id, label + ' (' + id + ')']), 'OnPremises'),
+    // Filled from the source-adapter plugins the server loads (GET /source-types).
+    sourceType: select([], ''),
     option: select([['ValidateAndMigrate', 'Validate and migrate'], ['Validate', 'Validate only'], ['Migrate', 'Migrate without validation']], 'ValidateAndMigrate'),
     mode: select([['Offline', 'Offline'], ['Online', 'Online (replicate until cutover)']], 'Offline'),
     srcHost: h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' }),
@@ -503,6 +497,12 @@ function renderWizard(main) {
     key === 'summary' ? h('button', { type: 'button', class: 'primary', id: 'start', onclick: start }, 'Start migration') : null)));
 
   main.append(h('h1', {}, 'New migration'), tablist, ...panelEls);
+
+  // The source types are the loaded adapters' (the console knows none itself); the first,
+  // the built-in self-managed one, is preselected.
+  api('GET', '/source-types').then((types) => {
+    f.sourceType.replaceChildren(...types.map((t) => h('option', { value: t.id }, t.displayName + ' (' + t.id + ')')));
+  }).catch(showError);
 
   let current = 0;
   function select_(i, focusTab) {
