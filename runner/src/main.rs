@@ -712,6 +712,19 @@ async fn plugin_test(
     Ok(if report.status == pgferry::migration::validation_in_progress::CheckState::Failed { Exit::ValidationFailed } else { Exit::Ok })
 }
 
+/// A manifest as `plugin inspect --output json` shows it (the contract's names, camelCase).
+fn manifest_json(m: &pgferry::plugin_host::PluginManifest) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "version": m.version, "description": m.description,
+        "settings": m.settings.iter().map(|s| serde_json::json!({
+            "name": s.name, "description": s.description, "type": manifest::type_name(s.value_type),
+            "default": s.default, "required": s.required,
+        })).collect::<Vec<_>>(),
+        "grants": m.grants.iter().map(|g| manifest::grant_name(*g)).collect::<Vec<_>>(),
+        "inventorySettings": m.inventory_settings,
+    })
+}
+
 async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
@@ -727,7 +740,7 @@ async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
     let hosted: Vec<String> = contract::HOSTED.iter().map(ToString::to_string).collect();
     let doc = serde_json::json!({
         "file": file, "sha256": plugin.sha256, "world": plugin.shape.world,
-        "contract": plugin.shape.contract.to_string(), "hostedContracts": hosted, "manifest": manifest,
+        "contract": plugin.shape.contract.to_string(), "hostedContracts": hosted, "manifest": manifest.as_ref().map(manifest_json),
         "imports": plugin.shape.imports, "exports": plugin.shape.exports, "provides": provides,
     });
     match cli.output {
