@@ -364,6 +364,24 @@ async fn every_builtin_adapter_loads_and_describes_itself() {
     }
 }
 
+/// What each built-in adapter asks the inventory to read: its provider's settings and its
+/// logical-replication switch (the runner itself names none).
+#[tokio::test]
+async fn builtin_adapters_declare_their_provider_settings() {
+    let host = new_host();
+    let expected: &[(&str, &[&str])] = &[
+        ("adapter-on-premises", &[]),
+        ("adapter-aws-rds", &["rds.*", "rds.logical_replication"]),
+        ("adapter-aws-aurora", &["rds.*", "rds.logical_replication"]),
+        ("adapter-azure-vm", &[]),
+        ("adapter-azure-single-server", &["azure.*", "azure.replication_support"]),
+    ];
+    for (package, settings) in expected {
+        let m = host.read_manifest(&adapter(&host, package)).await.unwrap().expect("a manifest");
+        assert_eq!((m.id.as_str(), &m.inventory_settings[..]), (*package, &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]));
+    }
+}
+
 #[tokio::test]
 async fn provider_objects_and_replication_roles() {
     let host = new_host();
