@@ -352,3 +352,16 @@ fn https_with_the_given_certificate_serves_the_api_and_plain_http_gets_nothing()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The wizard's source types are what the loaded source-adapter plugins declare.
+#[test]
+fn source_types_are_the_loaded_adapters() {
+    let pf = Pgferry::new();
+    let server = pf.serve(&[]);
+    let token = token_of(&server.first_line);
+    let r = call("GET", &format!("{}/api/v1/source-types", server.base), Some(&token), None);
+    assert_eq!(r.status, 200, "{:#}", r.body);
+    let ids: Vec<&str> = r.body.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["OnPremises", "AWS_RDS", "AWS_AURORA", "AzureVM", "PostgreSQLSingleServer"]);
+    assert_eq!(r.body[1], json!({"id": "AWS_RDS", "aliases": ["AWS"], "displayName": "Amazon RDS for PostgreSQL"}));
+}
