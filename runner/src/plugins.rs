@@ -134,6 +134,17 @@ impl Registry {
         for file in dev {
             plugins.push(load_dev(&host, file).await?);
         }
+        // Ids and codes are each plugin's own, told apart by the plugin's name.
+        for (i, plugin) in plugins.iter().enumerate() {
+            if let Some(other) = plugins[..i].iter().find(|o| o.name == plugin.name) {
+                bail!(
+                    "two plugins are named `{}` ({} and {}); reports tell plugins apart by name: give one another `name` in the plugin configuration",
+                    plugin.name,
+                    other.origin,
+                    plugin.origin
+                );
+            }
+        }
         let mut registry = Registry { host, rules: Vec::new(), adapters: Vec::new(), sql_user };
         for plugin in plugins {
             let plugin = Arc::new(plugin);

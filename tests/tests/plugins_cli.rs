@@ -279,6 +279,16 @@ fn configurations_that_do_not_fit_the_manifest_are_refused_at_load() {
     let list = pf.run(&["migration", "list", "--output", "json"]);
     assert_eq!(list.stdout.trim(), "[]", "nothing recorded: {}", list.transcript());
 
+    // Two plugins of one name could not be told apart in a report.
+    let twice = pf.write("twice.toml", format!("{}{}", entry(&example, ""), entry(&example, ""))).display().to_string();
+    let out = pf.run(&["--plugins", &twice, "plugin", "list"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    let path = example.display();
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!("Error: two plugins are named `example-max-database-size` ({path} and {path}); reports tell plugins apart by name: give one another `name` in the plugin configuration")
+    );
+
     // Fitting values are given to the plugin as its manifest types them; 0.1.0 components
     // load beside 0.2.0 ones.
     let old = workspace_root().join("tests/guests/contract-v0.1/guest-well-behaved.wasm");

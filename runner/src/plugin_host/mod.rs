@@ -37,6 +37,16 @@ pub enum Origin {
     Dev(PathBuf),
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("built in"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Dev(path) => write!(f, "{} (--plugin-dev)", path.display()),
+        }
+    }
+}
+
 /// What the operator allows a plugin beyond the inventory.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Grants {
