@@ -96,3 +96,33 @@ impl SettingSpec {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::Fixture;
+    use crate::*;
+
+    #[test]
+    fn empty_fields_come_from_the_crate_and_settings_keep_their_order() {
+        let m = Manifest::new("")
+            .setting(SettingSpec::integer("max", "the most").with_default(8))
+            .setting(SettingSpec::text("ticket", "the ticket").required())
+            .grant(Grant::Sql)
+            .reads_settings(&["vendor.*"]);
+        let p = crate::manifest::finish(m, "my-rules", "1.2.3", "Checks things");
+        assert_eq!((p.id.as_str(), p.version.as_str(), p.description.as_str()), ("my-rules", "1.2.3", "Checks things"));
+        assert_eq!(p.settings.iter().map(|s| (s.name.as_str(), s.default.as_deref(), s.required)).collect::<Vec<_>>(), [("max", Some("8"), false), ("ticket", None, true)]);
+        assert_eq!((p.grants, p.inventory_settings), (vec![Grant::Sql], vec!["vendor.*".to_string()]));
+        let p = crate::manifest::finish(Manifest::new("Mine").id("custom").version("0.0.1"), "my-rules", "1.2.3", "Checks things");
+        assert_eq!((p.id.as_str(), p.version.as_str(), p.description.as_str()), ("custom", "0.0.1", "Mine"));
+    }
+
+    #[test]
+    fn typed_setting_accessors_read_what_the_runner_gives() {
+        let mut fx = Fixture::new();
+        fx.settings = [("n", "42"), ("b", "true"), ("x", "0.5"), ("bad", "many")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cx = Context::new(fx.context(MigrationMode::Offline, None), &fx);
+        assert_eq!((cx.setting_i64("n"), cx.setting_bool("b"), cx.setting_f64("x")), (Some(42), Some(true), Some(0.5)));
+        assert_eq!((cx.setting_i64("bad"), cx.setting_bool("n"), cx.setting_i64("absent")), (None, None, None));
+    }
+}
