@@ -223,36 +223,42 @@ pub async fn collect_server(
     .await?;
 
     let (names, prefixes, probed) = settings_to_read(declared_settings);
-    let mut settings_params: Vec<&(dyn ToSql + Sync)> = vec![&names, &prefixes];
-    let settings_sql = if v >= 90_600 {
-        // Placeholders (a provider setting whose module is not loaded, or set by the
-        // provider without one) are hidden from pg_settings but readable by name.
-        settings_params.push(&probed);
-        format!(
-            "{SETTINGS_SQL} UNION ALL \
-             SELECT p.name, current_setting(p.name, true), '' FROM unnest($3::text[]) AS p(name) \
-             WHERE current_setting(p.name, true) IS NOT NULL \
-               AND NOT EXISTS (SELECT 1 FROM pg_settings s WHERE s.name = p.name) \
-             ORDER BY 1"
+    let settings = async {
+        let mut settings = section(
+            client,
+            &format!("{SETTINGS_SQL} ORDER BY 1"),
+            &[&names, &prefixes],
+            ctx("settings"),
+            |r| {
+                Ok(Setting {
+                    name: r.try_get(0)?,
+                    value: r.try_get(1)?,
+                    unit: r.try_get(2)?,
+                })
+            },
         )
-    } else {
-        // 9.5 has no missing_ok form of current_setting; a provider's own settings are
-        // real GUCs there and show in pg_settings anyway.
-        format!("{SETTINGS_SQL} ORDER BY 1")
+        .await?;
+        // Placeholders (a provider setting whose module is not loaded, or set by the
+        // provider without one) are hidden from pg_settings but readable by name (9.6+;
+        // on 9.5 a provider's settings are real GUCs, in pg_settings). One statement per
+        // name: a setting this login may not read (a superuser-only one) fails alone and
+        // is left out, so no plugin's declaration can break the inventory.
+        let missing: Vec<&String> = probed.iter().filter(|n| !settings.iter().any(|s| &&s.name == n)).collect();
+        if v >= 90_600 && !missing.is_empty() {
+            for name in missing {
+                match client.query_one("SELECT current_setting($1, true)", &[name]).await {
+                    Ok(row) => {
+                        if let Some(value) = row.try_get::<_, Option<String>>(0)? {
+                            settings.push(Setting { name: name.clone(), value, unit: String::new() });
+                        }
+                    }
+                    Err(e) => tracing::warn!("the {side_name} server's setting {name:?}, which a plugin reads, is not readable by this login and is left out: {e}"),
+                }
+            }
+            settings.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok::<_, anyhow::Error>(settings)
     };
-    let settings = section(
-        client,
-        &settings_sql,
-        &settings_params,
-        ctx("settings"),
-        |r| {
-            Ok(Setting {
-                name: r.try_get(0)?,
-                value: r.try_get(1)?,
-                unit: r.try_get(2)?,
-            })
-        },
-    );
 
     let roles = section(
         client,

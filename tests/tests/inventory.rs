@@ -370,6 +370,16 @@ async fn the_settings_read_are_the_base_ones_and_those_plugins_declare() -> Resu
     assert!(!names(&server).contains(&"vendor.undeclared".to_string()), "{:?}", names(&server));
     // The base settings stay.
     assert_eq!(names(&server).iter().filter(|n| *n == "wal_level").count(), 1);
+
+    // A setting the login may not read (superuser-only, hidden from its pg_settings) is left
+    // out; it does not break the inventory.
+    pg.psql("postgres", "CREATE ROLE plain LOGIN")?;
+    let (plain, conn) = pg.config("postgres").user("plain").connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let declared = ["data_directory".to_string(), "vendor.logical_decoding".to_string()];
+    let server = collect_server(&plain, Side::Source, "127.0.0.1", pg.port(), &declared).await?;
+    assert!(!names(&server).contains(&"data_directory".to_string()), "{:?}", names(&server));
+    assert!(names(&server).contains(&"vendor.logical_decoding".to_string()), "{:?}", names(&server));
     Ok(())
 }
 
