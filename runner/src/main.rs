@@ -603,6 +603,7 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
         rows.push(serde_json::json!({
             "name": a.plugin.name, "origin": a.plugin.origin, "world": "source-adapter",
             "contract": a.plugin.shape.contract.to_string(), "sha256": a.plugin.sha256,
+            "version": a.plugin.manifest.as_ref().map(|m| &m.version),
             "ids": a.description.info.ids, "displayName": a.description.info.display_name,
         }));
     }
@@ -610,6 +611,7 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
         rows.push(serde_json::json!({
             "name": r.plugin.name, "origin": r.plugin.origin, "world": "validation-rule",
             "contract": r.plugin.shape.contract.to_string(), "sha256": r.plugin.sha256,
+            "version": r.plugin.manifest.as_ref().map(|m| &m.version),
             "ids": r.rules.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         }));
     }

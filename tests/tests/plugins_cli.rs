@@ -298,6 +298,8 @@ fn configurations_that_do_not_fit_the_manifest_are_refused_at_load() {
     let rows: Value = serde_json::from_str(&out.stdout).unwrap();
     let contract = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} missing: {rows:#}"))["contract"].clone();
     assert_eq!((contract("example-max-database-size"), contract("old-rules")), (json!("0.2.0"), json!("0.1.0")));
+    let version = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["version"].clone();
+    assert_eq!((version("example-max-database-size"), version("old-rules")), (json!(env!("CARGO_PKG_VERSION")), Value::Null));
 }
 
 /// `--plugin-dev PATH` loads an unpinned file with a loud warning naming it; `serve` refuses it.
