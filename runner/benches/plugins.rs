@@ -83,11 +83,11 @@ fn main() {
     let _ = std::fs::remove_dir_all(&cache);
 
     let t = Instant::now();
-    let cold = rt.block_on(Registry::load(None, Some(cache.clone()))).unwrap();
+    let cold = rt.block_on(Registry::load(None, &[], Some(cache.clone()))).unwrap();
     println!("registry load, cold cache (compile {} components): {:?}", pgferry::plugins::BUILTIN.len(), t.elapsed());
     drop(cold);
     let t = Instant::now();
-    let registry = rt.block_on(Registry::load(None, Some(cache.clone()))).unwrap();
+    let registry = rt.block_on(Registry::load(None, &[], Some(cache.clone()))).unwrap();
     println!("registry load, warm cache: {:?}", t.elapsed());
 
     // A warm instantiate + the smallest call (describe), per plugin.

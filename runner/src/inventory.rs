@@ -49,8 +49,11 @@ use crate::plugin_host::{
 /// The container lives with the plugin host, which hands it to plugins; this module fills it.
 pub use crate::plugin_host::Inventory;
 
-/// Settings the rules look at, read from `pg_settings` when the server has them.
-const CURATED_SETTINGS: &[&str] = &[
+/// Settings every inventory carries (what contract 0.1.0 plugins were given, and what the
+/// generic rules read), from `pg_settings` when the server has them. Whatever else a plugin
+/// reads, it declares in its manifest (`inventory-settings`): a provider's own settings
+/// come from its source adapter, never from here.
+const BASE_SETTINGS: &[&str] = &[
     "wal_level",
     "max_replication_slots",
     "max_wal_senders",
@@ -70,24 +73,25 @@ const CURATED_SETTINGS: &[&str] = &[
     "ssl",
 ];
 
-/// Prefixes of provider and extension settings included wholesale.
-const SETTING_PREFIXES: &[&str] = &["rds.", "azure.", "cloudsql.", "alloydb.", "timescaledb."];
-
-/// Provider settings that may exist only as custom placeholders, which `pg_settings`
-/// hides; probed with `current_setting(name, true)` (9.6+).
-const PROBED_SETTINGS: &[&str] = &[
-    "rds.logical_replication",
-    "azure.replication_support",
-    "azure.extensions",
-];
-
-/// The `pg_settings` part of the settings statement: the curated names (`$1`) and every
-/// setting starting with one of the prefixes (`$2`).
+/// The `pg_settings` part of the settings statement: the names (`$1`) and every setting
+/// starting with one of the prefixes (`$2`).
 const SETTINGS_SQL: &str = "\
     SELECT name::text, coalesce(setting, ''), coalesce(unit, '') FROM pg_settings \
     WHERE name = ANY($1::text[]) \
        OR EXISTS (SELECT 1 FROM unnest($2::text[]) AS p(prefix) \
                   WHERE left(name, length(p.prefix)) = p.prefix)";
+
+/// What the settings statement reads: the names (base and declared), the declared
+/// prefixes (`prefix*`), and the declared names, which are also probed as placeholders.
+fn settings_to_read(declared: &[String]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (prefixes, probed): (Vec<&String>, Vec<&String>) = declared.iter().partition(|e| e.ends_with('*'));
+    let prefixes: Vec<String> = prefixes.iter().map(|p| p.trim_end_matches('*').to_string()).collect();
+    let probed: Vec<String> = probed.into_iter().cloned().collect();
+    let mut names: Vec<String> = BASE_SETTINGS.iter().map(|s| s.to_string()).chain(probed.iter().cloned()).collect();
+    names.sort();
+    names.dedup();
+    (names, prefixes, probed)
+}
 
 /// FirstNormalObjectId: oids below it were assigned by initdb (built-in objects).
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
@@ -187,6 +191,8 @@ async fn section_one<T>(
 }
 
 /// Instance-level inventory of one server, from a connection to any database on it.
+/// `declared_settings`: the settings the loaded plugins declare they read
+/// ([`crate::plugins::Registry::inventory_settings`]), read besides the base ones.
 ///
 /// `host` and `port` are recorded as given (they name the server in findings). The
 /// collations are those of the connected database: `pg_collation` is per database, and
@@ -196,6 +202,7 @@ pub async fn collect_server(
     side: Side,
     host: &str,
     port: u16,
+    declared_settings: &[String],
 ) -> anyhow::Result<ServerInfo> {
     let side_name = side_name(side);
     let ctx = |what: &'static str| move || format!("collecting {what} of the {side_name} server");
@@ -215,39 +222,43 @@ pub async fn collect_server(
     )
     .await?;
 
-    let curated: Vec<&str> = CURATED_SETTINGS.to_vec();
-    let prefixes: Vec<&str> = SETTING_PREFIXES.to_vec();
-    let probed: Vec<&str> = PROBED_SETTINGS.to_vec();
-    let mut settings_params: Vec<&(dyn ToSql + Sync)> = vec![&curated, &prefixes];
-    let settings_sql = if v >= 90_600 {
-        // Placeholders (a provider setting whose module is not loaded, or set by the
-        // provider without one) are hidden from pg_settings but readable by name.
-        settings_params.push(&probed);
-        format!(
-            "{SETTINGS_SQL} UNION ALL \
-             SELECT p.name, current_setting(p.name, true), '' FROM unnest($3::text[]) AS p(name) \
-             WHERE current_setting(p.name, true) IS NOT NULL \
-               AND NOT EXISTS (SELECT 1 FROM pg_settings s WHERE s.name = p.name) \
-             ORDER BY 1"
+    let (names, prefixes, probed) = settings_to_read(declared_settings);
+    let settings = async {
+        let mut settings = section(
+            client,
+            &format!("{SETTINGS_SQL} ORDER BY 1"),
+            &[&names, &prefixes],
+            ctx("settings"),
+            |r| {
+                Ok(Setting {
+                    name: r.try_get(0)?,
+                    value: r.try_get(1)?,
+                    unit: r.try_get(2)?,
+                })
+            },
         )
-    } else {
-        // 9.5 has no missing_ok form of current_setting; a provider's own settings are
-        // real GUCs there and show in pg_settings anyway.
-        format!("{SETTINGS_SQL} ORDER BY 1")
+        .await?;
+        // Placeholders (a provider setting whose module is not loaded, or set by the
+        // provider without one) are hidden from pg_settings but readable by name (9.6+;
+        // on 9.5 a provider's settings are real GUCs, in pg_settings). One statement per
+        // name: a setting this login may not read (a superuser-only one) fails alone and
+        // is left out, so no plugin's declaration can break the inventory.
+        let missing: Vec<&String> = probed.iter().filter(|n| !settings.iter().any(|s| &&s.name == n)).collect();
+        if v >= 90_600 && !missing.is_empty() {
+            for name in missing {
+                match client.query_one("SELECT current_setting($1, true)", &[name]).await {
+                    Ok(row) => {
+                        if let Some(value) = row.try_get::<_, Option<String>>(0)? {
+                            settings.push(Setting { name: name.clone(), value, unit: String::new() });
+                        }
+                    }
+                    Err(e) => tracing::warn!("the {side_name} server's setting {name:?}, which a plugin reads, is not readable by this login and is left out: {e}"),
+                }
+            }
+            settings.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok::<_, anyhow::Error>(settings)
     };
-    let settings = section(
-        client,
-        &settings_sql,
-        &settings_params,
-        ctx("settings"),
-        |r| {
-            Ok(Setting {
-                name: r.try_get(0)?,
-                value: r.try_get(1)?,
-                unit: r.try_get(2)?,
-            })
-        },
-    );
 
     let roles = section(
         client,

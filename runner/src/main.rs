@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pgferry::lifecycle::State;
 use pgferry::migration::{self, CopyOptions, CreateRequest};
+use pgferry::plugin_host::manifest::{self, Given};
 use pgferry::plugin_host::{contract, Grants, Limits, Origin, PluginHost, World};
 use pgferry::plugins::{self, Registry};
 use pgferry::properties::{MigrationMode, MigrationOption, Properties};
@@ -30,6 +31,10 @@ struct Cli {
     /// Plugin configuration (TOML) [default: $PGFERRY_PLUGINS or ~/.config/pgferry/plugins.toml]
     #[arg(long, global = true, value_name = "FILE")]
     plugins: Option<PathBuf>,
+    /// Development only: load this plugin file too, unpinned, with no grants or settings
+    /// (repeatable; warned about on stderr every run; refused by `pgferry serve`)
+    #[arg(long, global = true, value_name = "PATH")]
+    plugin_dev: Vec<PathBuf>,
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
@@ -334,6 +339,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Exit> {
+    if let Some(file) = cli.plugin_dev.first() {
+        bail!(
+            "`pgferry serve` refuses --plugin-dev ({}): a server runs only pinned plugins. Pin it in a plugins.toml (path and sha256) and pass that with --plugins, or try it with `pgferry plugin test` or `pgferry migration create --plugin-dev`",
+            file.display()
+        );
+    }
     let state_dir = state_dir(cli)?;
     let location = store_location(cli)?;
     if let Some(ServeAction::RotateToken) = args.action {
@@ -407,7 +418,7 @@ fn store_location(cli: &Cli) -> Result<store::Location> {
 
 async fn registry(cli: &Cli) -> Result<Registry> {
     let config = cli.plugins.clone().or_else(plugins::default_config_file);
-    Registry::load(config.as_deref(), plugins::default_cache_dir()).await
+    Registry::load(config.as_deref(), &cli.plugin_dev, plugins::default_cache_dir()).await
 }
 
 async fn run(cli: Cli) -> Result<Exit> {
@@ -662,6 +673,7 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
         rows.push(serde_json::json!({
             "name": a.plugin.name, "origin": a.plugin.origin, "world": "source-adapter",
             "contract": a.plugin.shape.contract.to_string(), "sha256": a.plugin.sha256,
+            "version": a.plugin.manifest.as_ref().map(|m| &m.version),
             "ids": a.description.info.ids, "displayName": a.description.info.display_name,
         }));
     }
@@ -669,6 +681,7 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
         rows.push(serde_json::json!({
             "name": r.plugin.name, "origin": r.plugin.origin, "world": "validation-rule",
             "contract": r.plugin.shape.contract.to_string(), "sha256": r.plugin.sha256,
+            "version": r.plugin.manifest.as_ref().map(|m| &m.version),
             "ids": r.rules.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         }));
     }
@@ -681,6 +694,7 @@ async fn plugin_list(cli: &Cli) -> Result<Exit> {
             for r in rows {
                 let origin = match r["origin"]["kind"].as_str() {
                     Some("file") => r["origin"]["path"].as_str().unwrap_or("file").to_string(),
+                    Some("dev") => format!("{} (--plugin-dev, unpinned)", r["origin"]["path"].as_str().unwrap_or("file")),
                     _ => "built-in".into(),
                 };
                 let ids: Vec<&str> = r["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
@@ -726,8 +740,11 @@ async fn plugin_test(
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
     let host = PluginHost::new(plugins::default_cache_dir())?;
+    // A test has no server connection for plugin SQL, so granting `sql` gives nothing; it
+    // lets a plugin that needs the grant load and show what it does without it.
     let plugin = host
-        .load(&name, Origin::File(file.to_path_buf()), &bytes, Grants::default(), settings, Limits::default())
+        .load_checked(&name, Origin::File(file.to_path_buf()), &bytes, Grants { sql: true }, settings, Limits::default(), &Given::Flag)
+        .await
         .with_context(|| format!("{} is not a usable pgferry plugin", file.display()))?;
     let source_type = source_type.map(str::to_string).or_else(|| props.as_ref().map(|p| p.source_type.clone())).unwrap_or_else(|| "OnPremises".into());
     let dbs_to_migrate = match &props {
@@ -767,6 +784,19 @@ async fn plugin_test(
     Ok(if report.status == pgferry::migration::validation_in_progress::CheckState::Failed { Exit::ValidationFailed } else { Exit::Ok })
 }
 
+/// A manifest as `plugin inspect --output json` shows it (the contract's names, camelCase).
+fn manifest_json(m: &pgferry::plugin_host::PluginManifest) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "version": m.version, "description": m.description,
+        "settings": m.settings.iter().map(|s| serde_json::json!({
+            "name": s.name, "description": s.description, "type": manifest::type_name(s.value_type),
+            "default": s.default, "required": s.required,
+        })).collect::<Vec<_>>(),
+        "grants": m.grants.iter().map(|g| manifest::grant_name(*g)).collect::<Vec<_>>(),
+        "inventorySettings": m.inventory_settings,
+    })
+}
+
 async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
@@ -774,28 +804,58 @@ async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
     let plugin = host
         .load(&name, Origin::File(file.clone()), &bytes, Grants::default(), Vec::new(), Limits::default())
         .with_context(|| format!("{} is not a usable pgferry plugin", file.display()))?;
+    let manifest = host.read_manifest(&plugin).await?;
     let provides: Vec<String> = match plugin.shape.world {
         World::ValidationRule => host.describe_rules(&plugin).await?.into_iter().map(|r| r.id).collect(),
         World::SourceAdapter => host.describe_adapter(&plugin).await?.info.ids,
     };
+    let hosted: Vec<String> = contract::HOSTED.iter().map(ToString::to_string).collect();
     let doc = serde_json::json!({
         "file": file, "sha256": plugin.sha256, "world": plugin.shape.world,
-        "contract": plugin.shape.contract.to_string(), "supportedContract": contract::CONTRACT_VERSION.range(),
+        "contract": plugin.shape.contract.to_string(), "hostedContracts": hosted, "manifest": manifest.as_ref().map(manifest_json),
         "imports": plugin.shape.imports, "exports": plugin.shape.exports, "provides": provides,
     });
     match cli.output {
         Output::Json => print_json(&doc),
-        Output::Table => print(&format!(
-            "File      {}\nsha256    {}\nWorld     {}\nContract  {} (this runner: {})\nProvides  {}\nImports   {}\nExports   {}\n",
-            file.display(),
-            plugin.sha256,
-            plugin.shape.world,
-            plugin.shape.contract,
-            contract::CONTRACT_VERSION.range(),
-            pgferry::terminal::printable(&provides.join(", "), false),
-            pgferry::terminal::printable(&plugin.shape.imports.join(", "), false),
-            pgferry::terminal::printable(&plugin.shape.exports.join(", "), false),
-        )),
+        Output::Table => {
+            // Everything but the sha256 and the versions comes from the plugin: shown, never
+            // obeyed by the terminal.
+            let p = |s: &str| pgferry::terminal::printable(s, false);
+            let mut out = format!(
+                "File      {}\nsha256    {}\nWorld     {}\nContract  {} (this runner hosts {})\n",
+                file.display(),
+                plugin.sha256,
+                plugin.shape.world,
+                plugin.shape.contract,
+                contract::hosted_list(),
+            );
+            match &manifest {
+                None => out.push_str("Manifest  none (contract 0.1.0: settings are passed unchecked)\n"),
+                Some(m) => {
+                    out.push_str(&format!("Plugin    {} {}: {}\n", p(&m.id), p(&m.version), p(&m.description)));
+                    for s in &m.settings {
+                        let default = match (&s.default, s.required) {
+                            (_, true) => "required".to_string(),
+                            (Some(d), _) => format!("default {}", p(d)),
+                            (None, _) => "optional".to_string(),
+                        };
+                        out.push_str(&format!("Setting   {} ({}, {default}): {}\n", p(&s.name), manifest::type_name(s.value_type), p(&s.description)));
+                    }
+                    let grants: Vec<&str> = m.grants.iter().map(|g| manifest::grant_name(*g)).collect();
+                    out.push_str(&format!("Grants    {}\n", if grants.is_empty() { "none".into() } else { grants.join(", ") }));
+                    if !m.inventory_settings.is_empty() {
+                        out.push_str(&format!("Reads     {}\n", p(&m.inventory_settings.join(", "))));
+                    }
+                }
+            }
+            out.push_str(&format!(
+                "Provides  {}\nImports   {}\nExports   {}\n",
+                p(&provides.join(", ")),
+                p(&plugin.shape.imports.join(", ")),
+                p(&plugin.shape.exports.join(", ")),
+            ));
+            print(&out);
+        }
     }
     Ok(Exit::Ok)
 }

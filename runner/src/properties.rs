@@ -245,7 +245,7 @@ fn parse_source(id: &str, fqdn: Option<&str>) -> Result<Endpoint> {
     let mut endpoint = if id.starts_with("/subscriptions/") {
         let name = id.rsplit('/').next().unwrap_or_default();
         let host = fqdn.with_context(|| {
-            format!("`SourceDBServerResourceId` is an Azure resource id (server {name}); set `SourceDbServerFullyQualifiedDomainName` to the host to reach it at")
+            format!("`SourceDBServerResourceId` is a cloud resource id (`/subscriptions/…`, server {name}); set `SourceDbServerFullyQualifiedDomainName` to the host to reach it at")
         })?;
         let mut e = parse_endpoint(host)?;
         e.spelled = id.to_string();
@@ -296,7 +296,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_azure_body_case_insensitively() {
+    fn parses_the_cloud_service_body_case_insensitively() {
         let p = Properties::parse(
             r#"{"properties": {
               "SourceDBServerResourceId": "source.example.com:5433@admin",
@@ -305,7 +305,7 @@ mod tests {
               "DBsToMigrate": ["ticketdb", "inventorydb"],
               "OverwriteDBsInTarget": "true",
               "MigrationMode": "Online",
-              "sourceType": "AWS",
+              "sourceType": "OnPremises",
               "sslMode": "VerifyFull",
               "migrationRuntimeResourceId": "/subscriptions/x/runtime",
               "surprise": 1

@@ -195,16 +195,20 @@ async fn sandbox_escape(host: &PluginHost) {
 
 fn wrong_contract(host: &PluginHost) {
     let (path, bytes) = read("tests/guests", "guest-wrong-contract");
-    let err = host.load("guest-wrong-contract", Origin::File(path), &bytes, Grants::default(), vec![], limits()).err().expect("a 0.2.0 plugin must be refused");
+    let err = host.load("guest-wrong-contract", Origin::File(path), &bytes, Grants::default(), vec![], limits()).err().expect("a 0.3.0 plugin must be refused");
     let shown = err.to_string();
     match kind_of(err, "guest-wrong-contract") {
-        PluginErrorKind::Shape(ShapeError::IncompatibleContract { found, supported }) => {
-            assert_eq!(found, Version { major: 0, minor: 2, patch: 0 });
-            assert_eq!(supported, "0.1.x");
+        PluginErrorKind::Shape(ShapeError::NewerContract { found, hosted }) => {
+            assert_eq!(found, Version { major: 0, minor: 3, patch: 0 });
+            assert_eq!(hosted, "0.1.0, 0.2.0");
         }
-        other => panic!("expected IncompatibleContract, got {other:?}: {shown}"),
+        other => panic!("expected NewerContract, got {other:?}: {shown}"),
     }
-    assert!(shown.contains("0.2.0") && shown.contains("0.1.x"), "{shown}");
+    assert_eq!(
+        shown,
+        "plugin `guest-wrong-contract`: was built for plugin contract 0.3.0, newer than this runner knows (it hosts contracts 0.1.0, 0.2.0); \
+         upgrade pgferry to one that hosts 0.3.0, or rebuild the plugin with a pgferry-sdk for one of 0.1.0, 0.2.0"
+    );
 }
 
 fn not_a_component(host: &PluginHost) {
@@ -360,6 +364,24 @@ async fn every_builtin_adapter_loads_and_describes_itself() {
     }
 }
 
+/// What each built-in adapter asks the inventory to read: its provider's settings and its
+/// logical-replication switch (the runner itself names none).
+#[tokio::test]
+async fn builtin_adapters_declare_their_provider_settings() {
+    let host = new_host();
+    let expected: &[(&str, &[&str])] = &[
+        ("adapter-on-premises", &[]),
+        ("adapter-aws-rds", &["rds.*", "rds.logical_replication"]),
+        ("adapter-aws-aurora", &["rds.*", "rds.logical_replication"]),
+        ("adapter-azure-vm", &[]),
+        ("adapter-azure-single-server", &["azure.*", "azure.replication_support"]),
+    ];
+    for (package, settings) in expected {
+        let m = host.read_manifest(&adapter(&host, package)).await.unwrap().expect("a manifest");
+        assert_eq!((m.id.as_str(), &m.inventory_settings[..]), (*package, &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]));
+    }
+}
+
 #[tokio::test]
 async fn provider_objects_and_replication_roles() {
     let host = new_host();
@@ -429,6 +451,115 @@ async fn rds_readiness_sees_the_inventory() {
 
     let offline = host.readiness(&p, services, &ctx(MigrationMode::Offline, "AWS", None)).await.unwrap();
     assert!(offline.is_empty(), "{offline:?}");
+}
+
+// --- contract 0.1.0 components ------------------------------------------------------------------
+
+/// Components built for contract 0.1.0 before the SDK moved to 0.2.0 (tests/guests/contract-v0.1):
+/// a rule set and a source adapter load, describe themselves, run, and see the inventory.
+#[tokio::test]
+async fn contract_0_1_components_still_run() {
+    let host = new_host();
+    async fn load(host: &PluginHost, file: &str, settings: Vec<(String, String)>) -> Plugin {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/contract-v0.1").join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        host.load_checked(file, Origin::File(path), &bytes, Grants::default(), settings, limits(), &manifest::Given::Flag)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    // A 0.1.0 plugin declares no settings: what the operator gives passes unchecked, as before.
+    let rules = load(&host, "guest-well-behaved.wasm", vec![("anything".into(), "goes".into())]).await;
+    assert_eq!(rules.shape.contract, Version { major: 0, minor: 1, patch: 0 });
+    assert!(rules.manifest.is_none());
+    assert_eq!(*rules.settings, [("anything".to_string(), "goes".to_string())]);
+    let described = host.describe_rules(&rules).await.unwrap();
+    assert_eq!(described.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["all-good"]);
+    let findings = host.check_rule(&rules, Services::none(), "all-good", &instance_ctx()).await.unwrap();
+    assert_eq!(codes(&findings), ["all-good"]);
+    assert_eq!(findings[0].message, "everything is fine");
+
+    let rds = load(&host, "adapter-aws-rds.wasm", vec![]).await;
+    assert_eq!((rds.shape.world, rds.shape.contract), (World::SourceAdapter, Version { major: 0, minor: 1, patch: 0 }));
+    let d = host.describe_adapter(&rds).await.unwrap();
+    assert_eq!(d.info.ids, ["AWS_RDS", "AWS"]);
+    assert_eq!(d.provider_objects.databases, ["rdsadmin"]);
+    assert_eq!(d.replication_roles, ["rds_replication"]);
+    let details = ConnectionDetails { host: "db.example".into(), port: 5432, user: "master".into() };
+    assert_eq!(host.normalize_connection(&rds, &details).await.unwrap(), details);
+    // Its readiness reads the inventory through 0.1.0's host imports.
+    let mut inventory = Inventory::empty();
+    inventory.source.current_user = "master".into();
+    inventory.source.roles = vec![role("rds_superuser", &[]), role("master", &["rds_superuser"])];
+    inventory.source.settings = vec![setting("rds.logical_replication", "off")];
+    let services = Arc::new(Services { inventory: Arc::new(inventory), sql: None });
+    let online = host.readiness(&rds, services, &ctx(MigrationMode::Online, "AWS", None)).await.unwrap();
+    assert_eq!(codes(&online), ["wal-level-not-logical", "replication-privilege-missing"]);
+}
+
+// --- manifests (contract 0.2.0) -------------------------------------------------------------------
+
+fn load_example(host: &PluginHost, settings: &[(&str, &str)]) -> impl std::future::Future<Output = Result<Plugin, PluginError>> {
+    let (path, bytes) = read("examples", "example-max-database-size");
+    let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let given = manifest::Given::Config("/etc/pgferry/plugins.toml".into());
+    async move { host.load_checked("max-size", Origin::File(path), &bytes, Grants::default(), settings, limits(), &given).await }
+}
+
+#[tokio::test]
+async fn the_manifest_is_read_and_its_defaults_given() {
+    let host = new_host();
+    let p = load_example(&host, &[]).await.unwrap();
+    let m = p.manifest.as_ref().expect("a 0.2.0 plugin has a manifest");
+    assert_eq!((m.id.as_str(), m.version.as_str()), ("example-max-database-size", env!("CARGO_PKG_VERSION")));
+    assert_eq!(m.settings.len(), 1);
+    assert_eq!((m.settings[0].name.as_str(), m.settings[0].value_type), ("max_bytes", SettingType::Integer));
+    // Not given: the default (2 TiB) is what the plugin sees.
+    assert_eq!(*p.settings, [("max_bytes".to_string(), (2u64 << 40).to_string())]);
+    let p = load_example(&host, &[("max_bytes", "1000")]).await.unwrap();
+    assert_eq!(*p.settings, [("max_bytes".to_string(), "1000".to_string())]);
+
+    let rds = host.load_checked("rds", Origin::BuiltIn, &read("plugins", "adapter-aws-rds").1, Grants::default(), vec![], limits(), &manifest::Given::BuiltIn).await.unwrap();
+    assert_eq!(rds.manifest.unwrap().inventory_settings, ["rds.*", "rds.logical_replication"]);
+}
+
+#[tokio::test]
+async fn settings_that_do_not_fit_the_manifest_are_refused_naming_plugin_and_key() {
+    let host = new_host();
+    let err = load_example(&host, &[("max_byte", "1000")]).await.err().expect("must be refused");
+    assert_eq!(
+        err.to_string(),
+        "plugin `max-size`: unknown setting `max_byte` in /etc/pgferry/plugins.toml; its settings are `max_bytes` (integer); fix the name or remove it"
+    );
+    let err = load_example(&host, &[("max_bytes", "2 TB")]).await.err().expect("must be refused");
+    assert_eq!(err.to_string(), "plugin `max-size`: setting `max_bytes` in /etc/pgferry/plugins.toml must be an integer, but is \"2 TB\"");
+    assert!(matches!(err.kind, PluginErrorKind::Manifest(manifest::ManifestError::Mistyped { .. })));
+}
+
+#[tokio::test]
+async fn required_settings_and_grants_are_enforced_at_load() {
+    let host = new_host();
+    // guest-sql-attacks declares that it needs the `sql` grant.
+    let (path, bytes) = read("tests/guests", "guest-sql-attacks");
+    let given = manifest::Given::Config("/etc/pgferry/plugins.toml".into());
+    let err = host.load_checked("attacks", Origin::File(path.clone()), &bytes, Grants::default(), vec![], limits(), &given).await.err().expect("must be refused");
+    assert_eq!(
+        err.to_string(),
+        "plugin `attacks`: needs grant `sql`, which it is not given in /etc/pgferry/plugins.toml; add `grants = [\"sql\"]` to its entry in /etc/pgferry/plugins.toml if you trust it with that"
+    );
+    host.load_checked("attacks", Origin::File(path), &bytes, Grants { sql: true }, vec![], limits(), &given).await.unwrap();
+
+    // guest-endpoint-mover cannot work without its `port`.
+    let (path, bytes) = read("tests/guests", "guest-endpoint-mover");
+    let err = host.load_checked("mover", Origin::File(path.clone()), &bytes, Grants::default(), vec![], limits(), &given).await.err().expect("must be refused");
+    assert_eq!(
+        err.to_string(),
+        "plugin `mover`: setting `port` is required (integer: Where to send the source connection) but not given; \
+         add `port = …` to its `[plugin.settings]` in /etc/pgferry/plugins.toml"
+    );
+    let port = vec![("port".to_string(), "5999".to_string())];
+    let p = host.load_checked("mover", Origin::File(path), &bytes, Grants::default(), port.clone(), limits(), &given).await.unwrap();
+    assert_eq!(*p.settings, port);
 }
 
 // --- the example rule plugin -------------------------------------------------------------------
@@ -543,4 +674,35 @@ async fn a_cache_dir_others_can_write_is_not_used() {
     assert_eq!(codes(&host.check_rule(&p, Services::none(), "all-good", &instance_ctx()).await.unwrap()), ["all-good"]);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing may be cached in a directory others can write to");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// --- namespaces -------------------------------------------------------------------------------
+
+/// Ids and codes are each plugin's own: two plugins with the same rule id and finding code
+/// both run, and every row and finding says which plugin it is from.
+#[tokio::test]
+async fn two_plugins_with_the_same_rule_id_both_report_distinguishably() {
+    use ::pgferry::migration::validation_in_progress::{report, rule_checks};
+    use ::pgferry::plugins::RulePlugin;
+    let host = new_host();
+    let (path, bytes) = read("tests/guests", "guest-well-behaved");
+    let mut plugins = Vec::new();
+    for name in ["team-a", "team-b"] {
+        let plugin = host.load_checked(name, Origin::File(path.clone()), &bytes, Grants::default(), vec![], limits(), &manifest::Given::Flag).await.unwrap();
+        let rules = host.describe_rules(&plugin).await.unwrap();
+        plugins.push(RulePlugin { plugin: Arc::new(plugin), rules });
+    }
+    let (server_checks, db_checks) = rule_checks(&host, &plugins, Services::none(), &instance_ctx(), &["onpremises".into()], &[]).await;
+    let doc = serde_json::to_value(report(chrono::Utc::now(), server_checks, db_checks)).unwrap();
+    let rows: Vec<(String, String, String, String)> = doc["serverLevel"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+            (s(&c["plugin"]), s(&c["id"]), s(&c["findings"][0]["plugin"]), s(&c["findings"][0]["code"]))
+        })
+        .collect();
+    let row = |p: &str| (p.to_string(), "all-good".to_string(), p.to_string(), "all-good".to_string());
+    assert_eq!(rows, [row("team-a"), row("team-b")]);
 }

@@ -90,9 +90,29 @@ impl<'h> Context<'h> {
         self.check.mode == crate::MigrationMode::Online
     }
 
-    /// One of this plugin's settings from the runner's configuration.
+    /// One of this plugin's settings from the runner's configuration (or its default), as
+    /// its manifest declares it.
     pub fn setting(&self, key: &str) -> Option<String> {
         self.host.settings().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A setting declared `integer` (the runner checked its value).
+    pub fn setting_i64(&self, key: &str) -> Option<i64> {
+        self.setting(key)?.trim().parse().ok()
+    }
+
+    /// A setting declared `number`.
+    pub fn setting_f64(&self, key: &str) -> Option<f64> {
+        self.setting(key)?.trim().parse().ok()
+    }
+
+    /// A setting declared `boolean` (the runner gives `true` or `false`).
+    pub fn setting_bool(&self, key: &str) -> Option<bool> {
+        match self.setting(key)?.trim() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
     }
 
     /// Read-only SQL; works only when the operator granted this plugin `sql`.

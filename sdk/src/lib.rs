@@ -29,6 +29,13 @@
 //! # fn main() {}
 //! ```
 //!
+//! The plugin's [manifest](Manifest) (contract 0.2.0) comes from the same macro: its id,
+//! version and description default to the crate's `name`, `version` and `description`;
+//! settings (typed, with defaults), grants and the server settings the plugin reads are
+//! declared with `export_rules!(A, B; manifest = Manifest::new("…").setting(…))`, or, for
+//! an adapter, by [`SourceAdapter::manifest`]. The runner checks the operator's
+//! configuration against it before any migration starts.
+//!
 //! Build with `cargo build --target wasm32-wasip2`; test natively with [`testing::Fixture`].
 //! The generated WIT bindings stay private: authors see only the types re-exported here.
 
@@ -37,6 +44,8 @@ extern crate self as pgferry_sdk;
 mod context;
 mod findings;
 mod inventory;
+mod manifest;
+pub use manifest::Manifest;
 pub use inventory::{normalize_locale, quote_ident, version_cmp};
 pub mod provider;
 pub mod testing;
@@ -47,7 +56,7 @@ pub use findings::*;
 #[doc(hidden)]
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../wit/since_v0.1.0",
+        path: "../wit/since_v0.2.0",
         world: "validation-rule",
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         pub_export_macro: true,
@@ -60,7 +69,7 @@ pub mod wit {
 #[doc(hidden)]
 pub mod wit_adapter {
     wit_bindgen::generate!({
-        path: "../wit/since_v0.1.0",
+        path: "../wit/since_v0.2.0",
         world: "source-adapter",
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
         pub_export_macro: true,
@@ -68,17 +77,19 @@ pub mod wit_adapter {
         default_bindings_module: "::pgferry_sdk::wit_adapter",
         runtime_path: "::pgferry_sdk::__private::wit_bindgen::rt",
         with: {
-            "pgferry:plugin/types@0.1.0": crate::wit::pgferry::plugin::types,
-            "pgferry:plugin/host@0.1.0": crate::wit::pgferry::plugin::host,
+            "pgferry:plugin/types@0.2.0": crate::wit::pgferry::plugin::types,
+            "pgferry:plugin/host@0.2.0": crate::wit::pgferry::plugin::host,
+            "pgferry:plugin/manifest@0.2.0": crate::wit::pgferry::plugin::manifest,
         },
     });
 }
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 pub use wit::exports::pgferry::plugin::rules::RuleDescriptor;
 pub use wit::pgferry::plugin::host::{LogLevel, QueryResult};
+pub use wit::pgferry::plugin::manifest::{Grant, PluginManifest, SettingSpec, SettingType};
 pub use wit::pgferry::plugin::types::{
     AvailableExtension, CastInfo, CheckContext, CollationInfo, ColumnInfo, DatabaseInfo,
     DatabaseSummary, ExtensionInfo, Finding, LanguageInfo, Level, MigrationMode, MigrationOption,
@@ -101,6 +112,13 @@ pub trait Rule {
 /// a source that differs from the others only in data implements
 /// [`provider::ProviderAdapter`] instead, which implements this.
 pub trait SourceAdapter {
+    /// What the adapter declares about itself beyond its source type: settings, grants,
+    /// and the provider's server settings the inventory must read
+    /// ([`Manifest::reads_settings`]). Id, version and description default to the crate's.
+    fn manifest(&self) -> Manifest {
+        Manifest::default()
+    }
+
     fn info(&self) -> AdapterInfo;
 
     fn normalize_connection(&self, details: ConnectionDetails) -> Result<ConnectionDetails, String> {
@@ -156,22 +174,40 @@ pub mod __private {
 
     pub use crate::context::WasmHost;
     pub use crate::wit::exports::pgferry::plugin::rules::Guest as RulesGuest;
+    pub use crate::manifest::finish;
     pub use crate::wit_adapter::exports::pgferry::plugin::adapter::Guest as AdapterGuest;
 }
 
-/// Exports one or more [`Rule`] types (each `Default`) as the plugin's rule set.
+/// Exports one or more [`Rule`] types (each `Default`) as the plugin's rule set, with the
+/// plugin's manifest: `export_rules!(A, B)` declares no settings;
+/// `export_rules!(A, B; manifest = Manifest::new("…").setting(SettingSpec::integer("max", "…").with_default(5)))`
+/// declares what the expression says. Id, version and description left empty are the
+/// crate's `name`, `version` and `description`.
 ///
 /// For native tests it also defines `__PgferryRuleSet` in the calling module:
 /// `__PgferryRuleSet::descriptors()` lists the exported rules' descriptors (e.g. to check a
-/// README documents every rule) and `__PgferryRuleSet::run(id, ctx, &fixture)` runs one of
-/// them by id, as the runner would.
+/// README documents every rule), `__PgferryRuleSet::manifest()` the manifest, and
+/// `__PgferryRuleSet::run(id, ctx, &fixture)` runs one of them by id, as the runner would.
 #[macro_export]
 macro_rules! export_rules {
     ($($rule:ty),+ $(,)?) => {
+        $crate::export_rules!($($rule),+ ; manifest = $crate::Manifest::default());
+    };
+    ($($rule:ty),+ ; manifest = $manifest:expr $(,)?) => {
         #[doc(hidden)]
         pub struct __PgferryRuleSet;
 
         impl __PgferryRuleSet {
+            /// The manifest the component exports, as the runner reads it.
+            pub fn manifest() -> $crate::PluginManifest {
+                $crate::__private::finish(
+                    $manifest,
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CARGO_PKG_DESCRIPTION"),
+                )
+            }
+
             /// The descriptors of the exported rules, in the order `export_rules!` lists them.
             pub fn descriptors() -> ::std::vec::Vec<$crate::RuleDescriptor> {
                 ::std::vec![$(
@@ -197,6 +233,9 @@ macro_rules! export_rules {
         }
 
         impl $crate::__private::RulesGuest for __PgferryRuleSet {
+            fn manifest() -> $crate::PluginManifest {
+                Self::manifest()
+            }
             fn describe() -> ::std::vec::Vec<$crate::RuleDescriptor> {
                 Self::descriptors()
             }
@@ -221,7 +260,22 @@ macro_rules! export_adapter {
         #[doc(hidden)]
         pub struct __PgferryAdapter;
 
+        impl __PgferryAdapter {
+            /// The manifest the component exports, as the runner reads it.
+            pub fn manifest() -> $crate::PluginManifest {
+                $crate::__private::finish(
+                    $crate::SourceAdapter::manifest(&<$adapter as ::core::default::Default>::default()),
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CARGO_PKG_DESCRIPTION"),
+                )
+            }
+        }
+
         impl $crate::__private::AdapterGuest for __PgferryAdapter {
+            fn manifest() -> $crate::PluginManifest {
+                Self::manifest()
+            }
             fn info() -> $crate::AdapterInfo {
                 $crate::SourceAdapter::info(&<$adapter as ::core::default::Default>::default())
             }

@@ -127,11 +127,14 @@ pub struct Objects {
     pub roles: &'static [&'static str],
     pub schemas: &'static [&'static str],
     pub extensions: &'static [&'static str],
+    /// The provider's server settings the inventory must read (`rds.*`, or a name, read
+    /// even as a placeholder). The logical-replication switch's setting is added by itself.
+    pub settings: &'static [&'static str],
 }
 
 impl Objects {
     /// A self-managed server: nothing is the provider's.
-    pub const NONE: Objects = Objects { databases: &[], roles: &[], schemas: &[], extensions: &[] };
+    pub const NONE: Objects = Objects { databases: &[], roles: &[], schemas: &[], extensions: &[], settings: &[] };
 }
 
 /// What switches logical replication on.
@@ -181,6 +184,18 @@ pub struct Admin {
 }
 
 impl Provider {
+    /// The manifest: described by the display name, reading the provider's settings and
+    /// the logical-replication switch.
+    pub fn manifest(&self) -> Manifest {
+        let mut reads = self.objects.settings.to_vec();
+        if let Switch::Setting { name, .. } = self.logical.switch
+            && !reads.contains(&name)
+        {
+            reads.push(name);
+        }
+        Manifest::new(&format!("Source adapter for {}", self.display_name)).reads_settings(&reads)
+    }
+
     pub fn info(&self) -> AdapterInfo {
         AdapterInfo {
             ids: strings(self.ids),
@@ -291,6 +306,9 @@ pub trait ProviderAdapter {
 }
 
 impl<T: ProviderAdapter> SourceAdapter for T {
+    fn manifest(&self) -> Manifest {
+        T::PROVIDER.manifest()
+    }
     fn info(&self) -> AdapterInfo {
         T::PROVIDER.info()
     }

@@ -84,7 +84,7 @@ async fn inventory_of_a_varied_database() -> Result<()> {
 
     // --- Server level -----------------------------------------------------------------
     let admin = pg.client("postgres").await?;
-    let server = collect_server(&admin, Side::Source, "127.0.0.1", pg.port()).await?;
+    let server = collect_server(&admin, Side::Source, "127.0.0.1", pg.port(), &[]).await?;
     assert_eq!(server.side, Side::Source);
     assert_eq!(server.port, pg.port());
     assert_eq!(server.version_num / 10000, pg.version());
@@ -166,7 +166,7 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     let idle = pg.client("inv").await?;
     idle.batch_execute("BEGIN; SELECT txid_current(); SELECT pg_sleep(1.1)")
         .await?;
-    let server = collect_server(&admin, Side::Target, "h", 1).await?;
+    let server = collect_server(&admin, Side::Target, "h", 1, &[]).await?;
     assert_eq!(server.side, Side::Target);
     assert_eq!(server.replication_slots_used, 1);
     assert!(
@@ -346,6 +346,43 @@ async fn inventory_of_a_varied_database() -> Result<()> {
     Ok(())
 }
 
+/// The settings read are the base ones plus exactly what the plugins declare: a name (read
+/// even when only a placeholder, as a provider's custom setting often is) or a prefix.
+#[tokio::test]
+async fn the_settings_read_are_the_base_ones_and_those_plugins_declare() -> Result<()> {
+    let pg = Cluster::builder()
+        .setting("vendor.logical_decoding", "on")
+        .setting("vendor.undeclared", "x")
+        .start()?;
+    let admin = pg.client("postgres").await?;
+    let names = |server: &pgferry::plugin_host::ServerInfo| server.settings.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+
+    let base = collect_server(&admin, Side::Source, "127.0.0.1", pg.port(), &[]).await?;
+    assert!(names(&base).contains(&"wal_level".to_string()), "{:?}", names(&base));
+    assert!(!names(&base).iter().any(|n| n.starts_with("vendor.") || n.starts_with("autovacuum")), "{:?}", names(&base));
+
+    let declared = ["vendor.logical_decoding".to_string(), "autovacuum_vacuum_*".to_string()];
+    let server = collect_server(&admin, Side::Source, "127.0.0.1", pg.port(), &declared).await?;
+    let placeholder = server.settings.iter().find(|s| s.name == "vendor.logical_decoding").expect("the declared placeholder");
+    assert_eq!((placeholder.value.as_str(), placeholder.unit.as_str()), ("on", ""));
+    assert!(names(&server).contains(&"autovacuum_vacuum_threshold".to_string()), "{:?}", names(&server));
+    assert!(names(&server).iter().filter(|n| n.starts_with("autovacuum")).all(|n| n.starts_with("autovacuum_vacuum_")), "{:?}", names(&server));
+    assert!(!names(&server).contains(&"vendor.undeclared".to_string()), "{:?}", names(&server));
+    // The base settings stay.
+    assert_eq!(names(&server).iter().filter(|n| *n == "wal_level").count(), 1);
+
+    // A setting the login may not read (superuser-only, hidden from its pg_settings) is left
+    // out; it does not break the inventory.
+    pg.psql("postgres", "CREATE ROLE plain LOGIN")?;
+    let (plain, conn) = pg.config("postgres").user("plain").connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let declared = ["data_directory".to_string(), "vendor.logical_decoding".to_string()];
+    let server = collect_server(&plain, Side::Source, "127.0.0.1", pg.port(), &declared).await?;
+    assert!(!names(&server).contains(&"data_directory".to_string()), "{:?}", names(&server));
+    assert!(names(&server).contains(&"vendor.logical_decoding".to_string()), "{:?}", names(&server));
+    Ok(())
+}
+
 #[tokio::test]
 async fn inventory_of_two_thousand_tables() -> Result<()> {
     // Creating 2,000 tables with primary keys in one transaction holds ~4,000 locks.
@@ -376,7 +413,7 @@ async fn inventory_of_two_thousand_tables() -> Result<()> {
     assert_eq!(postgres.map(|(_, n)| *n), Some(2000), "{:?}", db.owners);
 
     let t = Instant::now();
-    collect_server(&client, Side::Source, "127.0.0.1", pg.port()).await?;
+    collect_server(&client, Side::Source, "127.0.0.1", pg.port(), &[]).await?;
     eprintln!("collecting the server inventory took {:?}", t.elapsed());
     Ok(())
 }

@@ -30,7 +30,7 @@ fn plugin_list_shows_every_builtin() {
     for id in ["OnPremises", "AWS_RDS", "AWS", "AWS_AURORA", "AzureVM", "PostgreSQLSingleServer", "server-version", "wal-level", "replica-identity", "extensions"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    assert!(rows.as_array().unwrap().iter().all(|r| r["contract"] == "0.1.0"));
+    assert!(rows.as_array().unwrap().iter().all(|r| r["contract"] == "0.2.0"));
 }
 
 #[test]
@@ -41,10 +41,23 @@ fn plugin_inspect_describes_a_component_and_refuses_what_is_not_one() {
     assert_eq!(out.code, 0, "{}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["world"], "validation-rule");
-    assert_eq!(doc["contract"], "0.1.0");
+    assert_eq!(doc["contract"], "0.2.0");
+    assert_eq!(doc["hostedContracts"], json!(["0.1.0", "0.2.0"]));
     assert_eq!(doc["sha256"], sha256(&example));
     assert_eq!(doc["provides"], json!(["max-database-size"]));
-    assert!(doc["exports"].as_array().unwrap().iter().any(|e| e == "pgferry:plugin/rules@0.1.0"));
+    assert!(doc["exports"].as_array().unwrap().iter().any(|e| e == "pgferry:plugin/rules@0.2.0"));
+    assert_eq!(doc["manifest"]["id"], "example-max-database-size");
+    assert_eq!(doc["manifest"]["settings"], json!([{"name": "max_bytes", "description": "Largest database size allowed, in bytes",
+        "type": "integer", "default": (2u64 << 40).to_string(), "required": false}]));
+    let table = pf.run(&["plugin", "inspect", &example.display().to_string()]);
+    assert!(table.stdout.contains("Setting   max_bytes (integer, default 2199023255552): Largest database size allowed, in bytes\nGrants    none\n"), "{}", table.transcript());
+
+    // A component built for contract 0.1.0 has no manifest and is still hosted.
+    let old = workspace_root().join("tests/guests/contract-v0.1/guest-well-behaved.wasm");
+    let out = pf.run(&["plugin", "inspect", &old.display().to_string(), "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((&doc["contract"], &doc["manifest"], &doc["provides"]), (&json!("0.1.0"), &Value::Null, &json!(["all-good"])));
 
     let text = pf.write("notes.txt", "not wasm at all");
     let core = pf.write("core.wasm", b"\0asm\x01\0\0\0");
@@ -52,7 +65,11 @@ fn plugin_inspect_describes_a_component_and_refuses_what_is_not_one() {
     let cases = [
         (text.display().to_string(), "is not a WebAssembly file"),
         (core.display().to_string(), "is a core WebAssembly module, not a component"),
-        (wrong.display().to_string(), "was built for plugin contract 0.2.0, but this runner supports 0.1.x"),
+        (
+            wrong.display().to_string(),
+            "plugin `guest-wrong-contract`: was built for plugin contract 0.3.0, newer than this runner knows (it hosts contracts 0.1.0, 0.2.0); \
+             upgrade pgferry to one that hosts 0.3.0, or rebuild the plugin with a pgferry-sdk for one of 0.1.0, 0.2.0",
+        ),
     ];
     for (file, expected) in cases {
         let out = pf.run(&["plugin", "inspect", &file]);
@@ -214,4 +231,97 @@ fn an_inventory_dump_is_an_sdk_fixture_and_plugin_test_runs_one_plugin_against_i
     let out = pf.run(&["plugin", "test", &example, "--inventory", &props]);
     assert_eq!(out.code, 1, "{}", out.transcript());
     assert!(out.stderr.contains("is not an inventory dump"), "{}", out.transcript());
+}
+
+/// A plugins.toml entry for `wasm`, pinned, with `extra` lines (grants, settings).
+fn entry(wasm: &std::path::Path, extra: &str) -> String {
+    format!("[[plugin]]\npath = {:?}\nsha256 = {:?}\n{extra}", wasm.display().to_string(), sha256(wasm))
+}
+
+/// Every way a plugin's configuration can miss its manifest is refused when the plugins are
+/// loaded, before any server is touched or anything recorded, naming plugin, key and file.
+#[test]
+fn configurations_that_do_not_fit_the_manifest_are_refused_at_load() {
+    let pf = Pgferry::new();
+    let example = example_wasm();
+    let attacks = guest_wasm("guest-sql-attacks");
+    let mover = guest_wasm("guest-endpoint-mover");
+    let wrong = guest_wasm("guest-wrong-contract");
+    let cases = [
+        ("unknown", entry(&example, "[plugin.settings]\nmax_byte = 1000\n"),
+         "plugin `example-max-database-size`: unknown setting `max_byte` in FILE; its settings are `max_bytes` (integer); fix the name or remove it"),
+        ("mistyped", entry(&example, "[plugin.settings]\nmax_bytes = \"lots\"\n"),
+         "plugin `example-max-database-size`: setting `max_bytes` in FILE must be an integer, but is \"lots\""),
+        ("array", entry(&example, "[plugin.settings]\nmax_bytes = [1, 2]\n"),
+         "plugin `example-max-database-size`: setting `max_bytes` in FILE is an array; a setting is text, a boolean or a number"),
+        ("required", entry(&mover, ""),
+         "plugin `guest-endpoint-mover`: setting `port` is required (integer: Where to send the source connection) but not given; add `port = …` to its `[plugin.settings]` in FILE"),
+        ("grant", entry(&attacks, ""),
+         "plugin `guest-sql-attacks`: needs grant `sql`, which it is not given in FILE; add `grants = [\"sql\"]` to its entry in FILE if you trust it with that"),
+        ("newer", entry(&wrong, ""),
+         "plugin `guest-wrong-contract`: was built for plugin contract 0.3.0, newer than this runner knows (it hosts contracts 0.1.0, 0.2.0); upgrade pgferry to one that hosts 0.3.0, or rebuild the plugin with a pgferry-sdk for one of 0.1.0, 0.2.0"),
+    ];
+    let props = pf
+        .write("p.json", json!({"properties": {"SourceDBServerResourceId": "127.0.0.1:1@postgres", "DBsToMigrate": ["app"], "sourceType": "OnPremises"}}).to_string())
+        .display()
+        .to_string();
+    for (name, config, expected) in cases {
+        let file = pf.write(&format!("{name}.toml"), config).display().to_string();
+        let expected = expected.replace("FILE", &file);
+        let out = pf.run(&["--plugins", &file, "plugin", "list"]);
+        assert_eq!(out.code, 1, "{name}: {}", out.transcript());
+        assert_eq!(out.stderr.trim_end(), format!("Error: {expected}"), "{name}: {}", out.transcript());
+        // A migration is refused the same way, before it reaches a server or the store.
+        let out = pf.run(&["--plugins", &file, "migration", "create", "--migration-name", name, "--properties", &props, "--target", "127.0.0.1:1"]);
+        assert_eq!(out.code, 1, "{name}: {}", out.transcript());
+        assert!(out.stderr.contains(&expected), "{name}: {}", out.transcript());
+    }
+    let list = pf.run(&["migration", "list", "--output", "json"]);
+    assert_eq!(list.stdout.trim(), "[]", "nothing recorded: {}", list.transcript());
+
+    // Two plugins of one name could not be told apart in a report.
+    let twice = pf.write("twice.toml", format!("{}{}", entry(&example, ""), entry(&example, ""))).display().to_string();
+    let out = pf.run(&["--plugins", &twice, "plugin", "list"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    let path = example.display();
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!("Error: two plugins are named `example-max-database-size` ({path} and {path}); reports tell plugins apart by name: give one another `name` in the plugin configuration")
+    );
+
+    // Fitting values are given to the plugin as its manifest types them; 0.1.0 components
+    // load beside 0.2.0 ones.
+    let old = workspace_root().join("tests/guests/contract-v0.1/guest-well-behaved.wasm");
+    let file = pf.write("good.toml", format!("{}{}", entry(&example, "[plugin.settings]\nmax_bytes = 1000\n"), entry(&old, "name = \"old-rules\"\n"))).display().to_string();
+    let out = pf.run(&["--plugins", &file, "plugin", "list", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let rows: Value = serde_json::from_str(&out.stdout).unwrap();
+    let contract = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} missing: {rows:#}"))["contract"].clone();
+    assert_eq!((contract("example-max-database-size"), contract("old-rules")), (json!("0.2.0"), json!("0.1.0")));
+    let version = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["version"].clone();
+    assert_eq!((version("example-max-database-size"), version("old-rules")), (json!(env!("CARGO_PKG_VERSION")), Value::Null));
+}
+
+/// `--plugin-dev PATH` loads an unpinned file with a loud warning naming it; `serve` refuses it.
+#[test]
+fn plugin_dev_loads_unpinned_with_a_warning_and_serve_refuses_it() {
+    let pf = Pgferry::new();
+    let example = example_wasm();
+    let path = example.display().to_string();
+    let out = pf.run(&["--plugin-dev", &path, "plugin", "list"]);
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    assert!(
+        out.stderr.contains(&format!("WARNING: DEVELOPMENT PLUGIN `example-max-database-size` loaded from {path} without a sha256 pin (--plugin-dev)")),
+        "{}",
+        out.transcript()
+    );
+    let row = out.stdout.lines().find(|l| l.starts_with(" example-max-database-size")).unwrap_or_else(|| panic!("{}", out.transcript()));
+    assert!(row.contains(&format!("{path} (--plugin-dev, unpinned)")) && row.contains("max-database-size"), "{row}");
+
+    let out = pf.run(&["--plugin-dev", &path, "serve"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!("Error: `pgferry serve` refuses --plugin-dev ({path}): a server runs only pinned plugins. Pin it in a plugins.toml (path and sha256) and pass that with --plugins, or try it with `pgferry plugin test` or `pgferry migration create --plugin-dev`")
+    );
 }

@@ -163,6 +163,9 @@ async fn fill(c: &Client, css: &str, value: &str) {
 }
 
 async fn choose(c: &Client, css: &str, value: &str) {
+    // Some choices (the source types) arrive from the API after the form is drawn.
+    let option = format!("{css} option[value='{value}']");
+    c.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(&option)).await.unwrap_or_else(|e| panic!("no option {value} in {css}: {e}"));
     c.find(Locator::Css(css)).await.unwrap().select_by_value(value).await.unwrap();
 }
 

@@ -327,7 +327,11 @@ fn a_provider_database_in_dbs_to_migrate_is_a_validation_error_and_never_copied(
     let check = admin["checks"].as_array().unwrap().iter().find(|c| c["id"] == "provider-database").expect("the provider-database check");
     let finding = &check["findings"][0];
     assert_eq!(finding["severity"], "error");
-    assert!(finding["message"].as_str().unwrap().contains("\"rdsadmin\" is the provider's own"), "{finding:#}");
+    assert_eq!(finding["plugin"], "adapter-aws-rds");
+    assert_eq!(
+        finding["message"],
+        "database \"rdsadmin\" is the provider's own (source adapter plugin `adapter-aws-rds` declares it for Amazon RDS for PostgreSQL): it must not be migrated"
+    );
     assert_eq!(finding["remediation"], "remove \"rdsadmin\" from DBsToMigrate");
     let app = dbs.iter().find(|d| d["databaseName"] == "app").unwrap();
     assert!(!app["checks"].as_array().unwrap().iter().any(|c| c["id"] == "provider-database"), "app is the user's: {app:#}");
@@ -337,7 +341,33 @@ fn a_provider_database_in_dbs_to_migrate_is_a_validation_error_and_never_copied(
     // Without validation it is refused before anything is recorded.
     let out = pf.run(&["migration", "create", "--migration-name", "unchecked", "--properties", &props, "--target", &target, "--migration-option", "Migrate"]);
     assert_eq!(out.code, 1, "{}", out.transcript());
-    assert!(out.stderr.contains("\"rdsadmin\" is the provider's own") && out.stderr.contains("remove it from DBsToMigrate"), "{}", out.transcript());
+    assert_eq!(
+        out.stderr.trim_end(),
+        "Error: database \"rdsadmin\" is the provider's own (source adapter plugin `adapter-aws-rds` declares it for Amazon RDS for PostgreSQL): it must not be migrated; remove it from DBsToMigrate",
+        "{}",
+        out.transcript()
+    );
     let shown = pf.run(&["migration", "show", "--migration-name", "unchecked"]);
     assert_eq!(shown.code, 3, "nothing was recorded: {}", shown.transcript());
+}
+
+/// The runner reads the settings a source adapter declares, and only those: the RDS adapter
+/// declares `rds.*` and its switch `rds.logical_replication`, which a server without the
+/// provider's module holds only as a placeholder; its readiness then judges by it.
+#[test]
+fn the_settings_an_adapter_declares_are_read_even_as_placeholders() {
+    let source = Cluster::builder().setting("wal_level", "logical").setting("rds.logical_replication", "0").start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    let s = Servers { source, target };
+    let pf = Pgferry::new();
+    let props = properties(&pf, &s, json!({"sourceType": "AWS_RDS", "MigrationMode": "Online"}));
+    let out = pf.run(&["migration", "create", "--migration-name", "rds-flag", "--properties", &props, "--target", &target_arg(&s), "--migration-option", "Validate", "--output", "json"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let readiness = doc["validation"]["serverLevel"]["checks"].as_array().unwrap().iter().find(|c| c["id"] == "source-readiness").unwrap().clone();
+    let finding = readiness["findings"].as_array().unwrap().iter().find(|f| f["code"] == "wal-level-not-logical").unwrap_or_else(|| panic!("{readiness:#}")).clone();
+    assert_eq!(finding["plugin"], "adapter-aws-rds");
+    assert_eq!(finding["object"], "rds.logical_replication");
+    assert_eq!(finding["message"], "rds.logical_replication is `0`; online migration needs logical replication");
 }

@@ -62,7 +62,11 @@ fn human(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} bytes") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-export_rules!(MaxDatabaseSize);
+export_rules!(
+    MaxDatabaseSize;
+    manifest = Manifest::new("Source databases stay under a size limit")
+        .setting(SettingSpec::integer("max_bytes", "Largest database size allowed, in bytes").with_default(DEFAULT_MAX_BYTES))
+);
 
 #[cfg(test)]
 mod tests {

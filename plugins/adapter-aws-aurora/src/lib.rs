@@ -40,7 +40,7 @@ impl ProviderAdapter for AwsAurora {
         preferred_ssl_mode: SslMode::Require,
         // rds.logical_replication and rds_replication decide these, not wal_level and REPLICATION.
         owned_codes: &[WAL_LEVEL_NOT_LOGICAL, REPLICATION_PRIVILEGE_MISSING],
-        objects: Objects { databases: &["rdsadmin"], roles: &["rdsadmin", "rds_*", "rdsrepladmin", "rdstopmgr"], ..Objects::NONE },
+        objects: Objects { databases: &["rdsadmin"], roles: &["rdsadmin", "rds_*", "rdsrepladmin", "rdstopmgr"], settings: &["rds.*"], ..Objects::NONE },
         logical: Logical {
             switch: Switch::Setting { name: LOGICAL_SETTING, on: &["on", "1", "true"] },
             needs: "logical replication",

@@ -30,6 +30,7 @@ const SINGLE_SERVER: Provider = Provider {
     objects: Objects {
         databases: &["azure_maintenance", "azure_sys"],
         roles: &["azure_superuser", "azure_pg_admin", "azuresu"],
+        settings: &["azure.*"],
         ..Objects::NONE
     },
     logical: Logical {
@@ -58,6 +59,10 @@ pub struct AzureSingleServer;
 
 // Not a plain ProviderAdapter: the login and the remediation need the server's name.
 impl SourceAdapter for AzureSingleServer {
+    fn manifest(&self) -> Manifest {
+        SINGLE_SERVER.manifest()
+    }
+
     fn info(&self) -> AdapterInfo {
         SINGLE_SERVER.info()
     }
@@ -140,6 +145,13 @@ mod tests {
         let mut ctx = fx.context(MigrationMode::Online, None);
         ctx.source_type = "PostgreSQLSingleServer".into();
         fx.readiness(&AzureSingleServer, ctx)
+    }
+
+    #[test]
+    fn the_manifest_asks_for_the_provider_settings() {
+        let m = __PgferryAdapter::manifest();
+        assert_eq!(m.id, "adapter-azure-single-server");
+        assert_eq!(m.inventory_settings, ["azure.*", "azure.replication_support"]);
     }
 
     #[test]

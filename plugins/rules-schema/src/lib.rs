@@ -383,5 +383,8 @@ export_rules!(
     ProceduralLanguages,
     ObjectOwners,
     GeneratedColumns,
-    TablesWithoutPrimaryKey,
+    TablesWithoutPrimaryKey;
+    // A managed target's extension allowlist (Azure Database for PostgreSQL).
+    manifest = Manifest::new("Premigration checks of the migrated databases' schema: extensions, collations, casts, languages, owners")
+        .reads_settings(&["azure.extensions"])
 );

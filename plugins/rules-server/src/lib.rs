@@ -371,5 +371,7 @@ export_rules!(
     TargetDatabaseExists,
     RolePrivileges,
     LockTableCapacity,
-    EncodingLocale
+    EncodingLocale;
+    manifest = Manifest::new("Premigration checks of both servers: versions, databases, roles, lock capacity, encodings")
+        .setting(SettingSpec::integer("max_databases", "Databases one migration moves before `too-many-databases` warns").with_default(8))
 );

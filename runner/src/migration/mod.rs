@@ -310,7 +310,7 @@ pub async fn live_inventory(registry: &Registry, props: &Properties, target: Opt
     let adapter = registry.require_adapter(&props.source_type)?;
     let target = target_spec_of(props, target)?;
     let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
-    Ok(performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate).await?.inventory)
+    Ok(performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate, &registry.inventory_settings()).await?.inventory)
 }
 
 /// "Test connection" of a wizard: reaches the source a properties body names (through its
@@ -320,7 +320,7 @@ pub async fn source_facts(registry: &Registry, props: &Properties) -> Result<ser
     let adapter = registry.require_adapter(&props.source_type)?;
     let (source, _) = performing_prerequisite_steps::apply_adapter(registry, adapter, source_params(props)?, props.allow_adapter_endpoint_change).await?;
     let (client, tls) = source.connect(&source.dbname).await?;
-    let info = crate::inventory::collect_server(&client, crate::plugin_host::Side::Source, &source.host, source.port)
+    let info = crate::inventory::collect_server(&client, crate::plugin_host::Side::Source, &source.host, source.port, &registry.inventory_settings())
         .await
         .with_context(|| format!("reading what the {} holds", source.describe()))?;
     let provider = &adapter.description.provider_objects.databases;
@@ -540,7 +540,7 @@ async fn drive(store: &mut Store, run: &Run<'_>, source: ConnSpec, target: ConnS
     let props = &req.properties;
     let option = req.option.or(props.option).unwrap_or(MigrationOption::ValidateAndMigrate);
     let mode = req.mode.or(props.mode).unwrap_or(MigrationMode::Offline);
-    let prepared = match performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate).await {
+    let prepared = match performing_prerequisite_steps::run(source, target, &props.dbs_to_migrate, &registry.inventory_settings()).await {
         Ok(p) => p,
         Err(e) => return fail(store, id, "PerformingPreRequisiteSteps", e),
     };

@@ -74,13 +74,15 @@ pub async fn apply_adapter(registry: &Registry, adapter: &AdapterPlugin, params:
     Ok((source, change))
 }
 
-pub async fn run(source: ConnSpec, target: ConnSpec, dbs_to_migrate: &[String]) -> Result<Prepared> {
+/// `declared_settings`: the server settings the plugins read beyond the base ones
+/// ([`Registry::inventory_settings`]).
+pub async fn run(source: ConnSpec, target: ConnSpec, dbs_to_migrate: &[String], declared_settings: &[String]) -> Result<Prepared> {
     let (source_client, source_tls) = source.connect(&source.dbname).await?;
     let (target_client, target_tls) = target.connect(&target.dbname).await?;
-    let source_info = inventory::collect_server(&source_client, Side::Source, &source.host, source.port)
+    let source_info = inventory::collect_server(&source_client, Side::Source, &source.host, source.port, declared_settings)
         .await
         .with_context(|| format!("collecting the inventory of the {}", source.describe()))?;
-    let target_info = inventory::collect_server(&target_client, Side::Target, &target.host, target.port)
+    let target_info = inventory::collect_server(&target_client, Side::Target, &target.host, target.port, declared_settings)
         .await
         .with_context(|| format!("collecting the inventory of the {}", target.describe()))?;
 

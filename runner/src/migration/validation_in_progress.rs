@@ -17,9 +17,13 @@ pub enum CheckState {
     Failed,
 }
 
+/// One finding as shown. Codes are the plugin's own: two plugins may use the same code,
+/// and `plugin` tells them apart (reports stored before it existed read it as empty).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FindingReport {
+    #[serde(default)]
+    pub plugin: String,
     pub severity: String,
     pub code: String,
     pub message: String,
@@ -138,10 +142,11 @@ pub fn report(started_on: DateTime<Utc>, server_checks: Vec<CheckReport>, db_che
 
 pub fn check_report(id: &str, title: &str, plugin: &str, result: Result<Vec<Finding>, crate::plugin_host::PluginError>) -> CheckReport {
     let findings: Vec<FindingReport> = match result {
-        Ok(findings) => findings.into_iter().map(finding_report).collect(),
+        Ok(findings) => findings.into_iter().map(|f| finding_report(plugin, f)).collect(),
         Err(error) => {
             tracing::error!("{error}");
             vec![FindingReport {
+                plugin: plugin.into(),
                 severity: "error".into(),
                 code: "plugin-failed".into(),
                 message: format!("rule `{id}` could not run: {error}"),
@@ -153,8 +158,9 @@ pub fn check_report(id: &str, title: &str, plugin: &str, result: Result<Vec<Find
     CheckReport { id: id.into(), title: title.into(), plugin: plugin.into(), state: state_of(&findings), findings }
 }
 
-fn finding_report(f: Finding) -> FindingReport {
+fn finding_report(plugin: &str, f: Finding) -> FindingReport {
     FindingReport {
+        plugin: plugin.into(),
         severity: match f.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
@@ -189,6 +195,7 @@ impl ValidationReport {
     /// `AllowAdapterEndpointChange`): the source password went to the new endpoint.
     pub fn endpoint_changed(&mut self, change: &super::performing_prerequisite_steps::EndpointChange) {
         let finding = FindingReport {
+            plugin: change.plugin.clone(),
             severity: "warning".into(),
             code: "adapter-endpoint-change".into(),
             message: format!(
@@ -218,6 +225,7 @@ impl ValidationReport {
                 continue;
             }
             let finding = FindingReport {
+                plugin: adapter.plugin.name.clone(),
                 severity: "error".into(),
                 code: "provider-database".into(),
                 message: provider_database_message(adapter, &db.database_name),

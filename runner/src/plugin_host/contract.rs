@@ -1,11 +1,31 @@
 //! Reading what a component was built for, before wasmtime compiles it: a plugin built for
-//! another contract version gets a message naming both versions instead of wasmtime's
-//! "function implementation is missing".
+//! a contract this runner does not host gets a message naming its version and the hosted
+//! ones instead of wasmtime's "function implementation is missing".
+//!
+//! The policy (docs/plugins.md, "Versioning"): a runner hosts every contract version it
+//! knows, each `wit/since_vX.Y.Z/` folder, and exactly those. A component built for any
+//! other version is refused, a newer patch included: while the contract is 0.x, any
+//! release may add to it, and a component may rely on what was added.
 
 use wasmparser::{Chunk, Encoding, Parser, Payload};
 
-/// The contract version this runner hosts (the `wit/since_v0.1.0` package).
-pub const CONTRACT_VERSION: Version = Version { major: 0, minor: 1, patch: 0 };
+/// The newest contract version, the one the SDK builds for (`wit/since_v0.2.0`).
+pub const CONTRACT_VERSION: Version = Version { major: 0, minor: 2, patch: 0 };
+
+/// Every contract version this runner hosts, oldest first.
+pub const HOSTED: &[Version] = &[Version { major: 0, minor: 1, patch: 0 }, CONTRACT_VERSION];
+
+/// The hosted versions as a message names them: `0.1.0, 0.2.0`.
+pub fn hosted_list() -> String {
+    HOSTED.iter().map(Version::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Which of the hosted contracts a component was built for: picks the bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Hosted {
+    V0_1,
+    V0_2,
+}
 
 const PACKAGE: &str = "pgferry:plugin";
 
@@ -26,14 +46,25 @@ impl Version {
         })
     }
 
-    /// Semver compatibility as cargo reads it: `0.1.x` with `0.1.y`, `1.x` with `1.y`.
-    pub fn is_compatible_with(&self, other: &Version) -> bool {
-        if self.major == 0 { other.major == 0 && self.minor == other.minor } else { self.major == other.major }
+    /// The bindings for this version, if this runner hosts it.
+    pub fn hosted(&self) -> Option<Hosted> {
+        match (self.major, self.minor, self.patch) {
+            (0, 1, 0) => Some(Hosted::V0_1),
+            (0, 2, 0) => Some(Hosted::V0_2),
+            _ => None,
+        }
     }
+}
 
-    /// How a compatible range is written: `0.1.x`.
-    pub fn range(&self) -> String {
-        if self.major == 0 { format!("0.{}.x", self.minor) } else { format!("{}.x", self.major) }
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.major, self.minor, self.patch).cmp(&(other.major, other.minor, other.patch))
     }
 }
 
@@ -64,6 +95,8 @@ impl std::fmt::Display for World {
 pub struct ComponentShape {
     pub world: World,
     pub contract: Version,
+    #[serde(skip)]
+    pub hosted: Hosted,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
 }
@@ -78,8 +111,10 @@ pub enum ShapeError {
     Malformed(String),
     #[error("exports neither `pgferry:plugin/rules` nor `pgferry:plugin/adapter`, so it is no pgferry plugin (exports: {0})")]
     NoPluginExport(String),
-    #[error("was built for plugin contract {found}, but this runner supports {supported}; rebuild it with a pgferry-sdk for contract {supported}")]
-    IncompatibleContract { found: Version, supported: String },
+    #[error("was built for plugin contract {found}, newer than this runner knows (it hosts contracts {hosted}); upgrade pgferry to one that hosts {found}, or rebuild the plugin with a pgferry-sdk for one of {hosted}")]
+    NewerContract { found: Version, hosted: String },
+    #[error("was built for plugin contract {found}, which this runner does not host (it hosts contracts {hosted}); rebuild the plugin with a pgferry-sdk for one of those")]
+    UnknownContract { found: Version, hosted: String },
 }
 
 /// Reads the top-level imports and exports (not those of nested modules) of a component.
@@ -134,10 +169,23 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentShape, ShapeError> {
             Some((world, Version::parse(version)?))
         })
         .ok_or_else(|| ShapeError::NoPluginExport(exports.join(", ")))?;
-    if !CONTRACT_VERSION.is_compatible_with(&contract) {
-        return Err(ShapeError::IncompatibleContract { found: contract, supported: CONTRACT_VERSION.range() });
+    let hosted = check_version(contract)?;
+    Ok(ComponentShape { world, contract, hosted, imports, exports })
+}
+
+/// The bindings for a component built for `contract`, or why it is refused: newer than every
+/// hosted version of its line (`0.1.1`, `0.3.0` today), or a version that never was.
+pub fn check_version(contract: Version) -> Result<Hosted, ShapeError> {
+    if let Some(hosted) = contract.hosted() {
+        return Ok(hosted);
     }
-    Ok(ComponentShape { world, contract, imports, exports })
+    let same_line = |v: &&Version| v.major == contract.major && (v.major > 0 || v.minor == contract.minor);
+    let newer = contract > CONTRACT_VERSION || HOSTED.iter().filter(same_line).any(|v| *v < contract);
+    Err(if newer {
+        ShapeError::NewerContract { found: contract, hosted: hosted_list() }
+    } else {
+        ShapeError::UnknownContract { found: contract, hosted: hosted_list() }
+    })
 }
 
 #[cfg(test)]
@@ -145,12 +193,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compatibility_follows_semver() {
+    fn exactly_the_known_versions_are_hosted() {
         let v = |s| Version::parse(s).unwrap();
-        assert!(v("0.1.0").is_compatible_with(&v("0.1.7")));
-        assert!(!v("0.1.0").is_compatible_with(&v("0.2.0")));
-        assert!(v("1.0.0").is_compatible_with(&v("1.4.0")));
-        assert!(!v("1.0.0").is_compatible_with(&v("2.0.0")));
+        assert_eq!(v("0.1.0").hosted(), Some(Hosted::V0_1));
+        assert_eq!(v("0.2.0").hosted(), Some(Hosted::V0_2));
+        // A newer patch may rely on what that release added: not hosted.
+        assert_eq!(v("0.1.1").hosted(), None);
+        assert_eq!(v("0.3.0").hosted(), None);
+        assert_eq!(v("1.0.0").hosted(), None);
+        assert_eq!(hosted_list(), "0.1.0, 0.2.0");
+        assert!(v("0.1.1") < CONTRACT_VERSION && v("0.3.0") > CONTRACT_VERSION);
+    }
+
+    #[test]
+    fn other_contract_versions_are_refused_with_the_hosted_ones() {
+        let v = |s| Version::parse(s).unwrap();
+        assert_eq!(
+            check_version(v("0.3.0")).unwrap_err().to_string(),
+            "was built for plugin contract 0.3.0, newer than this runner knows (it hosts contracts 0.1.0, 0.2.0); \
+             upgrade pgferry to one that hosts 0.3.0, or rebuild the plugin with a pgferry-sdk for one of 0.1.0, 0.2.0"
+        );
+        // 0.1.1 was accepted silently by wasmtime's linker before this check.
+        assert_eq!(check_version(v("0.1.1")).unwrap_err(), ShapeError::NewerContract { found: v("0.1.1"), hosted: "0.1.0, 0.2.0".into() });
+        assert_eq!(
+            check_version(v("0.0.3")).unwrap_err().to_string(),
+            "was built for plugin contract 0.0.3, which this runner does not host (it hosts contracts 0.1.0, 0.2.0); \
+             rebuild the plugin with a pgferry-sdk for one of those"
+        );
+        assert_eq!(check_version(v("0.1.0")), Ok(Hosted::V0_1));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bindings;
 mod cache;
 mod inventory;
 pub mod contract;
+pub mod manifest;
 mod sandbox;
 mod services;
 
@@ -18,8 +19,8 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store};
 
 pub use bindings::*;
-use bindings::generated::{adapter, pgferry, ValidationRulePre};
-pub use contract::{ComponentShape, Version, World, CONTRACT_VERSION};
+use bindings::{v0_1, v0_2};
+pub use contract::{ComponentShape, Hosted, Version, World, CONTRACT_VERSION};
 pub use inventory::Inventory;
 pub use sandbox::Limits;
 pub use services::{BoxFuture, Services, SqlRunner};
@@ -32,6 +33,18 @@ use sandbox::{CallSetup, StoreState};
 pub enum Origin {
     BuiltIn,
     File(PathBuf),
+    /// `--plugin-dev PATH`: not pinned.
+    Dev(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("built in"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Dev(path) => write!(f, "{} (--plugin-dev)", path.display()),
+        }
+    }
 }
 
 /// What the operator allows a plugin beyond the inventory.
@@ -68,6 +81,8 @@ pub enum PluginErrorKind {
     Reported { function: &'static str, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Manifest(#[from] manifest::ManifestError),
 }
 
 /// A compiled plugin, ready to be instantiated once per call.
@@ -76,6 +91,9 @@ pub struct Plugin {
     pub origin: Origin,
     pub sha256: String,
     pub shape: ComponentShape,
+    /// What the plugin declares about itself (contract 0.2.0 on; `None` for 0.1.0, whose
+    /// plugins declare nothing and get their settings unchecked, as 0.1 runners gave them).
+    pub manifest: Option<PluginManifest>,
     pub grants: Grants,
     pub settings: Arc<Vec<(String, String)>>,
     pub limits: Limits,
@@ -105,8 +123,13 @@ impl PluginHost {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        pgferry::plugin::host::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
-        pgferry::plugin::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        // Every hosted contract version at once: a component picks its own by its imports.
+        v0_1::pgferry::plugin::host::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        v0_1::pgferry::plugin::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        v0_2::pgferry::plugin::host::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        v0_2::pgferry::plugin::manifest::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        // 0.2.0's `types` is 0.1.0's, reused through `with`; its instance holds types only.
+        linker.instance("pgferry:plugin/types@0.2.0")?;
 
         // One ticker per host drives every store's deadline (epoch interruption).
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -124,7 +147,34 @@ impl PluginHost {
         Ok(PluginHost { engine, linker, cache, ticker_stop })
     }
 
-    /// Checks the component's contract, compiles it (or loads it from the cache) and links it.
+    /// Loads a plugin as a run uses it: [`load`](Self::load), then its manifest read and the
+    /// operator's `settings` and `grants` checked against it (`given` says where they were
+    /// given, for the messages). The plugin then sees its settings with their defaults
+    /// filled in.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn load_checked(
+        &self,
+        name: &str,
+        origin: Origin,
+        bytes: &[u8],
+        grants: Grants,
+        settings: Vec<(String, String)>,
+        limits: Limits,
+        given: &manifest::Given,
+    ) -> Result<Plugin, PluginError> {
+        let mut plugin = self.load(name, origin, bytes, grants, Vec::new(), limits)?;
+        let err = |kind| PluginError { plugin: name.to_string(), kind };
+        plugin.manifest = self.read_manifest(&plugin).await?;
+        let resolved = match &plugin.manifest {
+            Some(m) => manifest::resolve(m, &settings, &plugin.grants, given).map_err(|e| err(e.into()))?,
+            None => settings,
+        };
+        plugin.settings = Arc::new(resolved);
+        Ok(plugin)
+    }
+
+    /// Checks the component's contract, compiles it (or loads it from the cache) and links
+    /// it. Its settings are passed as given, unchecked: runs use [`load_checked`](Self::load_checked).
     pub fn load(
         &self,
         name: &str,
@@ -150,6 +200,7 @@ impl PluginHost {
             origin,
             sha256,
             shape,
+            manifest: None,
             grants,
             settings: Arc::new(settings),
             limits,
@@ -173,11 +224,19 @@ impl PluginHost {
     pub async fn describe_rules(&self, plugin: &Plugin) -> Result<Vec<RuleDescriptor>, PluginError> {
         let mut store = self.store(plugin, Services::none());
         let result = async {
-            let instance = ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
-            instance.pgferry_plugin_rules().call_describe(&mut store).await
+            Ok(match plugin.shape.hosted {
+                Hosted::V0_1 => {
+                    let instance = v0_1::ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_rules().call_describe(&mut store).await?.into_iter().map(Into::into).collect()
+                }
+                Hosted::V0_2 => {
+                    let instance = v0_2::ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_rules().call_describe(&mut store).await?
+                }
+            })
         }
         .await;
-        let rules = classify(plugin, &store, "describe", result)?;
+        let rules: Vec<RuleDescriptor> = classify(plugin, &store, "describe", result)?;
         for rule in &rules {
             if rule.id.is_empty() || !rule.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
                 return Err(PluginError {
@@ -198,8 +257,16 @@ impl PluginHost {
     ) -> Result<Vec<Finding>, PluginError> {
         let mut store = self.store(plugin, services);
         let result = async {
-            let instance = ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
-            instance.pgferry_plugin_rules().call_check(&mut store, rule_id, ctx).await
+            match plugin.shape.hosted {
+                Hosted::V0_1 => {
+                    let instance = v0_1::ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_rules().call_check(&mut store, rule_id, ctx).await
+                }
+                Hosted::V0_2 => {
+                    let instance = v0_2::ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_rules().call_check(&mut store, rule_id, ctx).await
+                }
+            }
         }
         .await;
         classify(plugin, &store, "check", result)?.map_err(|message| PluginError {
@@ -212,12 +279,24 @@ impl PluginHost {
     pub async fn describe_adapter(&self, plugin: &Plugin) -> Result<AdapterDescription, PluginError> {
         let mut store = self.store(plugin, Services::none());
         let result = async {
-            let instance = adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
-            let iface = instance.pgferry_plugin_adapter();
-            let info = iface.call_info(&mut store).await?;
-            let provider_objects = iface.call_provider_objects(&mut store).await?;
-            let replication_roles = iface.call_replication_roles(&mut store).await?;
-            Ok((info, provider_objects, replication_roles))
+            Ok(match plugin.shape.hosted {
+                Hosted::V0_1 => {
+                    let instance = v0_1::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    let iface = instance.pgferry_plugin_adapter();
+                    let info = iface.call_info(&mut store).await?.into();
+                    let provider_objects = iface.call_provider_objects(&mut store).await?.into();
+                    let replication_roles = iface.call_replication_roles(&mut store).await?;
+                    (info, provider_objects, replication_roles)
+                }
+                Hosted::V0_2 => {
+                    let instance = v0_2::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    let iface = instance.pgferry_plugin_adapter();
+                    let info = iface.call_info(&mut store).await?;
+                    let provider_objects = iface.call_provider_objects(&mut store).await?;
+                    let replication_roles = iface.call_replication_roles(&mut store).await?;
+                    (info, provider_objects, replication_roles)
+                }
+            })
         }
         .await;
         let (info, provider_objects, replication_roles) = classify(plugin, &store, "info", result)?;
@@ -246,8 +325,16 @@ impl PluginHost {
     ) -> Result<ConnectionDetails, PluginError> {
         let mut store = self.store(plugin, Services::none());
         let result = async {
-            let instance = adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
-            instance.pgferry_plugin_adapter().call_normalize_connection(&mut store, details).await
+            Ok(match plugin.shape.hosted {
+                Hosted::V0_1 => {
+                    let instance = v0_1::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_adapter().call_normalize_connection(&mut store, &details.into()).await?.map(Into::into)
+                }
+                Hosted::V0_2 => {
+                    let instance = v0_2::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_adapter().call_normalize_connection(&mut store, details).await?
+                }
+            })
         }
         .await;
         classify(plugin, &store, "normalize-connection", result)?.map_err(|message| PluginError {
@@ -264,11 +351,44 @@ impl PluginHost {
     ) -> Result<Vec<Finding>, PluginError> {
         let mut store = self.store(plugin, services);
         let result = async {
-            let instance = adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
-            instance.pgferry_plugin_adapter().call_readiness(&mut store, ctx).await
+            match plugin.shape.hosted {
+                Hosted::V0_1 => {
+                    let instance = v0_1::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_adapter().call_readiness(&mut store, ctx).await
+                }
+                Hosted::V0_2 => {
+                    let instance = v0_2::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_adapter().call_readiness(&mut store, ctx).await
+                }
+            }
         }
         .await;
         classify(plugin, &store, "readiness", result)
+    }
+
+    /// The plugin's manifest (`None` for a contract 0.1.0 component, which has none),
+    /// checked for sense: a usable id, settings whose defaults fit their types.
+    pub async fn read_manifest(&self, plugin: &Plugin) -> Result<Option<PluginManifest>, PluginError> {
+        if plugin.shape.hosted == Hosted::V0_1 {
+            return Ok(None);
+        }
+        let mut store = self.store(plugin, Services::none());
+        let result = async {
+            match plugin.shape.world {
+                World::ValidationRule => {
+                    let instance = v0_2::ValidationRulePre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_rules().call_manifest(&mut store).await
+                }
+                World::SourceAdapter => {
+                    let instance = v0_2::adapter::SourceAdapterPre::new(plugin.pre.clone())?.instantiate_async(&mut store).await?;
+                    instance.pgferry_plugin_adapter().call_manifest(&mut store).await
+                }
+            }
+        }
+        .await;
+        let m = classify(plugin, &store, "manifest", result)?;
+        manifest::validate(&m).map_err(|e| PluginError { plugin: plugin.name.clone(), kind: e.into() })?;
+        Ok(Some(m))
     }
 }
 

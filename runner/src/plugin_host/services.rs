@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::generated::pgferry::plugin::{host, types};
+use super::bindings::{v0_1, v0_2};
 use super::bindings::{DatabaseInfo, LogLevel, QueryResult, ServerInfo, Side};
 use super::sandbox::StoreState;
 use super::inventory::Inventory;
@@ -38,9 +38,33 @@ const MAX_LOG_LINE: usize = 4096;
 /// Log bytes one plugin call may write; later lines are dropped (with one warning).
 pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
 
-impl types::Host for StoreState {}
+impl v0_1::pgferry::plugin::types::Host for StoreState {}
+impl v0_2::pgferry::plugin::manifest::Host for StoreState {}
 
-impl host::Host for StoreState {
+/// Contract 0.1.0's host: the same services, its own copies of two host types.
+impl v0_1::pgferry::plugin::host::Host for StoreState {
+    async fn log(&mut self, level: v0_1::pgferry::plugin::host::LogLevel, message: String) {
+        v0_2::pgferry::plugin::host::Host::log(self, level.into(), message).await
+    }
+
+    async fn settings(&mut self) -> Vec<(String, String)> {
+        v0_2::pgferry::plugin::host::Host::settings(self).await
+    }
+
+    async fn server(&mut self, side: Side) -> ServerInfo {
+        v0_2::pgferry::plugin::host::Host::server(self, side).await
+    }
+
+    async fn database(&mut self, side: Side, name: String) -> Option<DatabaseInfo> {
+        v0_2::pgferry::plugin::host::Host::database(self, side, name).await
+    }
+
+    async fn query(&mut self, side: Side, database: Option<String>, sql: String) -> Result<v0_1::pgferry::plugin::host::QueryResult, String> {
+        v0_2::pgferry::plugin::host::Host::query(self, side, database, sql).await.map(Into::into)
+    }
+}
+
+impl v0_2::pgferry::plugin::host::Host for StoreState {
     async fn log(&mut self, level: LogLevel, message: String) {
         if self.log_bytes >= LOG_BYTES_PER_CALL {
             return;

@@ -64,7 +64,7 @@ impl App {
         self.registry
             .get_or_try_init(|| {
                 let config = self.plugins.clone().or_else(crate::plugins::default_config_file);
-                async move { crate::plugins::Registry::load(config.as_deref(), crate::plugins::default_cache_dir()).await }
+                async move { crate::plugins::Registry::load(config.as_deref(), &[], crate::plugins::default_cache_dir()).await }
             })
             .await
     }

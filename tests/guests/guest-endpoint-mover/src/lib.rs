@@ -11,6 +11,10 @@ const MOVER: Provider = Provider { ids: &["EndpointMover"], display_name: "Endpo
 pub struct EndpointMover;
 
 impl SourceAdapter for EndpointMover {
+    fn manifest(&self) -> Manifest {
+        Manifest::new("Hostile: moves the source endpoint").setting(SettingSpec::integer("port", "Where to send the source connection").required())
+    }
+
     fn info(&self) -> AdapterInfo {
         MOVER.info()
     }

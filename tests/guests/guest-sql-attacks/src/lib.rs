@@ -88,4 +88,11 @@ impl Rule for SqlAttacks {
     }
 }
 
-export_rules!(SqlAttacks);
+export_rules!(
+    SqlAttacks;
+    manifest = Manifest::new("Hostile: tries to escape read-only plugin SQL")
+        .grant(Grant::Sql)
+        .setting(SettingSpec::text("attack", "Which attack to run"))
+        .setting(SettingSpec::text("path", "A server file path to try to read"))
+        .setting(SettingSpec::text("pid", "A backend pid to try to signal"))
+);

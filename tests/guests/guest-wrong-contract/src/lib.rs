@@ -1,7 +1,7 @@
-//! Hostile fixture: a rule plugin built against contract `pgferry:plugin@0.2.0`, which this
-//! runner (0.1.x) does not host. `wit/` is a copy of the 0.1.0 contract with only the
-//! package version changed; the bindings come from wit-bindgen directly, not the SDK. The
-//! host must refuse it with a message naming both versions.
+//! Hostile fixture: a rule plugin built against contract `pgferry:plugin@0.3.0`, newer than
+//! any this runner hosts. `wit/` is a copy of the 0.1.0 contract with only the package
+//! version changed; the bindings come from wit-bindgen directly, not the SDK. The host must
+//! refuse it with a message naming its version and the hosted ones.
 
 wit_bindgen::generate!({
     path: "wit",
@@ -17,7 +17,7 @@ impl Guest for Future {
     fn describe() -> Vec<RuleDescriptor> {
         vec![RuleDescriptor {
             id: "from-the-future".into(),
-            title: "Built for contract 0.2.0".into(),
+            title: "Built for contract 0.3.0".into(),
             level: Level::Instance,
             modes: vec![],
             source_types: vec![],
