@@ -1,0 +1,276 @@
+//! `pgferry plugin new` and `pgferry plugin build` end to end, in temp directories outside
+//! this workspace: a new project passes its native tests, builds, is pinned in a plugin
+//! configuration with the printed block, and its rule's finding shows in a real validation
+//! against throwaway servers; for Rust and for Python. A Rust build is reproducible across
+//! directories; what is missing is named with the command that installs it.
+//!
+//! Cargo builds of the scaffolded projects share one target directory under the workspace's
+//! (target/scaffold-tests), so wit-bindgen and serde are compiled once, not per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pgferry_tests::{workspace_root, Cluster, Pgferry};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn scaffold_target_dir() -> PathBuf {
+    workspace_root().join("target/scaffold-tests")
+}
+
+/// A temp directory outside the workspace (a standalone project must not find it).
+fn outside() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("pgferry-scaffold-").tempdir().unwrap();
+    assert!(!dir.path().starts_with(workspace_root()), "{} is inside the workspace", dir.path().display());
+    dir
+}
+
+/// Runs a tool of the plugin author's (cargo, python3) in `dir`; panics with its output
+/// when it fails.
+fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(dir).args(args).env("CARGO_TARGET_DIR", scaffold_target_dir());
+    // Not this test's cargo environment: the project is a workspace of its own.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_") || ["CARGO_MANIFEST_DIR", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"].contains(&&*key) {
+            cmd.env_remove(&*key);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} in {} failed:\n{text}", dir.display());
+    text
+}
+
+/// `pgferry` with the scaffold tests' target dir, in `cwd`.
+fn pgferry(pf: &Pgferry, cwd: &Path, args: &[&str]) -> pgferry_tests::CliOutput {
+    let mut cmd = pf.command();
+    cmd.current_dir(cwd).args(args).env("CARGO_TARGET_DIR", scaffold_target_dir());
+    // The author's cargo home, not the test installation's empty HOME.
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    cmd.env("CARGO_HOME", cargo_home);
+    if let Ok(home) = std::env::var("RUSTUP_HOME") {
+        cmd.env("RUSTUP_HOME", home);
+    } else {
+        cmd.env("RUSTUP_HOME", format!("{}/.rustup", std::env::var("HOME").unwrap()));
+    }
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_") || ["CARGO_MANIFEST_DIR", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&&*key) {
+            cmd.env_remove(&*key);
+        }
+    }
+    let out = cmd.output().expect("running pgferry");
+    pgferry_tests::CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Whether the Python tests can run: componentize-py present. Absent, a test skips with a
+/// message, except in CI (`CI=true`), where it must be there (`.ci/run` installs it).
+fn componentize_py_available() -> bool {
+    let found = Command::new("componentize-py").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var("CI").is_err(), "componentize-py is not installed, and CI is set: `bash .ci/run` installs it (pip install componentize-py==0.25.1)");
+        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py==0.25.1; bash .ci/run does it)");
+    }
+    found
+}
+
+/// The `[[plugin]]` block `plugin build` printed, checked against the file it names.
+fn pinned(out: &pgferry_tests::CliOutput) -> (PathBuf, String) {
+    assert_eq!(out.code, 0, "{}", out.transcript());
+    let block: toml::Table = out.stdout.parse().unwrap_or_else(|e| panic!("the printed block is not TOML: {e}\n{}", out.stdout));
+    let entry = &block["plugin"].as_array().expect("a [[plugin]] array")[0];
+    let path = PathBuf::from(entry["path"].as_str().unwrap());
+    let sha = entry["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha, sha256_of(&path), "the pin is the file's sha256");
+    (path, sha)
+}
+
+/// Validates database `app` of a source holding `orders` and the leftover `tmp_import`,
+/// with the plugin configuration `plugins`, and returns the validation's database checks.
+fn validate_with(pf: &Pgferry, plugins: &Path) -> Vec<Value> {
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    source.psql("app", "create table public.orders (id int primary key); create table public.tmp_import (line text);").unwrap();
+    let props = pf.properties(&source, "app", serde_json::json!({}));
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let out = pf.run(&["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
+    assert_eq!(out.code, 4, "the leftover table fails validation (exit 4): {}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "ValidationFailed");
+    doc["validation"]["dbLevel"][0]["checks"].as_array().unwrap().clone()
+}
+
+/// The scaffolded rule's check in a validation: it names the plugin, fails, and its one
+/// finding is the leftover table, with a remediation.
+fn assert_rule_fired(checks: &[Value], plugin: &str) {
+    let check = checks.iter().find(|c| c["id"] == plugin).unwrap_or_else(|| panic!("no check {plugin} in {checks:#?}"));
+    assert_eq!(check["plugin"], plugin);
+    assert_eq!(check["state"], "Failed");
+    let findings = check["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0]["code"], "leftover-table");
+    assert_eq!(findings[0]["severity"], "error");
+    assert_eq!(findings[0]["object"], "public.tmp_import");
+    assert!(findings[0]["remediation"].as_str().unwrap().contains("Drop `public.tmp_import`"), "{findings:#?}");
+}
+
+/// Writes `plugins.toml` with exactly the block `plugin build` printed.
+fn pin(pf: &Pgferry, out: &pgferry_tests::CliOutput) -> PathBuf {
+    pf.write("plugins.toml", &out.stdout)
+}
+
+#[test]
+fn rust_rule_from_new_to_its_finding_in_a_real_validation() {
+    let pf = Pgferry::new();
+    let home = outside();
+    let new = pgferry(&pf, home.path(), &["plugin", "new", "rule", "no-temp-tables"]);
+    assert_eq!(new.code, 0, "{}", new.transcript());
+    assert!(new.stdout.contains("cargo test") && new.stdout.contains("pgferry plugin build ."), "{}", new.transcript());
+    let project = home.path().join("no-temp-tables");
+    assert!(project.join("vendor/pgferry-sdk/src/lib.rs").is_file() && project.join("README.md").is_file());
+
+    let tests = run(&project, "cargo", &["test"], &[]);
+    assert!(tests.contains("test result: ok. 4 passed"), "the starter rule's native tests ran:\n{tests}");
+
+    let built = pgferry(&pf, home.path(), &["plugin", "build", "no-temp-tables"]);
+    let (wasm, _) = pinned(&built);
+    assert_eq!(wasm, project.join("dist/no-temp-tables.wasm"));
+    assert!(built.stderr.contains("validation-rule") && built.stderr.contains("provides: no-temp-tables"), "{}", built.transcript());
+
+    let checks = validate_with(&pf, &pin(&pf, &built));
+    assert_rule_fired(&checks, "no-temp-tables");
+}
+
+#[test]
+fn python_rule_from_new_to_its_finding_in_a_real_validation() {
+    if !componentize_py_available() {
+        return;
+    }
+    let pf = Pgferry::new();
+    let home = outside();
+    let new = pgferry(&pf, home.path(), &["plugin", "new", "rule", "py-temp-tables", "--lang", "python"]);
+    assert_eq!(new.code, 0, "{}", new.transcript());
+    let project = home.path().join("py-temp-tables");
+
+    let tests = run(&project, "python3", &["-m", "unittest", "discover", "-s", "tests"], &[]);
+    assert!(tests.contains("Ran 4 tests") && tests.contains("\nOK"), "the starter rule's native tests ran:\n{tests}");
+
+    let built = pgferry(&pf, &project, &["plugin", "build"]);
+    let (wasm, _) = pinned(&built);
+    assert_eq!(wasm, project.join("dist/py-temp-tables.wasm"));
+
+    let checks = validate_with(&pf, &pin(&pf, &built));
+    assert_rule_fired(&checks, "py-temp-tables");
+}
+
+#[test]
+fn a_rust_plugin_builds_to_the_same_bytes_in_two_directories() {
+    let pf = Pgferry::new();
+    let (one, two) = (outside(), outside());
+    let mut shas = Vec::new();
+    for home in [&one, &two] {
+        let new = pgferry(&pf, home.path(), &["plugin", "new", "rule", "same-bytes"]);
+        assert_eq!(new.code, 0, "{}", new.transcript());
+        // The remapped project path differs between the two, so cargo rebuilds the plugin
+        // and its dependencies rather than reusing the first build.
+        let built = pgferry(&pf, home.path(), &["plugin", "build", "same-bytes"]);
+        let (wasm, sha) = pinned(&built);
+        let bytes = std::fs::read(&wasm).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&home.path().display().to_string()), "the component embeds its build directory");
+        shas.push(sha);
+    }
+    assert_eq!(shas[0], shas[1], "built in {} and {}", one.path().display(), two.path().display());
+}
+
+#[test]
+fn adapters_from_new_pass_their_tests_build_and_load() {
+    let pf = Pgferry::new();
+    let home = outside();
+    let mut langs = vec!["rust"];
+    if componentize_py_available() {
+        langs.push("python");
+    }
+    for lang in langs {
+        let name = format!("{lang}-cloud");
+        let new = pgferry(&pf, home.path(), &["plugin", "new", "adapter", &name, "--lang", lang]);
+        assert_eq!(new.code, 0, "{}", new.transcript());
+        let project = home.path().join(&name);
+        let tests = match lang {
+            "rust" => run(&project, "cargo", &["test"], &[]),
+            _ => run(&project, "python3", &["-m", "unittest", "discover", "-s", "tests"], &[]),
+        };
+        assert!(tests.contains("test result: ok. 3 passed") || tests.contains("Ran 3 tests"), "{tests}");
+        let built = pgferry(&pf, &project, &["plugin", "build", "--output", "json"]);
+        assert_eq!(built.code, 0, "{}", built.transcript());
+        let doc: Value = serde_json::from_str(&built.stdout).unwrap();
+        assert_eq!(doc["world"], "source-adapter");
+        let id = name.replace('-', "_").to_ascii_uppercase();
+        assert_eq!(doc["provides"], serde_json::json!([id]));
+        assert_eq!(doc["sha256"], sha256_of(Path::new(doc["file"].as_str().unwrap())));
+
+        // Pinned, it is a source type the runner knows.
+        let config = pf.write(&format!("{name}.toml"), doc["plugin"].as_str().unwrap());
+        let list = pf.run(&["--plugins", &config.display().to_string(), "plugin", "list", "--output", "json"]);
+        let rows: Value = serde_json::from_str(&list.stdout).unwrap();
+        assert!(rows.as_array().unwrap().iter().any(|r| r["name"] == name.as_str() && r["ids"][0] == id.as_str()), "{}", list.transcript());
+    }
+}
+
+#[test]
+fn new_and_build_name_what_is_wrong_and_what_to_run() {
+    let pf = Pgferry::new();
+    let home = outside();
+    let out = pgferry(&pf, home.path(), &["plugin", "new", "rule", "Bad_Name"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("\"Bad_Name\" is not usable"), "{}", out.transcript());
+
+    let out = pgferry(&pf, home.path(), &["plugin", "build", "."]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("holds neither Cargo.toml nor pyproject.toml") && out.stderr.contains("pgferry plugin new"), "{}", out.transcript());
+
+    // Tools missing: a PATH with a rustc whose toolchain has no wasm32-wasip2, and no
+    // componentize-py.
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let rustc = bin.join("rustc");
+    std::fs::write(&rustc, format!("#!/bin/sh\necho {}\n", home.path().join("empty-sysroot").display())).unwrap();
+    std::fs::set_permissions(&rustc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    for (lang, expected) in [("rust", "run `rustup target add wasm32-wasip2`"), ("python", "run `pip install componentize-py==0.25.1`")] {
+        let name = format!("{lang}-missing");
+        assert_eq!(pgferry(&pf, home.path(), &["plugin", "new", "rule", &name, "--lang", lang]).code, 0);
+        let mut cmd = pf.command();
+        let out = cmd.current_dir(home.path()).args(["plugin", "build", &name]).env("PATH", &path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{lang}: {stderr}");
+    }
+}
+
+/// The Python SDK's default fixture is the Rust SDK's `Fixture::new()`, written by this
+/// test (`PGFERRY_UPDATE_FIXTURE=1`) so that there is one source of truth.
+#[test]
+fn python_sdk_default_fixture_is_the_rust_sdks() {
+    let path = workspace_root().join("sdk/python/pgferry_sdk/fixture.json");
+    let fresh = serde_json::to_string_pretty(&pgferry_sdk::testing::Fixture::new()).unwrap() + "\n";
+    if std::env::var_os("PGFERRY_UPDATE_FIXTURE").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(committed == fresh, "{} is not the Rust SDK's Fixture::new(): run `PGFERRY_UPDATE_FIXTURE=1 cargo test -p pgferry-tests --test plugin_scaffold -- fixture` and commit it", path.display());
+}
