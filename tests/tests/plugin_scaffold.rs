@@ -262,6 +262,45 @@ fn new_and_build_name_what_is_wrong_and_what_to_run() {
     }
 }
 
+/// examples/python-table-owners: its native tests pass, it builds, and against a real
+/// server it names the one table whose owner is not allowed.
+#[test]
+fn python_example_rule_fires_on_a_real_server() {
+    if !componentize_py_available() {
+        return;
+    }
+    let example = workspace_root().join("examples/python-table-owners");
+    let sdk = workspace_root().join("sdk/python");
+    let tests = run(&example, "python3", &["-m", "unittest", "discover", "-s", "tests"], &[("PYTHONPATH", &sdk.display().to_string())]);
+    assert!(tests.contains("Ran 4 tests") && tests.contains("\nOK"), "{tests}");
+
+    let pf = Pgferry::new();
+    let built = pgferry(&pf, &example, &["plugin", "build", "."]);
+    let (wasm, _) = pinned(&built);
+
+    let source = Cluster::start().unwrap();
+    let target = Cluster::start().unwrap();
+    source.create_database("app").unwrap();
+    source
+        .psql("app", "create role app_owner; create table public.orders (id int primary key); alter table public.orders owner to app_owner; create table public.audit (line text);")
+        .unwrap();
+    let props = pf.properties(&source, "app", serde_json::json!({}));
+    let target_arg = format!("127.0.0.1:{}", target.port());
+    let wasm = wasm.display().to_string();
+    let out = pf.run(&["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg, "--setting", "owners=app_owner", "--output", "json"]);
+    assert_eq!(out.code, 4, "an error finding exits 4: {}", out.transcript());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let findings: Vec<&Value> = doc["dbLevel"][0]["checks"].as_array().unwrap().iter().flat_map(|c| c["findings"].as_array().unwrap()).collect();
+    assert_eq!(findings.len(), 1, "{}", out.stdout);
+    assert_eq!(findings[0]["code"], "table-owner-not-allowed");
+    assert_eq!(findings[0]["object"], "public.audit");
+    assert!(findings[0]["remediation"].as_str().unwrap().contains("ALTER TABLE public.audit OWNER TO app_owner;"), "{}", out.stdout);
+
+    // Without its required setting the rule says so, and the run names it.
+    let out = pf.run(&["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg]);
+    assert!(out.stdout.contains("setting `owners` is required"), "{}", out.transcript());
+}
+
 /// The Python SDK's default fixture is the Rust SDK's `Fixture::new()`, written by this
 /// test (`PGFERRY_UPDATE_FIXTURE=1`) so that there is one source of truth.
 #[test]

@@ -26,6 +26,7 @@ a component they are the real bindings, in native tests ``pgferry_sdk.testing`` 
 the same bindings and answers the host calls from a fixture.
 """
 
+import re
 from typing import Dict, List, Optional
 
 try:
@@ -73,6 +74,12 @@ def info(code: str, message: str, *, on: Optional[str] = None, fix: Optional[str
 def setting_of(server: ServerInfo, name: str) -> Optional[str]:
     """The value of a server setting (pg_settings) in the inventory, or None."""
     return next((s.value for s in server.settings if s.name == name), None)
+
+
+def quote_ident(name: str) -> str:
+    """Quotes an identifier the way PostgreSQL's quote_ident() does (keywords aside)."""
+    plain = bool(re.fullmatch(r"[a-z_][a-z0-9_$]*", name))
+    return name if plain else '"' + name.replace('"', '""') + '"'
 
 
 class Context:
