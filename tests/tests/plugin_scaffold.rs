@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pgferry_tests::{workspace_root, Cluster, Pgferry};
+use pgferry_tests::{stabilize, workspace_root, Cluster, Pgferry};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -99,8 +99,9 @@ fn pinned(out: &pgferry_tests::CliOutput) -> (PathBuf, String) {
 }
 
 /// Validates database `app` of a source holding `orders` and the leftover `tmp_import`,
-/// with the plugin configuration `plugins`, and returns the validation's database checks.
-fn validate_with(pf: &Pgferry, plugins: &Path) -> Vec<Value> {
+/// with the plugin configuration `plugins`, and returns the validation's database checks
+/// and the table output of a second run (as docs/plugin-quickstart.md shows it).
+fn validate_with(pf: &Pgferry, plugins: &Path) -> (Vec<Value>, String) {
     let source = Cluster::start().unwrap();
     let target = Cluster::start().unwrap();
     source.create_database("app").unwrap();
@@ -111,7 +112,10 @@ fn validate_with(pf: &Pgferry, plugins: &Path) -> Vec<Value> {
     assert_eq!(out.code, 4, "the leftover table fails validation (exit 4): {}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "ValidationFailed");
-    doc["validation"]["dbLevel"][0]["checks"].as_array().unwrap().clone()
+    let table = pf.run(&["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded-2", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"]);
+    assert_eq!(table.code, 4, "{}", table.transcript());
+    let table = stabilize(&table.stdout, &[(source.port(), "SOURCE_PORT"), (target.port(), "TARGET_PORT")], pf.dir());
+    (doc["validation"]["dbLevel"][0]["checks"].as_array().unwrap().clone(), table)
 }
 
 /// The scaffolded rule's check in a validation: it names the plugin, fails, and its one
@@ -151,8 +155,16 @@ fn rust_rule_from_new_to_its_finding_in_a_real_validation() {
     assert_eq!(wasm, project.join("dist/no-temp-tables.wasm"));
     assert!(built.stderr.contains("validation-rule") && built.stderr.contains("provides: no-temp-tables"), "{}", built.transcript());
 
-    let checks = validate_with(&pf, &pin(&pf, &built));
+    let (checks, table) = validate_with(&pf, &pin(&pf, &built));
     assert_rule_fired(&checks, "no-temp-tables");
+    insta::assert_snapshot!("rust_rule_validate_table", table);
+    // docs/plugin-quickstart.md shows this row as what the reader will see.
+    let quickstart = std::fs::read_to_string(workspace_root().join("docs/plugin-quickstart.md")).unwrap();
+    let row: Vec<&str> = table.lines().skip_while(|l| !l.contains("FAIL no-temp-tables/")).take(3).collect();
+    assert_eq!(row.len(), 3, "{table}");
+    for line in row {
+        assert!(quickstart.contains(line), "docs/plugin-quickstart.md does not show {line:?}");
+    }
 }
 
 #[test]
@@ -173,7 +185,7 @@ fn python_rule_from_new_to_its_finding_in_a_real_validation() {
     let (wasm, _) = pinned(&built);
     assert_eq!(wasm, project.join("dist/py-temp-tables.wasm"));
 
-    let checks = validate_with(&pf, &pin(&pf, &built));
+    let (checks, _) = validate_with(&pf, &pin(&pf, &built));
     assert_rule_fired(&checks, "py-temp-tables");
 }
 
