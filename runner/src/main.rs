@@ -42,7 +42,7 @@ enum Command {
     /// Create, follow and control migrations
     #[command(subcommand)]
     Migration(MigrationCommand),
-    /// Inspect the plugins this runner uses
+    /// Inspect and test the plugins this runner uses; make and build your own
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// What pgferry knows of the servers (the inventory plugins see)
@@ -244,6 +244,7 @@ enum PluginCommand {
         kind: KindArg,
         /// The plugin's name: lowercase letters, digits and hyphens
         name: String,
+        /// The plugin's language (Python plugins build with componentize-py)
         #[arg(long, value_enum, default_value_t = LangArg::Rust)]
         lang: LangArg,
         /// Where to write it [default: ./NAME]

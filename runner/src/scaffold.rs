@@ -213,7 +213,8 @@ pub fn build(dir: &Path) -> Result<Built> {
 fn build_rust(dir: &Path) -> Result<Built> {
     let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml"))?.parse().with_context(|| format!("{}/Cargo.toml is not valid TOML", dir.display()))?;
     let name = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).with_context(|| format!("{}/Cargo.toml has no [package] name", dir.display()))?.to_string();
-    if manifest.get("profile").and_then(|p| p.get("plugin")).is_none() {
+    // A workspace root must define the profile itself (a member gets its root's).
+    if manifest.contains_key("workspace") && manifest.get("profile").and_then(|p| p.get("plugin")).is_none() {
         bail!("{}/Cargo.toml has no [profile.plugin]: add the one `pgferry plugin new` writes:\n{}", dir.display(), files::PLUGIN_PROFILE);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
