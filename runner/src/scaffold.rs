@@ -336,7 +336,7 @@ mod tests {
         let m: toml::Table = files::SDK_MANIFEST.parse().unwrap();
         assert_eq!(m["package"]["name"].as_str(), Some("pgferry-sdk"));
         assert!(m["package"]["version"].is_str() && m["package"]["edition"].is_str());
-        assert!(!files::SDK_MANIFEST.contains("workspace"), "{}", files::SDK_MANIFEST);
+        assert!(!files::SDK_MANIFEST.contains("workspace = true"), "{}", files::SDK_MANIFEST);
         assert!(m["dependencies"]["wit-bindgen"]["version"].is_str());
     }
 
