@@ -294,7 +294,14 @@ fn python_example_rule_fires_on_a_real_server() {
     let target = Cluster::start().unwrap();
     source.create_database("app").unwrap();
     source
-        .psql("app", "create role app_owner; create table public.orders (id int primary key); alter table public.orders owner to app_owner; create table public.audit (line text);")
+        .psql(
+            "app",
+            "create role app_owner; create table public.orders (id int primary key); alter table public.orders owner to app_owner; \
+             create table public.audit (line text); \
+             create table public.events (at date) partition by range (at); alter table public.events owner to app_owner; \
+             create table public.events_2026 partition of public.events for values from ('2026-01-01') to ('2027-01-01'); \
+             alter table public.events_2026 owner to app_owner;",
+        )
         .unwrap();
     let props = pf.properties(&source, "app", serde_json::json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
@@ -307,6 +314,19 @@ fn python_example_rule_fires_on_a_real_server() {
     assert_eq!(findings[0]["code"], "table-owner-not-allowed");
     assert_eq!(findings[0]["object"], "public.audit");
     assert!(findings[0]["remediation"].as_str().unwrap().contains("ALTER TABLE public.audit OWNER TO app_owner;"), "{}", out.stdout);
+
+    // A real inventory dump is a Python fixture: natively, the rule says the same.
+    let dump = pf.run(&["inventory", "dump", "--properties", &props, "--target", &target_arg]);
+    assert_eq!(dump.code, 0, "{}", dump.transcript());
+    let dump = pf.write("dump.json", &dump.stdout);
+    let script = format!(
+        "from pgferry_sdk import testing\nimport app\nfx = testing.Fixture.load({:?})\nfx.settings['owners'] = 'app_owner'\n\
+         for f in fx.check(app.Rules, 'table-owners', fx.context(database='app')): print(f.code, f.object, f.severity.name)\n\
+         print(sorted(t.kind.name for t in fx.source_database('app').tables))\n",
+        dump.display().to_string()
+    );
+    let native = run(&example, "python3", &["-c", &script], &[("PYTHONPATH", &sdk.display().to_string())]);
+    assert_eq!(native, "table-owner-not-allowed public.audit ERROR\n['PARTITIONED_TABLE', 'TABLE', 'TABLE', 'TABLE']\n", "{native}");
 
     // Without its required setting the rule says so, and the run names it.
     let out = pf.run(&["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg]);

@@ -79,14 +79,18 @@ class Fixture:
         """The source database `name`, added (empty, with its summary) when missing."""
         db = next((d for d in self.source_databases if d.name == name), None)
         if db is None:
-            template = copy.deepcopy(self.source_databases[0]) if self.source_databases else None
-            db = types.DatabaseInfo(name=name, schemas=[], extensions=[], tables=[], collations_used=[], languages=[], user_casts=[], large_object_count=0, owners=[])
-            if template is not None:
-                db.schemas, db.extensions, db.languages = template.schemas, template.extensions, template.languages
+            # As the Rust SDK's testing::database and database_summary make one.
+            db = types.DatabaseInfo(
+                name=name, schemas=[types.SchemaInfo(name="public", owner="pg_database_owner")],
+                extensions=[types.ExtensionInfo(name="plpgsql", version="1.0", schema="pg_catalog")], tables=[],
+                collations_used=[], languages=[types.LanguageInfo(name="plpgsql", trusted=True, owner="postgres")],
+                user_casts=[], large_object_count=0, owners=[],
+            )
             self.source_databases.append(db)
-            summary = copy.deepcopy(self.source.databases[-1])
-            summary.name = name
-            self.source.databases.append(summary)
+            self.source.databases.append(types.DatabaseSummary(
+                name=name, owner="postgres", encoding="UTF8", collate="C.UTF-8", ctype="C.UTF-8", locale_provider="libc",
+                icu_locale=None, size_bytes=8 << 20, is_template=False, allow_connections=True,
+            ))
         return db
 
     def context(self, mode: MigrationMode = MigrationMode.OFFLINE, database: typing.Optional[str] = None, source_type: str = "OnPremises") -> types.CheckContext:
