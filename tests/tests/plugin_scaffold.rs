@@ -274,6 +274,26 @@ fn new_and_build_name_what_is_wrong_and_what_to_run() {
     }
 }
 
+/// A component this runner would refuse is refused by `plugin build`, not at migration time:
+/// here a Python project whose contract copy was edited to a version the runner does not host.
+#[test]
+fn build_refuses_a_component_the_runner_cannot_load() {
+    if !componentize_py_available() {
+        return;
+    }
+    let pf = Pgferry::new();
+    let home = outside();
+    assert_eq!(pgferry(&pf, home.path(), &["plugin", "new", "rule", "future-rule", "--lang", "python"]).code, 0);
+    let wit = home.path().join("future-rule/wit/since_v0.1.0/plugin.wit");
+    let text = std::fs::read_to_string(&wit).unwrap();
+    std::fs::write(&wit, text.replace("package pgferry:plugin@0.1.0;", "package pgferry:plugin@0.9.0;")).unwrap();
+    let out = pgferry(&pf, home.path(), &["plugin", "build", "future-rule"]);
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stdout.is_empty(), "no block for a component that cannot run: {}", out.transcript());
+    assert!(out.stderr.contains("future-rule.wasm was built but this runner cannot load it"), "{}", out.transcript());
+    assert!(out.stderr.contains("built for plugin contract 0.9.0, but this runner supports 0.1.x"), "{}", out.transcript());
+}
+
 /// examples/python-table-owners: its native tests pass, it builds, and against a real
 /// server it names the one table whose owner is not allowed.
 #[test]
