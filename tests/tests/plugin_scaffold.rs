@@ -50,14 +50,10 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String
 fn pgferry(pf: &Pgferry, cwd: &Path, args: &[&str]) -> pgferry_tests::CliOutput {
     let mut cmd = pf.command();
     cmd.current_dir(cwd).args(args).env("CARGO_TARGET_DIR", scaffold_target_dir());
-    // The author's cargo home, not the test installation's empty HOME.
-    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
-    cmd.env("CARGO_HOME", cargo_home);
-    if let Ok(home) = std::env::var("RUSTUP_HOME") {
-        cmd.env("RUSTUP_HOME", home);
-    } else {
-        cmd.env("RUSTUP_HOME", format!("{}/.rustup", std::env::var("HOME").unwrap()));
-    }
+    // The author's cargo and rustup homes, not the test installation's empty HOME.
+    let home = std::env::var("HOME").unwrap();
+    cmd.env("CARGO_HOME", std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")));
+    cmd.env("RUSTUP_HOME", std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")));
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO_PKG_") || ["CARGO_MANIFEST_DIR", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&&*key) {
