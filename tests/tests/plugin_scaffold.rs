@@ -46,10 +46,22 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String
     text
 }
 
-/// `pgferry` with the scaffold tests' target dir, in `cwd`.
+/// The compile cache of one test's pgferry runs. Each Python build is a new 18 MB component
+/// (componentize-py builds differ byte for byte) that compiles to ~35 MB: in the shared test
+/// cache they would pile up run after run; this one goes away with the test.
+fn cache_dir(pf: &Pgferry) -> String {
+    pf.dir().join("cache").display().to_string()
+}
+
+/// `pgferry ARGS` with this test's compile cache.
+fn cli(pf: &Pgferry, args: &[&str]) -> pgferry_tests::CliOutput {
+    pf.run_with(args, &[("PGFERRY_CACHE_DIR", &cache_dir(pf))])
+}
+
+/// `pgferry` in `cwd`, building with the scaffold tests' target dir.
 fn pgferry(pf: &Pgferry, cwd: &Path, args: &[&str]) -> pgferry_tests::CliOutput {
     let mut cmd = pf.command();
-    cmd.current_dir(cwd).args(args).env("CARGO_TARGET_DIR", scaffold_target_dir());
+    cmd.current_dir(cwd).args(args).env("CARGO_TARGET_DIR", scaffold_target_dir()).env("PGFERRY_CACHE_DIR", cache_dir(pf));
     // The author's cargo and rustup homes, not the test installation's empty HOME.
     let home = std::env::var("HOME").unwrap();
     cmd.env("CARGO_HOME", std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")));
@@ -104,11 +116,11 @@ fn validate_with(pf: &Pgferry, plugins: &Path) -> (Vec<Value>, String) {
     source.psql("app", "create table public.orders (id int primary key); create table public.tmp_import (line text);").unwrap();
     let props = pf.properties(&source, "app", serde_json::json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
-    let out = pf.run(&["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
+    let out = cli(pf, &["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate", "--output", "json"]);
     assert_eq!(out.code, 4, "the leftover table fails validation (exit 4): {}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["state"], "ValidationFailed");
-    let table = pf.run(&["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded-2", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"]);
+    let table = cli(pf, &["--plugins", &plugins.display().to_string(), "migration", "create", "--migration-name", "scaffolded-2", "--properties", &props, "--target", &target_arg, "--migration-option", "Validate"]);
     assert_eq!(table.code, 4, "{}", table.transcript());
     let table = stabilize(&table.stdout, &[(source.port(), "SOURCE_PORT"), (target.port(), "TARGET_PORT")], pf.dir());
     (doc["validation"]["dbLevel"][0]["checks"].as_array().unwrap().clone(), table)
@@ -233,7 +245,7 @@ fn adapters_from_new_pass_their_tests_build_and_load() {
 
         // Pinned, it is a source type the runner knows.
         let config = pf.write(&format!("{name}.toml"), doc["plugin"].as_str().unwrap());
-        let list = pf.run(&["--plugins", &config.display().to_string(), "plugin", "list", "--output", "json"]);
+        let list = cli(&pf, &["--plugins", &config.display().to_string(), "plugin", "list", "--output", "json"]);
         let rows: Value = serde_json::from_str(&list.stdout).unwrap();
         assert!(rows.as_array().unwrap().iter().any(|r| r["name"] == name.as_str() && r["ids"][0] == id.as_str()), "{}", list.transcript());
     }
@@ -322,7 +334,7 @@ fn python_example_rule_fires_on_a_real_server() {
     let props = pf.properties(&source, "app", serde_json::json!({}));
     let target_arg = format!("127.0.0.1:{}", target.port());
     let wasm = wasm.display().to_string();
-    let out = pf.run(&["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg, "--setting", "owners=app_owner", "--output", "json"]);
+    let out = cli(&pf, &["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg, "--setting", "owners=app_owner", "--output", "json"]);
     assert_eq!(out.code, 4, "an error finding exits 4: {}", out.transcript());
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     let findings: Vec<&Value> = doc["dbLevel"][0]["checks"].as_array().unwrap().iter().flat_map(|c| c["findings"].as_array().unwrap()).collect();
@@ -332,7 +344,7 @@ fn python_example_rule_fires_on_a_real_server() {
     assert!(findings[0]["remediation"].as_str().unwrap().contains("ALTER TABLE public.audit OWNER TO app_owner;"), "{}", out.stdout);
 
     // A real inventory dump is a Python fixture: natively, the rule says the same.
-    let dump = pf.run(&["inventory", "dump", "--properties", &props, "--target", &target_arg]);
+    let dump = cli(&pf, &["inventory", "dump", "--properties", &props, "--target", &target_arg]);
     assert_eq!(dump.code, 0, "{}", dump.transcript());
     let dump = pf.write("dump.json", &dump.stdout);
     let script = format!(
@@ -345,7 +357,7 @@ fn python_example_rule_fires_on_a_real_server() {
     assert_eq!(native, "table-owner-not-allowed public.audit ERROR\n['PARTITIONED_TABLE', 'TABLE', 'TABLE', 'TABLE']\n", "{native}");
 
     // Without its required setting the rule says so, and the run names it.
-    let out = pf.run(&["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg]);
+    let out = cli(&pf, &["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg]);
     assert!(out.stdout.contains("setting `owners` is required"), "{}", out.transcript());
 }
 
