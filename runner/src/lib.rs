@@ -18,6 +18,7 @@ pub mod properties;
 pub mod reconnect;
 pub mod replication;
 pub mod report;
+pub mod scaffold;
 pub mod serve;
 pub mod sql_text;
 pub mod store;

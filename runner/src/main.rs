@@ -52,7 +52,7 @@ enum Command {
     /// Create, follow and control migrations
     #[command(subcommand)]
     Migration(MigrationCommand),
-    /// Inspect the plugins this runner uses
+    /// Inspect and test the plugins this runner uses; make and build your own
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// What pgferry knows of the servers (the inventory plugins see)
@@ -273,6 +273,41 @@ enum PluginCommand {
         #[arg(long = "setting", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Write a new plugin project (its own copy of the SDK and the contract, a starter
+    /// plugin, native tests and a README) that builds outside this repository
+    New {
+        #[arg(value_enum)]
+        kind: KindArg,
+        /// The plugin's name: lowercase letters, digits and hyphens
+        name: String,
+        /// The plugin's language (Python plugins build with componentize-py)
+        #[arg(long, value_enum, default_value_t = LangArg::Rust)]
+        lang: LangArg,
+        /// Where to write it [default: ./NAME]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin project reproducibly into DIR/dist/NAME.wasm, check that this runner
+    /// loads it, and print its pinned [[plugin]] block for the plugin configuration
+    Build {
+        /// The project's directory
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    /// A validation rule set (world validation-rule)
+    Rule,
+    /// A source adapter (world source-adapter)
+    Adapter,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LangArg {
+    Rust,
+    Python,
 }
 
 #[derive(Subcommand)]
@@ -507,6 +542,8 @@ async fn run(cli: Cli) -> Result<Exit> {
         Command::Plugin(PluginCommand::Test { file, inventory, properties, target, migration_mode, source_type, settings }) => {
             plugin_test(&cli, file, inventory.as_deref(), properties.as_deref(), target.as_deref(), *migration_mode, source_type.as_deref(), settings).await
         }
+        Command::Plugin(PluginCommand::New { kind, name, lang, dir }) => plugin_new(&cli, *kind, name, *lang, dir.as_deref()),
+        Command::Plugin(PluginCommand::Build { dir }) => plugin_build(&cli, dir).await,
         Command::Inventory(InventoryCommand::Dump { properties, target }) => {
             let props = Properties::from_file(properties)?;
             let inventory = migration::live_inventory(&registry(&cli).await?, &props, target.as_deref()).await?;
@@ -855,6 +892,80 @@ async fn plugin_inspect(cli: &Cli, file: &PathBuf) -> Result<Exit> {
                 p(&plugin.shape.exports.join(", ")),
             ));
             print(&out);
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn plugin_new(cli: &Cli, kind: KindArg, name: &str, lang: LangArg, dir: Option<&std::path::Path>) -> Result<Exit> {
+    use pgferry::scaffold::{self, Kind, Lang};
+    let kind = match kind {
+        KindArg::Rule => Kind::Rule,
+        KindArg::Adapter => Kind::Adapter,
+    };
+    let lang = match lang {
+        LangArg::Rust => Lang::Rust,
+        LangArg::Python => Lang::Python,
+    };
+    let dir = dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(name));
+    let files = scaffold::new_project(&dir, name, kind, lang)?;
+    let test = match lang {
+        Lang::Rust => "cargo test",
+        Lang::Python => "python3 -m unittest discover -s tests",
+    };
+    match cli.output {
+        Output::Json => print_json(&serde_json::json!({
+            "name": name, "world": kind.world(), "lang": lang.to_string(), "contract": scaffold::CONTRACT,
+            "dir": dir, "files": files, "test": test, "build": "pgferry plugin build .",
+        })),
+        Output::Table => print(&format!(
+            "Created {} plugin `{name}` ({lang}, contract {}) in {}\n\nNext:\n  cd {}\n  {test:<38}# native tests against an inventory fixture\n  {:<38}# dist/{name}.wasm and its pinned [[plugin]] block\n",
+            kind.world(),
+            scaffold::CONTRACT,
+            dir.display(),
+            dir.display(),
+            "pgferry plugin build .",
+        )),
+    }
+    if lang == Lang::Python && !command_exists("componentize-py") {
+        eprintln!("note: componentize-py is not installed; the tests and the build need it: run `pip install {}`", scaffold::COMPONENTIZE_PY);
+    }
+    Ok(Exit::Ok)
+}
+
+fn command_exists(program: &str) -> bool {
+    std::process::Command::new(program).arg("--version").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok()
+}
+
+async fn plugin_build(cli: &Cli, dir: &std::path::Path) -> Result<Exit> {
+    let built = pgferry::scaffold::build(dir)?;
+    // What would a runner make of it? The same load a plugin configuration entry gets.
+    let bytes = std::fs::read(&built.wasm).with_context(|| format!("cannot read {}", built.wasm.display()))?;
+    let host = PluginHost::new(plugins::default_cache_dir())?;
+    let plugin = host
+        .load(&built.name, Origin::File(built.wasm.clone()), &bytes, Grants::default(), Vec::new(), Limits::default())
+        .with_context(|| format!("{} was built but this runner cannot load it", built.wasm.display()))?;
+    let provides: Vec<String> = match plugin.shape.world {
+        World::ValidationRule => host.describe_rules(&plugin).await?.into_iter().map(|r| r.id).collect(),
+        World::SourceAdapter => host.describe_adapter(&plugin).await?.info.ids,
+    };
+    let block = built.plugin_block();
+    match cli.output {
+        Output::Json => print_json(&serde_json::json!({
+            "name": built.name, "lang": built.lang.to_string(), "file": built.wasm, "sha256": built.sha256,
+            "world": plugin.shape.world, "contract": plugin.shape.contract.to_string(), "provides": provides, "plugin": block,
+        })),
+        Output::Table => {
+            eprintln!(
+                "built {} ({}, contract {}, {} bytes), provides: {}",
+                built.wasm.display(),
+                plugin.shape.world,
+                plugin.shape.contract,
+                bytes.len(),
+                pgferry::terminal::printable(&provides.join(", "), false)
+            );
+            // Only the block on stdout: `pgferry plugin build . >> plugins.toml` pins it.
+            print(&block);
         }
     }
     Ok(Exit::Ok)
