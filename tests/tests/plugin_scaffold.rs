@@ -299,7 +299,7 @@ fn build_refuses_a_component_the_runner_cannot_load() {
     assert_eq!(out.code, 1, "{}", out.transcript());
     assert!(out.stdout.is_empty(), "no block for a component that cannot run: {}", out.transcript());
     assert!(out.stderr.contains("future-rule.wasm was built but this runner cannot load it"), "{}", out.transcript());
-    assert!(out.stderr.contains("built for plugin contract 0.9.0, but this runner supports 0.1.x"), "{}", out.transcript());
+    assert!(out.stderr.contains("was built for plugin contract 0.9.0, newer than this runner knows (it hosts contracts 0.1.0, 0.2.0)"), "{}", out.transcript());
 }
 
 /// examples/python-table-owners: its native tests pass, it builds, and against a real
