@@ -255,13 +255,20 @@ enum PluginCommand {
         /// The component (.wasm)
         file: PathBuf,
         /// An inventory dump (`pgferry inventory dump`, or an SDK fixture as JSON)
-        #[arg(long, value_name = "FILE", required_unless_present = "properties", conflicts_with = "properties")]
+        #[arg(long, value_name = "FILE", required_unless_present_any = ["properties", "source"], conflicts_with_all = ["properties", "source"])]
         inventory: Option<PathBuf>,
         /// A properties file: the inventory is collected from the servers it names
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "source")]
         properties: Option<PathBuf>,
-        /// With --properties: the target server (host:port or a postgres URI)
-        #[arg(long, requires = "properties")]
+        /// A live source server (host:port@user or a postgres URI; the password from
+        /// PGPASSWORD or ~/.pgpass), with --target: the inventory is collected from both
+        #[arg(long, value_name = "URI", requires = "target")]
+        source: Option<String>,
+        /// With --source: a database the database-level checks run on (repeatable)
+        #[arg(long = "database", value_name = "NAME", requires = "source")]
+        databases: Vec<String>,
+        /// With --properties or --source: the target server (host:port or a postgres URI)
+        #[arg(long)]
         target: Option<String>,
         /// The migration mode the checks see
         #[arg(long, value_enum, default_value_t = ModeArg::Offline)]
@@ -539,8 +546,20 @@ async fn run(cli: Cli) -> Result<Exit> {
         Command::Worker(args) => worker(&cli, args).await,
         Command::Plugin(PluginCommand::List) => plugin_list(&cli).await,
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&cli, file).await,
-        Command::Plugin(PluginCommand::Test { file, inventory, properties, target, migration_mode, source_type, settings }) => {
-            plugin_test(&cli, file, inventory.as_deref(), properties.as_deref(), target.as_deref(), *migration_mode, source_type.as_deref(), settings).await
+        Command::Plugin(PluginCommand::Test { file, inventory, properties, source, databases, target, migration_mode, source_type, settings }) => {
+            let live = match (properties, source) {
+                (Some(path), _) => Some(Properties::from_file(path)?),
+                (None, Some(uri)) => {
+                    let body = serde_json::json!({ "properties": {
+                        "SourceDBServerResourceId": uri,
+                        "DBsToMigrate": databases,
+                        "sourceType": source_type.as_deref().unwrap_or("OnPremises"),
+                    } });
+                    Some(Properties::parse(&body.to_string()).context("--source")?)
+                }
+                (None, None) => None,
+            };
+            plugin_test(&cli, file, inventory.as_deref(), live, target.as_deref(), *migration_mode, source_type.as_deref(), settings).await
         }
         Command::Plugin(PluginCommand::New { kind, name, lang, dir }) => plugin_new(&cli, *kind, name, *lang, dir.as_deref()),
         Command::Plugin(PluginCommand::Build { dir }) => plugin_build(&cli, dir).await,
@@ -750,7 +769,7 @@ async fn plugin_test(
     cli: &Cli,
     file: &std::path::Path,
     inventory: Option<&std::path::Path>,
-    properties: Option<&std::path::Path>,
+    live: Option<Properties>,
     target: Option<&str>,
     mode: ModeArg,
     source_type: Option<&str>,
@@ -762,17 +781,14 @@ async fn plugin_test(
         .iter()
         .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--setting {s:?} is not KEY=VALUE")))
         .collect::<Result<_>>()?;
-    let (inventory, props) = match (inventory, properties) {
+    let (inventory, props) = match (inventory, live) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the inventory dump {}", path.display()))?;
             let inventory = pgferry::plugin_host::Inventory::from_fixture_json(&text).with_context(|| format!("{} is not an inventory dump (`pgferry inventory dump` writes one)", path.display()))?;
             (std::sync::Arc::new(inventory), None)
         }
-        (None, Some(path)) => {
-            let props = Properties::from_file(path)?;
-            (migration::live_inventory(&registry(cli).await?, &props, target).await?, Some(props))
-        }
-        (None, None) => bail!("give --inventory FILE or --properties FILE"),
+        (None, Some(props)) => (migration::live_inventory(&registry(cli).await?, &props, target).await?, Some(props)),
+        (None, None) => bail!("give --inventory FILE, --properties FILE, or --source URI with --target"),
     };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();

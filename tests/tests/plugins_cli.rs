@@ -222,6 +222,11 @@ fn an_inventory_dump_is_an_sdk_fixture_and_plugin_test_runs_one_plugin_against_i
     let out = pf.run(&["plugin", "test", &example, "--properties", &props, "--target", &target_arg, "--setting", "max_bytes=1000000"]);
     assert_eq!(out.code, 4, "{}", out.transcript());
     assert!(out.stdout.contains("over the limit of"), "{}", out.transcript());
+    // Or straight from a live source URI and the databases to check.
+    let source_uri = format!("postgresql://postgres@127.0.0.1:{}/postgres", source.port());
+    let out = pf.run(&["plugin", "test", &example, "--source", &source_uri, "--database", "app", "--target", &target_arg, "--setting", "max_bytes=1000000"]);
+    assert_eq!(out.code, 4, "{}", out.transcript());
+    assert!(out.stdout.contains("over the limit of") && out.stdout.contains("app"), "{}", out.transcript());
     // An adapter: its readiness, here for an online migration of a source without logical WAL.
     let adapter = workspace_root().join("plugins/dist/adapter-on-premises.wasm").display().to_string();
     let out = pf.run(&["plugin", "test", &adapter, "--inventory", &dump, "--migration-mode", "Online"]);
