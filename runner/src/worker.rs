@@ -60,7 +60,7 @@ async fn work(location: &Location, registry: &Registry, options: &Options<'_>, s
             }
         };
         let Some(m) = claimed else {
-            if options.until_idle {
+            if options.until_idle && store.unclaimed().is_ok_and(|n| n == 0) {
                 return Ok(());
             }
             tokio::time::sleep(options.poll).await;

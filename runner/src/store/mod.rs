@@ -922,28 +922,20 @@ impl Store {
     /// On PostgreSQL the candidates are locked `FOR UPDATE SKIP LOCKED`: workers claiming
     /// at once each get another migration, none waits on another's claim.
     pub fn claim(&mut self, holder: &Holder) -> Result<Option<Migration>> {
-        // Not Canceling ones: a cancel whose runner is gone is finished by `update --cancel`.
-        let active: Vec<String> = Status::ALL.iter().filter(|s| s.is_active() && **s != Status::CANCELING).map(Status::to_string).collect();
-        let list = active.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         let lock = match self.conn.dialect() {
             Dialect::Sqlite => "",
             Dialect::Postgres => "for update of m skip locked",
         };
         let tx = self.conn.write(None)?;
-        let candidates = tx.query(
-            &format!(
-                "select m.id from migration m left join lease l on l.migration_id = m.id
-                  where m.status in ({list}) and (l.migration_id is null or l.expires_at_ms < ?1 or l.host = ?2)
-                    and (m.option = 'Validate' or not exists (
-                         select 1 from migration o
-                          where o.target_server = m.target_server and o.option <> 'Validate' and o.id < m.id and o.status in ({list})))
-                  order by m.id limit 20 {lock}"
-            ),
-            args![now_ms(), holder.host.as_str()],
-        )?;
-        for row in candidates {
+        // One candidate at a time, so that a claim locks one row, not every worker's next.
+        let mut after = 0;
+        loop {
+            let Some(row) = tx.query_opt(&format!("{} and m.id > ?3 order by m.id limit 1 {lock}", claimable_sql()), args![now_ms(), holder.host.as_str(), after])? else {
+                return Ok(None);
+            };
             let id = row.int(0)?;
             if lease_of(&tx, id)?.is_some_and(|l| l.alive()) {
+                after = id;
                 continue;
             }
             take_lease(&tx, id, holder)?;
@@ -951,7 +943,20 @@ impl Store {
             tx.commit()?;
             return self.get_by_id(id).map(Some);
         }
-        Ok(None)
+    }
+
+    /// How many active migrations no live runner holds: queued, waiting their turn on their
+    /// target, being claimed, or left by a runner that died. A worker asked to stop when
+    /// idle stops only at 0 (a claim finding nothing may only have met another's claim).
+    pub fn unclaimed(&self) -> Result<usize> {
+        let ids = self.conn.query(&format!("select id from migration where status in ({})", workable_statuses()), args![])?;
+        let mut unclaimed = 0;
+        for row in ids {
+            if !lease_of(&self.conn, row.int(0)?)?.is_some_and(|l| l.alive()) {
+                unclaimed += 1;
+            }
+        }
+        Ok(unclaimed)
     }
 
     /// Extends `holder`'s lease; false when it no longer holds it (it expired and another
@@ -1457,6 +1462,26 @@ impl Store {
         let rows = self.conn.query("select at, status from transition where migration_id = ?1 order by rowid", args![id])?;
         rows.iter().map(|r| Ok((DateTime::parse_from_rfc3339(&r.text(0)?)?.with_timezone(&Utc), r.text(1)?.parse().map_err(anyhow::Error::msg)?))).collect()
     }
+}
+
+/// The statuses a worker runs migrations in, as an SQL list: the active ones but Canceling
+/// (a cancel whose runner is gone is finished by `update --cancel`).
+fn workable_statuses() -> String {
+    Status::ALL.iter().filter(|s| s.is_active() && **s != Status::CANCELING).map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+}
+
+/// The migrations a worker may claim (`?1`: now in ms, `?2`: the claiming host): in a
+/// workable status, with no lease, an expired one or one of this host (whose process `Lease::alive` checks), and
+/// first in line on their target unless only validating.
+fn claimable_sql() -> String {
+    let list = workable_statuses();
+    format!(
+        "select m.id from migration m left join lease l on l.migration_id = m.id
+          where m.status in ({list}) and (l.migration_id is null or l.expires_at_ms < ?1 or l.host = ?2)
+            and (m.option = 'Validate' or not exists (
+                 select 1 from migration o
+                  where o.target_server = m.target_server and o.option <> 'Validate' and o.id < m.id and o.status in ({list})))"
+    )
 }
 
 const SELECT: &str = "select id, name, target_server, source_server, source_type, mode, option, status, databases, properties,
