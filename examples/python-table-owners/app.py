@@ -7,7 +7,7 @@ Finding `table-owner-not-allowed` (error): a table owned by another role; the re
 gives the ALTER TABLE that fixes it.
 """
 
-from pgferry_sdk import Level, LogLevel, Rule, error, quote_ident, rule_set
+from pgferry_sdk import Level, LogLevel, Rule, error, manifest, quote_ident, rule_set, text
 
 
 class TableOwners(Rule):
@@ -38,4 +38,12 @@ class TableOwners(Rule):
         return findings
 
 
-Rules = rule_set(TableOwners)
+Rules = rule_set(
+    TableOwners,
+    manifest=manifest(
+        "example-table-owners",
+        "0.1.0",
+        "Every table is owned by an allowed role",
+        settings=[text("owners", "The allowed table owners, comma-separated", required=True)],
+    ),
+)

@@ -19,9 +19,8 @@ mod files {
 /// another contract (the Rust SDK copied into them must be on the same one; a test checks).
 pub const CONTRACT: &str = "0.2.0";
 
-/// The contract of new Python projects: the Python SDK does not export a manifest yet, so
-/// it stays on 0.1.0, which every runner of 0.x keeps hosting (see docs/plugins.md).
-pub const PYTHON_CONTRACT: &str = "0.1.0";
+/// The contract of new Python projects (their WIT copy; the Python SDK follows it).
+pub const PYTHON_CONTRACT: &str = "0.2.0";
 
 /// The componentize-py release Python plugins are built and documented with.
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";

@@ -292,9 +292,11 @@ fn build_refuses_a_component_the_runner_cannot_load() {
     let pf = Pgferry::new();
     let home = outside();
     assert_eq!(pgferry(&pf, home.path(), &["plugin", "new", "rule", "future-rule", "--lang", "python"]).code, 0);
-    let wit = home.path().join("future-rule/wit/since_v0.1.0/plugin.wit");
+    let wit = home.path().join("future-rule/wit/since_v0.2.0/plugin.wit");
     let text = std::fs::read_to_string(&wit).unwrap();
-    std::fs::write(&wit, text.replace("package pgferry:plugin@0.1.0;", "package pgferry:plugin@0.9.0;")).unwrap();
+    let edited = text.replace("package pgferry:plugin@0.2.0;", "package pgferry:plugin@0.9.0;");
+    assert_ne!(edited, text, "the package line was found");
+    std::fs::write(&wit, edited).unwrap();
     let out = pgferry(&pf, home.path(), &["plugin", "build", "future-rule"]);
     assert_eq!(out.code, 1, "{}", out.transcript());
     assert!(out.stdout.is_empty(), "no block for a component that cannot run: {}", out.transcript());
@@ -356,9 +358,11 @@ fn python_example_rule_fires_on_a_real_server() {
     let native = run(&example, "python3", &["-c", &script], &[("PYTHONPATH", &sdk.display().to_string())]);
     assert_eq!(native, "table-owner-not-allowed public.audit ERROR\n['PARTITIONED_TABLE', 'TABLE', 'TABLE', 'TABLE']\n", "{native}");
 
-    // Without its required setting the rule says so, and the run names it.
+    // Without its required setting (its manifest says so) the runner refuses it at load,
+    // naming the setting and how to give it.
     let out = cli(&pf, &["plugin", "test", &wasm, "--properties", &props, "--target", &target_arg]);
-    assert!(out.stdout.contains("setting `owners` is required"), "{}", out.transcript());
+    assert_eq!(out.code, 1, "{}", out.transcript());
+    assert!(out.stderr.contains("setting `owners` is required") && out.stderr.contains("--setting owners="), "{}", out.transcript());
 }
 
 /// The Python SDK's default fixture is the Rust SDK's `Fixture::new()`, written by this

@@ -13,10 +13,15 @@ import wit_world
 from wit_world.exports.adapter import AdapterInfo, ConnectionDetails, ProviderObjectNames
 from wit_world.imports.types import SslMode
 
-from pgferry_sdk import Context, MigrationMode, error, setting_of
+from pgferry_sdk import Context, MigrationMode, error, manifest, setting_of
 
 
 class Adapter(wit_world.exports.Adapter):
+    def manifest(self):
+        # The provider's own settings this adapter reads go in inventory_settings (an exact
+        # name, also a placeholder the server does not list, or `prefix*`).
+        return manifest("{{name}}", "0.1.0", "Source adapter for {{ID}}", inventory_settings=[])
+
     def info(self) -> AdapterInfo:
         return AdapterInfo(
             ids=["{{ID}}"],

@@ -8,7 +8,7 @@ Finding `leftover-table` (error): the table, with what to do about it.
 Change the rule to what your platform needs; README.md says how to test, build and pin it.
 """
 
-from pgferry_sdk import Level, LogLevel, Rule, error, rule_set
+from pgferry_sdk import Level, LogLevel, Rule, error, manifest, rule_set, text
 
 DEFAULT_PREFIX = "tmp_"
 
@@ -39,5 +39,15 @@ class LeftoverTables(Rule):
         return findings
 
 
-# The component's export: componentize-py looks for `Rules` in this module.
-Rules = rule_set(LeftoverTables)
+# The component's export: componentize-py looks for `Rules` in this module. The manifest
+# declares the settings the runner accepts for this plugin (an unknown or mistyped key in
+# plugins.toml is refused at load, naming the plugin and the key).
+Rules = rule_set(
+    LeftoverTables,
+    manifest=manifest(
+        "{{name}}",
+        "0.1.0",
+        "No leftover tables are migrated",
+        settings=[text("prefix", "Tables whose name starts with this are reported", default=DEFAULT_PREFIX)],
+    ),
+)

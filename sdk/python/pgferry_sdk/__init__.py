@@ -16,7 +16,11 @@ A validation rule is a class with ``id``, ``title``, ``level`` and a ``check(cx)
                 return [error("database-too-big", "over 1 TiB", on=db.name, fix="Ask the platform team.")]
             return []
 
-    Rules = rule_set(NoHugeDatabases)
+    Rules = rule_set(NoHugeDatabases, manifest=manifest("no-huge-databases", "1.0.0", "Databases stay small"))
+
+``manifest(...)`` says what the plugin is and which settings it takes (``text``,
+``boolean``, ``integer``, ``number``, each with a default or required): the runner checks the
+operator's configuration against it when it loads the plugin (contract 0.2.0).
 
 A source adapter implements the world's ``Adapter`` protocol directly and uses the finding
 helpers here. ``pgferry_sdk.testing`` runs either natively against an inventory fixture.
@@ -37,7 +41,7 @@ except ImportError:
     _bindings.ensure()
 
 from componentize_py_types import Err
-from wit_world.imports import host, types
+from wit_world.imports import host, manifest as _manifest, types
 from wit_world.imports.types import (  # noqa: F401  (re-exported for plugin authors)
     CheckContext,
     DatabaseInfo,
@@ -52,6 +56,56 @@ from wit_world.imports.types import (  # noqa: F401  (re-exported for plugin aut
 )
 
 LogLevel = host.LogLevel
+PluginManifest = _manifest.PluginManifest
+SettingSpec = _manifest.SettingSpec
+Grant = _manifest.Grant
+
+
+def _setting(kind: "_manifest.SettingType", name: str, description: str, default, required: bool) -> SettingSpec:
+    if required and default is not None:
+        raise ValueError(f"setting `{name}`: a required setting has no default")
+    if default is not None:
+        default = ("true" if default else "false") if isinstance(default, bool) else str(default)
+    return SettingSpec(name=name, description=description, value_type=kind, default=default, required=required)
+
+
+def text(name: str, description: str, *, default: Optional[str] = None, required: bool = False) -> SettingSpec:
+    """A text setting for ``manifest(settings=[...])``."""
+    return _setting(_manifest.SettingType.TEXT, name, description, default, required)
+
+
+def boolean(name: str, description: str, *, default: Optional[bool] = None, required: bool = False) -> SettingSpec:
+    return _setting(_manifest.SettingType.BOOLEAN, name, description, default, required)
+
+
+def integer(name: str, description: str, *, default: Optional[int] = None, required: bool = False) -> SettingSpec:
+    return _setting(_manifest.SettingType.INTEGER, name, description, default, required)
+
+
+def number(name: str, description: str, *, default: Optional[float] = None, required: bool = False) -> SettingSpec:
+    return _setting(_manifest.SettingType.NUMBER, name, description, default, required)
+
+
+def manifest(
+    id: str,
+    version: str,
+    description: str,
+    *,
+    settings: Optional[List[SettingSpec]] = None,
+    grants: Optional[List[Grant]] = None,
+    inventory_settings: Optional[List[str]] = None,
+) -> PluginManifest:
+    """What the plugin says about itself (contract 0.2.0): its id, version (semver) and
+    description, the settings it takes, the grants it needs (``Grant.SQL``) and the server
+    settings it reads beyond every inventory's (an exact name, or ``prefix*``)."""
+    return PluginManifest(
+        id=id,
+        version=version,
+        description=description,
+        settings=list(settings or []),
+        grants=list(grants or []),
+        inventory_settings=list(inventory_settings or []),
+    )
 
 
 def _finding(severity: Severity, code: str, message: str, on: Optional[str], fix: Optional[str]) -> Finding:
@@ -150,9 +204,12 @@ class Rule:
         raise NotImplementedError(f"rule {self.id!r} has no check method")
 
 
-def rule_set(*rule_classes):
-    """The component's ``Rules`` export for these rule classes: ``Rules = rule_set(A, B)``."""
+def rule_set(*rule_classes, manifest: PluginManifest):
+    """The component's ``Rules`` export for these rule classes:
+    ``Rules = rule_set(A, B, manifest=manifest("my-rules", "1.0.0", "…"))``."""
     from wit_world.exports import Rules as RulesProtocol
+
+    plugin_manifest = manifest
 
     rules = [cls() for cls in rule_classes]
     ids = [r.id for r in rules]
@@ -160,6 +217,9 @@ def rule_set(*rule_classes):
         raise ValueError(f"rule ids must be set and unique, got {ids}")
 
     class Rules(RulesProtocol):
+        def manifest(self):
+            return plugin_manifest
+
         def describe(self):
             return [r.describe() for r in rules]
 
