@@ -252,6 +252,9 @@ fn a_control_database_restart_mid_copy_is_ridden_out_and_the_copy_ends_exact() {
     w.wait().unwrap();
     assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]), "{doc:#}");
     compare::assert_same(&source, &target, "shop");
-    let log = worker_log(&pf, "w");
-    assert!(log.contains("cannot connect to the state store"), "the outage was seen: {log}");
+    // The store did restart under the run (which took it in its stride: a statement on a
+    // connection the restart ended is run again on a new one).
+    let restarts = control.log().matches("database system is ready to accept connections").count();
+    assert_eq!(restarts, 2, "the control database restarted once mid-copy: {}", control.log());
+    assert!(!doc["transitions"].as_array().unwrap().iter().any(|t| t["state"] == "Failed"), "{doc:#}");
 }

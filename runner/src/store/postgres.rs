@@ -74,30 +74,77 @@ fn serve(spec: ConnSpec, jobs: mpsc::Receiver<Job>, ready: mpsc::SyncSender<Resu
         Err(e) => return drop(ready.send(Err(e))),
     };
     let _ = ready.send(Ok(()));
+    // Whether a transaction is open: a statement outside one is tried again on a new
+    // connection when the old one turns out dead (a restart of the control database);
+    // inside one, the caller is told, as the transaction is lost with the connection.
+    let mut in_transaction = false;
     for job in jobs {
         if client.is_closed() {
             match connect() {
                 Ok(c) => client = c,
                 Err(e) => {
+                    in_transaction = false;
                     refuse(job, e);
                     continue;
                 }
             }
         }
-        match job {
-            Job::Execute(sql, args, reply) => {
-                let done = runtime.block_on(client.execute(sql.as_str(), &params(&args))).map_err(anyhow::Error::from);
-                let _ = reply.send(done);
+        // A `begin` is tried again too (nothing is open yet); a `commit` is not.
+        let retry = !in_transaction;
+        if let Job::Batch(sql, _) = &job {
+            match sql.as_str() {
+                "begin" => in_transaction = true,
+                "commit" | "rollback" => in_transaction = false,
+                _ => {}
             }
-            Job::Query(sql, args, reply) => {
-                let rows = runtime.block_on(client.query(sql.as_str(), &params(&args))).map_err(anyhow::Error::from).and_then(|rows| {
+        }
+        let run = |client: &tokio_postgres::Client, job: &Job| -> Answer {
+            match job {
+                Job::Execute(sql, args, _) => Answer::Count(runtime.block_on(client.execute(sql.as_str(), &params(args)))),
+                Job::Query(sql, args, _) => Answer::Rows(runtime.block_on(client.query(sql.as_str(), &params(args)))),
+                Job::Batch(sql, _) => Answer::Done(runtime.block_on(client.batch_execute(sql))),
+            }
+        };
+        let mut answer = run(&client, &job);
+        if retry && answer.lost() && client.is_closed() {
+            if let Ok(fresh) = connect() {
+                client = fresh;
+                answer = run(&client, &job);
+            }
+        }
+        answer.send(job);
+    }
+}
+
+/// What a call gave, before it is sent back.
+enum Answer {
+    Count(Result<u64, tokio_postgres::Error>),
+    Rows(Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>),
+    Done(Result<(), tokio_postgres::Error>),
+}
+
+impl Answer {
+    /// Failed because the connection is gone.
+    fn lost(&self) -> bool {
+        let error = match self {
+            Answer::Count(r) => r.as_ref().err(),
+            Answer::Rows(r) => r.as_ref().err(),
+            Answer::Done(r) => r.as_ref().err(),
+        };
+        error.is_some_and(|e| e.is_closed() || crate::connect::is_lost(e))
+    }
+
+    fn send(self, job: Job) {
+        match (self, job) {
+            (Answer::Count(r), Job::Execute(_, _, reply)) => drop(reply.send(r.map_err(anyhow::Error::from))),
+            (Answer::Rows(r), Job::Query(_, _, reply)) => {
+                let rows = r.map_err(anyhow::Error::from).and_then(|rows| {
                     rows.iter().map(|row| (0..row.len()).map(|i| row.try_get::<_, Value>(i).map_err(anyhow::Error::from)).collect()).collect()
                 });
-                let _ = reply.send(rows);
+                drop(reply.send(rows))
             }
-            Job::Batch(sql, reply) => {
-                let _ = reply.send(runtime.block_on(client.batch_execute(&sql)).map_err(anyhow::Error::from));
-            }
+            (Answer::Done(r), Job::Batch(_, reply)) => drop(reply.send(r.map_err(anyhow::Error::from))),
+            _ => unreachable!("each job gets the answer of its own kind"),
         }
     }
 }
