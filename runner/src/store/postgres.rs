@@ -106,11 +106,13 @@ fn serve(spec: ConnSpec, jobs: mpsc::Receiver<Job>, ready: mpsc::SyncSender<Resu
             }
         };
         let mut answer = run(&client, &job);
-        if retry && answer.lost() && client.is_closed() {
-            if let Ok(fresh) = connect() {
-                client = fresh;
-                answer = run(&client, &job);
-            }
+        if retry
+            && answer.lost()
+            && client.is_closed()
+            && let Ok(fresh) = connect()
+        {
+            client = fresh;
+            answer = run(&client, &job);
         }
         answer.send(job);
     }
