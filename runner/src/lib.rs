@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod lease;
 pub mod lifecycle;
 pub mod migration;
+pub mod own_thread;
 pub mod pg_tools;
 pub mod plugin_host;
 pub mod plugin_sql;

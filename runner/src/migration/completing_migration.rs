@@ -92,8 +92,13 @@ async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
 /// in the copy's format, its columns in the copy's order (an inheritance child's columns
 /// may be in another order on the target), parsed as it streams.
 pub async fn digest_table(client: &Client, role: Role, table: &TableToVerify) -> Result<Digest> {
-    let name = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
-    let sql = format!("COPY (SELECT {} FROM ONLY {name}) TO STDOUT (FORMAT {})", table.columns.join(", "), table.format.sql());
+    digest_rows(client, role, table, None).await
+}
+
+/// The digest of a table's rows in blocks `[start, end)` (`end` open: to the last), or of
+/// all of them.
+pub async fn digest_rows(client: &Client, role: Role, table: &TableToVerify, blocks: Option<(i64, Option<i64>)>) -> Result<Digest> {
+    let sql = format!("COPY ({}) TO STDOUT (FORMAT {})", rows_query(&table.schema, &table.name, &table.columns, blocks), table.format.sql());
     let checksumming = || format!("checksumming {}.{}", table.schema, table.name);
     let out = client.copy_out(&sql).await.map_err(|e| pg_failure(role, &e, checksumming()))?;
     futures_util::pin_mut!(out);
@@ -103,6 +108,20 @@ pub async fn digest_table(client: &Client, role: Role, table: &TableToVerify) ->
         digest.feed(&chunk).with_context(checksumming)?;
     }
     digest.finish().with_context(checksumming)
+}
+
+/// `SELECT columns FROM ONLY table`, in blocks `[start, end)` when given (a TID range scan
+/// from PostgreSQL 14).
+pub fn rows_query(schema: &str, name: &str, columns: &[String], blocks: Option<(i64, Option<i64>)>) -> String {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let range = match blocks {
+        None => String::new(),
+        Some((start, end)) => {
+            let upper = end.map(|e| format!(" AND ctid < '({e},0)'::tid")).unwrap_or_default();
+            format!(" WHERE ctid >= '({start},0)'::tid{upper}")
+        }
+    };
+    format!("SELECT {} FROM ONLY {table}{range}", columns.join(", "))
 }
 
 /// One table's digests on both sides.

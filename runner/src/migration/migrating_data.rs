@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::copy_digest::{CopyDigester, Digest, Format};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
-use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
+use crate::connect::{pg_error, ConnSpec, Role};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
@@ -578,25 +578,16 @@ async fn plain_archive(s: &Settings<'_>, file: &std::path::Path) -> Result<Strin
     String::from_utf8(out.stdout).context("the post-data archive is not UTF-8 text")
 }
 
-/// The per-table pipeline's work: the archive entries that build each table's indexes and
-/// keys, and whether each table is then verified (read back and digested) and analyzed.
-struct Early {
-    entries: std::collections::BTreeMap<super::post_data::TableKey, Vec<super::post_data::TableEntry>>,
-    verify: bool,
-}
-
 /// Copies every table with `jobs` workers, each in its own transaction at `snapshot`.
-/// With `early`, a table goes on through a pipeline of `index_jobs` workers of their own as
-/// soon as all its parts are copied, while other tables are still copying: its indexes and
-/// keys are built (the archive entries `early` has for it), then, offline, it is read back
-/// and digested against what its copy read, then analyzed. Returned with the copies: the
-/// TOC ids of the entries run, and what was verified and analyzed.
+/// With `plan`, a table goes on through the per-table pipeline (`super::pipeline`) as soon
+/// as all its parts are copied, while other tables are still copying. Returned with the
+/// copies: the TOC ids of the entries the pipeline ran, and what it verified and analyzed.
 async fn copy_tables(
     s: &Settings<'_>,
     db: &str,
     snapshot: &str,
     tables: Vec<TableJob>,
-    early: Option<Early>,
+    plan: Option<super::pipeline::Plan>,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<(Vec<TableCopy>, (std::collections::BTreeSet<u32>, Landed))> {
     // Parts still being copied per table, and the digest of those copied: at 0 the table
@@ -607,65 +598,19 @@ async fn copy_tables(
     }
     let parts_left = Arc::new(Mutex::new(parts_left));
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
-    let built = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
-    let landed_tables = Arc::new(Mutex::new(Landed::default()));
-    // A JoinSet aborts its tasks when dropped: a canceled migration stops copying.
-    let mut pipeline = tokio::task::JoinSet::new();
-    let landed = match early {
-        None => None,
-        Some(early) => {
-            let (landed, arrivals) = mpsc::unbounded_channel::<TableToVerify>();
-            let (arrivals, early) = (Arc::new(Mutex::new(arrivals)), Arc::new(early));
-            for _ in 0..s.index_jobs.max(1) {
-                let (target, db, arrivals, early, built, landed_tables) = (s.target.clone(), db.to_string(), arrivals.clone(), early.clone(), built.clone(), landed_tables.clone());
-                pipeline.spawn(async move {
-                    let mut client = None;
-                    loop {
-                        let Some(table) = arrivals.lock().await.recv().await else { break };
-                        let key = (table.schema.clone(), table.name.clone());
-                        let todo = early.entries.get(&key).map(Vec::as_slice).unwrap_or_default();
-                        if todo.is_empty() && !early.verify {
-                            continue;
-                        }
-                        if client.is_none() {
-                            let (connected, _) = target.connect(&db).await?;
-                            connected.batch_execute(&stable_text()).await?;
-                            client = Some(connected);
-                        }
-                        let client = client.as_ref().expect("connected");
-                        let started = Instant::now();
-                        for entry in todo {
-                            client.batch_execute(&entry.sql).await.map_err(|e| {
-                                crate::connect::pg_failure(Role::Target, &e, format!("building the indexes and keys of table {}.{} in database {db:?} (archive entry {})", key.0, key.1, entry.id))
-                            })?;
-                            built.lock().await.insert(entry.id);
-                        }
-                        if early.verify {
-                            let target_digest = super::completing_migration::digest_table(client, Role::Target, &table).await?;
-                            let name = format!("{}.{}", quote_ident(&key.0), quote_ident(&key.1));
-                            client.batch_execute(&format!("ANALYZE {name}")).await.map_err(|e| pg_failure(Role::Target, &e, format!("analyzing table {name} of database {db:?} on the target")))?;
-                            let mut landed = landed_tables.lock().await;
-                            landed.verified.push(super::completing_migration::Compared {
-                                table: format!("{}.{}", key.0, key.1),
-                                source: table.source.expect("the copy's digest"),
-                                target: target_digest,
-                            });
-                            landed.analyzed.insert(key.clone());
-                        }
-                        tracing::debug!("{db}: {}.{} built ({} entries) and checked in {:.2}s", key.0, key.1, todo.len(), started.elapsed().as_secs_f64());
-                    }
-                    anyhow::Ok(())
-                });
-            }
-            Some(landed)
+    let (mut pipeline, arrivals) = match plan {
+        Some(plan) => {
+            let (pipeline, arrivals) = super::pipeline::Pipeline::start(s.target, db, s.index_jobs, plan);
+            (Some(pipeline), Some(arrivals))
         }
+        None => (None, None),
     };
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..s.jobs.max(1) {
         let (source, target) = (s.source.clone(), s.target.clone());
         let (queue, db, snapshot, progress) = (queue.clone(), db.to_string(), snapshot.to_string(), progress.clone());
-        let (parts_left, landed) = (parts_left.clone(), landed.clone());
-        workers.spawn(async move {
+        let (parts_left, arrivals) = (parts_left.clone(), arrivals.clone());
+        workers.spawn(crate::own_thread::run("pgferry-copy", move || async move {
             let (src, _) = source.connect(&db).await?;
             // The text settings matter to tables copied as text: what the source writes is
             // what the target parses, and what the source's digest is taken of.
@@ -693,38 +638,55 @@ async fn copy_tables(
                     *digest = digest.combine(copy.digest);
                     (*n == 0).then_some(*digest)
                 };
-                if let (Some(digest), Some(landed)) = (whole, &landed) {
-                    let _ = landed.send(TableToVerify { schema: job.schema.clone(), name: job.name.clone(), columns: job.columns.clone(), format: job.format, source: Some(digest) });
+                if let (Some(digest), Some(arrivals)) = (whole, &arrivals) {
+                    arrivals.landed(super::pipeline::LandedTable {
+                        table: TableToVerify { schema: job.schema.clone(), name: job.name.clone(), columns: job.columns.clone(), format: job.format, source: Some(digest) },
+                        size: job.size * job.parts as i64,
+                        main_size: job.main_size,
+                    });
                 }
                 done.push(copy);
             }
             src.batch_execute("COMMIT").await?;
             anyhow::Ok(done)
-        });
+        }));
     }
-    // The index workers stop once every copy worker is done and the queue is drained.
-    drop(landed);
     let mut copied = Vec::new();
     let mut first_error = None;
-    while let Some(worker) = workers.join_next().await {
+    loop {
+        let failed = async {
+            match pipeline.as_mut() {
+                Some(pipeline) => pipeline.failure().await,
+                None => std::future::pending().await,
+            }
+        };
+        let worker = tokio::select! {
+            worker = workers.join_next() => worker,
+            e = failed => {
+                first_error = Some(e);
+                None
+            }
+        };
+        let Some(worker) = worker else { break };
         match worker.context("a copy worker panicked")? {
             Ok(done) => copied.extend(done),
             Err(e) => {
-                // Stop the others: nothing more is taken from the queue.
-                queue.lock().await.clear();
                 first_error.get_or_insert(e);
+                break;
             }
         }
     }
     if let Some(e) = first_error {
+        // Stop the others: nothing more is taken from the queue, and dropping the JoinSets
+        // ends the tasks.
+        queue.lock().await.clear();
         return Err(e);
     }
-    while let Some(worker) = pipeline.join_next().await {
-        worker.context("a pipeline worker panicked")??;
-    }
-    let built = std::mem::take(&mut *built.lock().await);
-    let landed = std::mem::take(&mut *landed_tables.lock().await);
-    Ok((copied, (built, landed)))
+    let landed = match pipeline.take() {
+        None => Default::default(),
+        Some(pipeline) => pipeline.finish().await?,
+    };
+    Ok((copied, landed))
 }
 
 /// How often a table that streams says how far it got.
@@ -737,11 +699,7 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob, db: &str, progre
     let format = job.format.sql();
     let source_query = match job.blocks {
         None => format!("COPY {table}{columns} TO STDOUT (FORMAT {format})"),
-        Some((start, end)) => {
-            let list = if job.columns.is_empty() { String::new() } else { job.columns.join(", ") };
-            let upper = end.map(|e| format!(" AND ctid < '({e},0)'::tid")).unwrap_or_default();
-            format!("COPY (SELECT {list} FROM ONLY {table} WHERE ctid >= '({start},0)'::tid{upper}) TO STDOUT (FORMAT {format})")
-        }
+        Some(_) => format!("COPY ({}) TO STDOUT (FORMAT {format})", super::completing_migration::rows_query(&job.schema, &job.name, &job.columns, job.blocks)),
     };
     // Marked when the connection was lost: the copy is then tried again once the server is back.
     let source_err = |e: tokio_postgres::Error| crate::connect::pg_failure(Role::Source, &e, "reading from the source");
@@ -927,14 +885,18 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         // A fresh copy builds each table's indexes and keys as soon as its data is in. A
         // resumed one leaves them to the restore after the copy, which drops and remakes
         // what an interrupted run may have built (`--clean`).
-        let early = if resumed {
+        let plan = if resumed {
             None
         } else {
             let keys = todo.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
-            // Online, the target's tables move on with the stream: verified at the cutover.
-            Some(Early { entries: super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys), verify: slot_snapshot.is_none() })
+            Some(super::pipeline::Plan {
+                entries: super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys),
+                // Online, the target's tables move on with the stream: verified at the cutover.
+                verify: slot_snapshot.is_none(),
+                split_bytes: if s.inventory.target.version_num >= 140000 { s.split_bytes } else { 0 },
+            })
         };
-        let (copied, pipelined) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), early, progress).await?;
+        let (copied, pipelined) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), plan, progress).await?;
         (built, landed) = pipelined;
         // The parts of a split table add up to its digest.
         let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();

@@ -6,6 +6,7 @@ pub mod copy_digest;
 pub mod migrating_data;
 mod progress;
 pub mod performing_prerequisite_steps;
+mod pipeline;
 mod post_data;
 pub mod validation_in_progress;
 pub mod waiting_for_cutover_trigger;

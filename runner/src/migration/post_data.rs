@@ -14,15 +14,24 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use pg_query::protobuf::{node::Node as N, AlterTableType, ConstrType, ObjectType};
+use pg_query::protobuf::{node::Node as N, AlterTableType, ConstrType, ObjectType, RangeVar};
 
-/// One archive entry that builds an index or key of one table.
+use crate::sql_text::quote_ident;
+
+/// One archive entry that builds an index or key of one table, in two steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableEntry {
     /// Its TOC id (`pg_restore --list`'s first column): left out of the restore after the copy.
     pub id: u32,
-    /// The session settings pg_restore had set for it, then its SQL.
-    pub sql: String,
+    /// The session settings pg_restore had set for it, then what builds the index: a
+    /// `CREATE INDEX`; for a primary key or unique constraint, its index as a `CREATE UNIQUE
+    /// INDEX` of the constraint's name (an exclusion constraint: the whole `ADD CONSTRAINT`).
+    /// The builds of one table run at once: each takes a SHARE lock, which the others allow.
+    pub build: String,
+    /// What waits until every build of the table is done, as it locks the table against
+    /// them: a key's `ADD CONSTRAINT … USING INDEX` (which only records the built index as
+    /// the constraint), `CLUSTER ON`, `REPLICA IDENTITY`, `SET STATISTICS`. Empty: nothing.
+    pub finish: String,
 }
 
 /// `(schema, name)` of a table.
@@ -38,9 +47,9 @@ pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableK
     let mut finish = |entry: &mut Option<(u32, u32, Vec<&str>)>, settings: &BTreeMap<&str, &str>| {
         if let Some((id, class, body)) = entry.take() {
             let sql = body.join("\n");
-            if let Some(table) = builds_on(class, &sql, tables) {
+            if let Some((table, build, finish)) = split_entry(class, &sql, tables) {
                 let prefix: String = settings.values().map(|s| format!("{s}\n")).collect();
-                by_table.entry(table).or_default().push(TableEntry { id, sql: format!("{prefix}{}", sql.trim()) });
+                by_table.entry(table).or_default().push(TableEntry { id, build: format!("{prefix}{build}"), finish });
             }
         }
     };
@@ -83,8 +92,9 @@ pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableK
 }
 
 /// The table an archive entry of catalog class `class` builds an index or key on, when it
-/// does only that, on a table in `tables`.
-fn builds_on(class: u32, sql: &str, tables: &HashSet<TableKey>) -> Option<TableKey> {
+/// does only that, on a table in `tables`; with the entry split into its build and its finish
+/// (see `TableEntry`).
+fn split_entry(class: u32, sql: &str, tables: &HashSet<TableKey>) -> Option<(TableKey, String, String)> {
     const PG_CLASS: u32 = 1259; // an INDEX entry
     const PG_CONSTRAINT: u32 = 2606; // a CONSTRAINT (or FK CONSTRAINT) entry
     if class != PG_CLASS && class != PG_CONSTRAINT {
@@ -92,7 +102,7 @@ fn builds_on(class: u32, sql: &str, tables: &HashSet<TableKey>) -> Option<TableK
     }
     let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
     let mut table: Option<TableKey> = None;
-    let mut same_table = |relation: &Option<pg_query::protobuf::RangeVar>| -> bool {
+    let mut same_table = |relation: &Option<RangeVar>| -> bool {
         let Some(r) = relation else { return false };
         let key = (r.schemaname.clone(), r.relname.clone());
         match &table {
@@ -103,35 +113,105 @@ fn builds_on(class: u32, sql: &str, tables: &HashSet<TableKey>) -> Option<TableK
             }
         }
     };
+    let (mut build, mut finish) = (Vec::new(), Vec::new());
     for raw in &parsed.protobuf.stmts {
-        let ok = match raw.stmt.as_ref().and_then(|s| s.node.as_ref())? {
+        // The statement as pg_dump wrote it (a length of 0: to the end).
+        let start = usize::try_from(raw.stmt_location).ok()?;
+        let text = match usize::try_from(raw.stmt_len).ok()? {
+            0 => sql.get(start..)?,
+            len => sql.get(start..start + len)?,
+        };
+        let text = format!("{};", text.trim());
+        match raw.stmt.as_ref().and_then(|s| s.node.as_ref())? {
             // Not `ON ONLY` (a partitioned parent's, attached to later).
-            N::IndexStmt(index) => index.relation.as_ref().is_some_and(|r| r.inh) && same_table(&index.relation),
-            N::AlterTableStmt(alter) if alter.objtype == ObjectType::ObjectTable as i32 => {
-                same_table(&alter.relation)
-                    && alter.cmds.iter().all(|cmd| match cmd.node.as_ref() {
-                        Some(N::AlterTableCmd(cmd)) => match AlterTableType::try_from(cmd.subtype) {
-                            Ok(AlterTableType::AtAddConstraint) => matches!(
-                                cmd.def.as_ref().and_then(|d| d.node.as_ref()),
-                                Some(N::Constraint(c)) if [ConstrType::ConstrPrimary as i32, ConstrType::ConstrUnique as i32, ConstrType::ConstrExclusion as i32].contains(&c.contype)
-                            ),
-                            Ok(AlterTableType::AtClusterOn | AlterTableType::AtReplicaIdentity) => true,
-                            _ => false,
+            N::IndexStmt(index) if index.relation.as_ref().is_some_and(|r| r.inh) && same_table(&index.relation) => build.push(text),
+            N::AlterTableStmt(alter) if alter.objtype == ObjectType::ObjectTable as i32 && same_table(&alter.relation) => {
+                let mut constraints = Vec::new();
+                for cmd in &alter.cmds {
+                    let Some(N::AlterTableCmd(cmd)) = cmd.node.as_ref() else { return None };
+                    match AlterTableType::try_from(cmd.subtype) {
+                        Ok(AlterTableType::AtAddConstraint) => match cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
+                            Some(N::Constraint(c)) if [ConstrType::ConstrPrimary as i32, ConstrType::ConstrUnique as i32, ConstrType::ConstrExclusion as i32].contains(&c.contype) => {
+                                constraints.push(c)
+                            }
+                            _ => return None,
                         },
-                        _ => false,
-                    })
+                        Ok(AlterTableType::AtClusterOn | AlterTableType::AtReplicaIdentity) => {}
+                        _ => return None,
+                    }
+                }
+                match (constraints.as_slice(), alter.cmds.len()) {
+                    ([], _) => finish.push(text),
+                    ([key], 1) if key.contype != ConstrType::ConstrExclusion as i32 => {
+                        let relation = alter.relation.as_ref()?;
+                        let (index, attach) = key_in_two_steps(relation, key)?;
+                        build.push(index);
+                        finish.push(attach);
+                    }
+                    // An exclusion constraint builds its index itself.
+                    _ => build.push(text),
+                }
             }
             // An index entry's `ALTER INDEX … ALTER COLUMN n SET STATISTICS`.
-            N::AlterTableStmt(alter) if alter.objtype == ObjectType::ObjectIndex as i32 => alter.cmds.iter().all(|cmd| {
-                matches!(cmd.node.as_ref(), Some(N::AlterTableCmd(cmd)) if cmd.subtype == AlterTableType::AtSetStatistics as i32)
-            }),
-            _ => false,
-        };
-        if !ok {
-            return None;
+            N::AlterTableStmt(alter)
+                if alter.objtype == ObjectType::ObjectIndex as i32
+                    && alter.cmds.iter().all(|cmd| matches!(cmd.node.as_ref(), Some(N::AlterTableCmd(cmd)) if cmd.subtype == AlterTableType::AtSetStatistics as i32)) =>
+            {
+                finish.push(text)
+            }
+            _ => return None,
         }
     }
-    table.filter(|t| tables.contains(t))
+    if build.is_empty() {
+        return None;
+    }
+    table.filter(|t| tables.contains(t)).map(|t| (t, build.join("\n"), finish.join("\n")))
+}
+
+/// A primary key or unique constraint as pgcopydb builds it: `CREATE UNIQUE INDEX` of the
+/// constraint's name, with its columns, INCLUDE, storage parameters and NULLS NOT DISTINCT
+/// (its tablespace is pg_restore's `default_tablespace`, set before), then `ALTER TABLE …
+/// ADD CONSTRAINT … USING INDEX` with its deferrability. The catalog ends the same as one
+/// `ADD CONSTRAINT` would leave it; the index builds alongside the table's others instead
+/// of under an exclusive lock. `None` for a shape this does not know (left whole).
+fn key_in_two_steps(relation: &RangeVar, key: &pg_query::protobuf::Constraint) -> Option<(String, String)> {
+    use pg_query::protobuf::{IndexElem, IndexStmt, SortByDir, SortByNulls};
+    if key.conname.is_empty() || key.keys.is_empty() || !key.indexname.is_empty() || !key.indexspace.is_empty() || key.where_clause.is_some() {
+        return None;
+    }
+    let column = |n: &pg_query::protobuf::Node| match n.node.as_ref() {
+        Some(N::String(s)) => Some(pg_query::protobuf::Node { node: Some(N::IndexElem(Box::new(IndexElem {
+            name: s.sval.clone(),
+            // Protobuf's 0 is no value: the C side would abort on it.
+            ordering: SortByDir::SortbyDefault as i32,
+            nulls_ordering: SortByNulls::SortbyNullsDefault as i32,
+            ..Default::default()
+        }))) }),
+        _ => None,
+    };
+    let index = IndexStmt {
+        idxname: key.conname.clone(),
+        // Not `ON ONLY`, which is for partitioned parents (`ALTER TABLE ONLY` is no hint).
+        relation: Some(RangeVar { inh: true, ..relation.clone() }),
+        access_method: "btree".into(),
+        index_params: key.keys.iter().map(column).collect::<Option<_>>()?,
+        index_including_params: key.including.iter().map(column).collect::<Option<_>>()?,
+        options: key.options.clone(),
+        unique: true,
+        nulls_not_distinct: key.nulls_not_distinct,
+        ..Default::default()
+    };
+    let index = N::IndexStmt(Box::new(index)).deparse(pg_query::DeparseOptions::default()).ok()?;
+    let kind = if key.contype == ConstrType::ConstrPrimary as i32 { "PRIMARY KEY" } else { "UNIQUE" };
+    let deferrable = match (key.deferrable, key.initdeferred) {
+        (false, _) => "",
+        (true, false) => " DEFERRABLE",
+        (true, true) => " DEFERRABLE INITIALLY DEFERRED",
+    };
+    let table = if relation.schemaname.is_empty() { quote_ident(&relation.relname) } else { format!("{}.{}", quote_ident(&relation.schemaname), quote_ident(&relation.relname)) };
+    let name = quote_ident(&key.conname);
+    let only = if relation.inh { "" } else { "ONLY " };
+    Some((format!("{index};"), format!("ALTER TABLE {only}{table} ADD CONSTRAINT {name} {kind} USING INDEX {name}{deferrable};")))
 }
 
 #[cfg(test)]
@@ -240,14 +320,41 @@ CREATE INDEX p1_k_idx ON public.p1 USING btree (k);
         let entries = table_entries(PLAIN, &tables);
         let weird = &entries[&("public".to_string(), "We ird".to_string())];
         assert_eq!(weird.iter().map(|e| e.id).collect::<Vec<_>>(), [3213, 3211]);
-        assert_eq!(weird[0].sql, "SET default_tablespace = '';\nALTER TABLE ONLY public.\"We ird\"\n    ADD CONSTRAINT \"We ird_b_key\" UNIQUE (b);");
-        assert!(weird[1].sql.starts_with("SET default_tablespace = fast;\nCREATE INDEX \"We ird_a_idx\""), "{}", weird[1].sql);
-        assert!(weird[1].sql.ends_with("SET STATISTICS 500;"), "the whole entry: {}", weird[1].sql);
+        // A unique constraint: its index built alongside the others, attached after.
+        assert_eq!(weird[0].build, "SET default_tablespace = '';\nCREATE UNIQUE INDEX \"We ird_b_key\" ON public.\"We ird\" USING btree (b);");
+        assert_eq!(weird[0].finish, "ALTER TABLE ONLY \"public\".\"We ird\" ADD CONSTRAINT \"We ird_b_key\" UNIQUE USING INDEX \"We ird_b_key\";");
+        assert_eq!(weird[1].build, "SET default_tablespace = fast;\nCREATE INDEX \"We ird_a_idx\" ON public.\"We ird\" USING btree (a);");
+        assert_eq!(weird[1].finish, "ALTER INDEX public.\"We ird_a_idx\" ALTER COLUMN 1 SET STATISTICS 500;");
         assert_eq!(entries[&("public".to_string(), "p1".to_string())].iter().map(|e| e.id).collect::<Vec<_>>(), [3220]);
         // The partitioned parent's key and index (not copied: no rows), the comment, the
         // foreign key and the check constraint are left to pg_restore.
         assert!(!entries.contains_key(&("public".to_string(), "p".to_string())));
         assert!(!entries.contains_key(&("public".to_string(), "c".to_string())), "{entries:#?}");
         assert_eq!(entries.values().map(Vec::len).sum::<usize>(), 3);
+    }
+
+    fn only_entry(sql: &str) -> (String, String) {
+        let tables: HashSet<TableKey> = [("s".to_string(), "t".to_string())].into();
+        let (table, build, finish) = split_entry(2606, sql, &tables).expect("an entry of s.t");
+        assert_eq!(table, ("s".to_string(), "t".to_string()));
+        (build, finish)
+    }
+
+    #[test]
+    fn keys_are_built_as_unique_indexes_and_attached_with_every_option() {
+        let (build, finish) = only_entry(
+            "ALTER TABLE ONLY s.t\n    ADD CONSTRAINT \"T pk\" PRIMARY KEY (a, \"B b\") INCLUDE (c) WITH (fillfactor='70', deduplicate_items=off) DEFERRABLE INITIALLY DEFERRED;\n\nALTER TABLE s.t CLUSTER ON \"T pk\";",
+        );
+        assert_eq!(build, "CREATE UNIQUE INDEX \"T pk\" ON s.t USING btree (a, \"B b\") INCLUDE (c) WITH (fillfactor='70', deduplicate_items=off);");
+        assert_eq!(finish, "ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT \"T pk\" PRIMARY KEY USING INDEX \"T pk\" DEFERRABLE INITIALLY DEFERRED;\nALTER TABLE s.t CLUSTER ON \"T pk\";");
+        let (build, finish) = only_entry("ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT u UNIQUE NULLS NOT DISTINCT (a) DEFERRABLE;");
+        assert_eq!(build, "CREATE UNIQUE INDEX u ON s.t USING btree (a) NULLS NOT DISTINCT;");
+        assert_eq!(finish, "ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT \"u\" UNIQUE USING INDEX \"u\" DEFERRABLE;");
+        // An exclusion constraint builds its own index: whole, as a build.
+        let exclusion = "ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT x EXCLUDE USING gist (r WITH &&);";
+        assert_eq!(only_entry(exclusion), (exclusion.to_string(), String::new()));
+        let (build, finish) = only_entry("ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT p PRIMARY KEY (a);\n\nALTER TABLE ONLY s.t REPLICA IDENTITY USING INDEX p;");
+        assert_eq!(build, "CREATE UNIQUE INDEX p ON s.t USING btree (a);");
+        assert_eq!(finish, "ALTER TABLE ONLY \"s\".\"t\" ADD CONSTRAINT \"p\" PRIMARY KEY USING INDEX \"p\";\nALTER TABLE ONLY s.t REPLICA IDENTITY USING INDEX p;");
     }
 }
