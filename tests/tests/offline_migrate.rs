@@ -369,7 +369,7 @@ fn arrays_of_user_types_composites_and_reg_types_go_as_text_and_arrive_exact() {
                from generate_series(1, 500) g;
              insert into feelings (id) values (0);
              create table plain (id integer primary key, v text, nums integer[]);
-             insert into plain select g, md5(g::text), array[g] from generate_series(1, 1000) g;",
+             insert into plain select g, md5(g::text), array[g] from generate_series(1, 120000) g;",
         )
         .unwrap();
     let pf = Pgferry::new();
@@ -393,7 +393,8 @@ fn arrays_of_user_types_composites_and_reg_types_go_as_text_and_arrive_exact() {
     assert_eq!(schema(&source, "types"), schema(&target, "types"));
     // The reg* values name the target's own objects.
     assert_eq!(target.psql("types", "select count(*) from feelings where rel = 'feelings'::regclass and typ = 'pair'::regtype").unwrap(), "500");
-    // Tables copied whole were loaded with COPY FREEZE: every page is frozen already.
+    // Tables copied whole (of 8 MB or more) were loaded with COPY FREEZE: every page is
+    // frozen already.
     target.psql("types", "create extension pg_visibility").unwrap();
     let frozen = target.psql("types", "select all_frozen || ' of ' || pg_relation_size('plain') / 8192 from pg_visibility_map_summary('plain')").unwrap();
     let (all_frozen, pages) = frozen.split_once(" of ").unwrap();

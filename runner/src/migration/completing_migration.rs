@@ -76,14 +76,23 @@ async fn set_sequences(coordinator: &Client, target: &Client) -> Result<usize> {
             &[],
         )
         .await?;
-    for row in &rows {
-        let name: String = row.get(0);
-        let state = coordinator.query_one(&format!("select last_value, is_called from {name}"), &[]).await.with_context(|| format!("reading sequence {name}"))?;
-        let (last, called): (i64, bool) = (state.get(0), state.get(1));
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    // In batches, two statements each: one round trip per sequence would take seconds for
+    // ten thousand of them, over a network more.
+    for batch in names.chunks(500) {
+        let read = batch.iter().map(|name| format!("select {}, last_value, is_called from {name}", quote_literal(name))).collect::<Vec<_>>().join(" union all ");
+        let values = coordinator.query(&read, &[]).await.with_context(|| format!("reading the sequences {} … of the source", batch[0]))?;
+        let (mut names, mut last, mut called) = (Vec::<String>::new(), Vec::<i64>::new(), Vec::<bool>::new());
+        for value in &values {
+            names.push(value.get(0));
+            last.push(value.get(1));
+            called.push(value.get(2));
+        }
         target
-            .execute("select setval($1::text::regclass, $2, $3)", &[&name, &last, &called])
+            .execute("select setval(s.name::regclass, s.last, s.called) from unnest($1::text[], $2::int8[], $3::bool[]) as s(name, last, called)", &[&names, &last, &called])
             .await
-            .with_context(|| format!("setting sequence {name} on the target"))?;
+            .map_err(|e| anyhow::anyhow!(crate::connect::pg_error(&e)))
+            .with_context(|| format!("setting the sequences {} … on the target", batch[0]))?;
     }
     Ok(rows.len())
 }

@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::copy_digest::{CopyDigester, Digest, Format};
 use crate::sql_text::{quote_ident, quote_literal, stable_text};
-use crate::connect::{pg_error, ConnSpec, Role};
+use crate::connect::{pg_error, pg_failure, ConnSpec, Role};
 use crate::inventory::Inventory;
 use crate::pg_tools::{self, PgTools};
 use crate::plugin_host::ProviderObjectNames;
@@ -352,55 +352,43 @@ pub async fn export_snapshot(source: &ConnSpec, db: &str, adopt: Option<&str>) -
     Ok((client, snapshot))
 }
 
-/// pg_dump of one section at the snapshot, restored into the target database.
-pub async fn dump_and_restore(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<()> {
-    let file = dump(s, db, snapshot, section, dump_dir).await?;
-    restore(s, db, section, &file, dump_dir, &Default::default()).await
-}
-
-/// The post-data archive restored into the target database, less the entries built during
-/// the copy.
-pub async fn restore_post_data(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<()> {
-    let post_data = copied.post_data.as_ref().context("no post-data archive was dumped for this database")?;
-    restore(s, &copied.name, "post-data", &post_data.file, &copied.dump_dir, &post_data.built).await
-}
-
-/// pg_dump of one section of database `db` at the snapshot, into the work directory.
-async fn dump(s: &Settings<'_>, db: &str, snapshot: &str, section: &str, dump_dir: &std::path::Path) -> Result<PathBuf> {
-    let file = dump_dir.join(format!("{section}.dump"));
+/// pg_dump of the schema of database `db` (both sections, pre-data and post-data: the
+/// catalog is read once) at the snapshot, into the work directory.
+async fn dump_schema(s: &Settings<'_>, db: &str, snapshot: &str, dump_dir: &std::path::Path) -> Result<PathBuf> {
+    let file = dump_dir.join("schema.dump");
     let mut dump = s.tools.command("pg_dump", s.source, db);
-    dump.args(["--format=custom", "--no-sync", &format!("--section={section}"), &format!("--snapshot={snapshot}"), "--file"]).arg(&file);
+    // Sections, not --schema-only, which leaves large objects out (their pre-data entries).
+    dump.args(["--format=custom", "--no-sync", "--section=pre-data", "--section=post-data", &format!("--snapshot={snapshot}"), "--file"]).arg(&file);
     for schema in &s.provider.schemas {
         dump.arg(format!("--exclude-schema={schema}"));
     }
-    pg_tools::run(dump, &format!("pg_dump --section={section} of database {db:?} on the {}", s.source.describe())).await?;
+    pg_tools::run(dump, &format!("pg_dump --section=pre-data --section=post-data of database {db:?} on the {}", s.source.describe())).await?;
     Ok(file)
 }
 
-/// pg_restore of a section's archive `file`, less the entries `exclude` (TOC ids).
-async fn restore(s: &Settings<'_>, db: &str, section: &str, file: &std::path::Path, dump_dir: &std::path::Path, exclude: &std::collections::BTreeSet<u32>) -> Result<()> {
-    let restore = |list: Option<&std::path::Path>, jobs: usize| {
+/// The pre-data of the schema archive restored into the target database, in one transaction.
+async fn restore_pre_data(s: &Settings<'_>, db: &str, file: &std::path::Path) -> Result<()> {
+    let mut restore = s.tools.command("pg_restore", s.target, db);
+    restore.args(["--section=pre-data", "--exit-on-error", "--no-password", "--single-transaction"]).arg(file);
+    pg_tools::run(restore, &format!("pg_restore --section=pre-data into database {db:?} on the {}", s.target.describe())).await
+}
+
+/// The post-data archive restored into the target database, less the entries built during
+/// the copy (TOC ids).
+pub async fn restore_post_data(s: &Settings<'_>, copied: &CopiedDatabase) -> Result<()> {
+    let post_data = copied.post_data.as_ref().context("no post-data archive was dumped for this database")?;
+    let (db, file, dump_dir, exclude) = (&copied.name, &post_data.file, &copied.dump_dir, &post_data.built);
+    let restore = |list: &std::path::Path, jobs: usize| {
         let mut cmd = s.tools.command("pg_restore", s.target, db);
-        cmd.args([&format!("--section={section}"), "--exit-on-error", "--no-password"]);
-        if section == "post-data" {
-            // Idempotent, so that a resumed migration can run it again.
-            cmd.args(["--clean", "--if-exists"]);
-            if jobs > 1 {
-                cmd.arg(format!("--jobs={jobs}"));
-            }
-        } else {
-            cmd.arg("--single-transaction");
+        // Idempotent, so that a resumed migration can run it again.
+        cmd.args(["--section=post-data", "--exit-on-error", "--no-password", "--clean", "--if-exists"]);
+        if jobs > 1 {
+            cmd.arg(format!("--jobs={jobs}"));
         }
-        if let Some(list) = list {
-            cmd.arg(format!("--use-list={}", list.display()));
-        }
-        cmd.arg(file);
+        cmd.arg(format!("--use-list={}", list.display())).arg(file);
         cmd
     };
-    let what = format!("pg_restore --section={section} into database {db:?} on the {}", s.target.describe());
-    if section != "post-data" {
-        return pg_tools::run(restore(None, 1), &what).await;
-    }
+    let what = format!("pg_restore --section=post-data into database {db:?} on the {}", s.target.describe());
     let mut list_cmd = s.tools.offline("pg_restore");
     list_cmd.arg("--list").arg(file);
     let listing = list_cmd.output().await.context("listing the post-data archive")?;
@@ -410,30 +398,40 @@ async fn restore(s: &Settings<'_>, db: &str, section: &str, file: &std::path::Pa
     let built = |l: &str| l.split_once(';').and_then(|(id, _)| id.trim().parse::<u32>().ok()).is_some_and(|id| exclude.contains(&id));
     let entries: Vec<&str> = listing.lines().filter(|l| !l.starts_with(';') && !is_pgferry_publication(l) && !built(l)).collect();
     if s.jobs < 2 {
-        let list_file = dump_dir.join(format!("{section}.list"));
+        let list_file = dump_dir.join("post-data.list");
         std::fs::write(&list_file, entries.join("\n"))?;
-        return pg_tools::run(restore(Some(&list_file), 1), &what).await;
+        return pg_tools::run(restore(&list_file, 1), &what).await;
     }
     // A foreign key on a partitioned table locks every partition, which pg_restore's
-    // parallel scheduler does not know: it deadlocks against the partitions' own keys. So:
-    // everything else in parallel, then the foreign keys one by one.
+    // parallel scheduler does not know: it deadlocks against the partitions' own keys. So,
+    // where there are partitioned tables: everything else in parallel, then the foreign
+    // keys one by one. Without any, the foreign keys go in parallel too (ten thousand of
+    // them one by one would take seconds).
     // A resumed run may find foreign keys of an earlier attempt; they would keep --clean
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
     drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
+    let partitioned: bool = target
+        .query_one("select exists (select 1 from pg_class where relkind = 'p')", &[])
+        .await
+        .map_err(|e| pg_failure(Role::Target, &e, format!("looking for partitioned tables in database {db:?}")))?
+        .get(0);
     // Partition indexes are attached to their parents one by one too, in the archive's order:
     // in parallel, a sub-partitioned table's index could be attached before its own
     // partitions' were, which leaves the top index invalid, and a key referencing it fails
     // ("no unique constraint matching given keys"; seen once on the regression database).
     let (keys, rest): (Vec<&str>, Vec<&str>) = entries.into_iter().partition(|l| {
         // The keys, comments on constraints (which may be on a key), index attachments.
-        l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT ")) || l.contains(" INDEX ATTACH ")
+        partitioned && (l.contains(" FK CONSTRAINT ") || (l.contains(" COMMENT ") && l.contains(" CONSTRAINT ")) || l.contains(" INDEX ATTACH "))
     });
-    let (keys_file, rest_file) = (dump_dir.join(format!("{section}-keys.list")), dump_dir.join(format!("{section}-rest.list")));
+    let (keys_file, rest_file) = (dump_dir.join("post-data-keys.list"), dump_dir.join("post-data-rest.list"));
     std::fs::write(&keys_file, keys.join("\n"))?;
     std::fs::write(&rest_file, rest.join("\n"))?;
-    pg_tools::run(restore(Some(&rest_file), s.jobs), &what).await?;
-    pg_tools::run(restore(Some(&keys_file), 1), &format!("{what} (index attachments and foreign keys)")).await
+    pg_tools::run(restore(&rest_file, s.jobs), &what).await?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    pg_tools::run(restore(&keys_file, 1), &format!("{what} (index attachments and foreign keys)")).await
 }
 
 /// Whether a line of `pg_restore --list` is a publication of pgferry's (`pgferry_<id>_<n>`,
@@ -572,7 +570,7 @@ fn split_big_tables(tables: Vec<TableJob>, split_bytes: u64, jobs: usize, versio
 /// TOC id), for `post_data::table_entries`.
 async fn plain_archive(s: &Settings<'_>, file: &std::path::Path) -> Result<String> {
     let mut cmd = s.tools.offline("pg_restore");
-    cmd.args(["--verbose", "--file", "-"]).arg(file);
+    cmd.args(["--section=post-data", "--verbose", "--file", "-"]).arg(file);
     let out = cmd.output().await.context("reading the post-data archive")?;
     anyhow::ensure!(out.status.success(), "pg_restore --file - of {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).context("the post-data archive is not UTF-8 text")
@@ -706,7 +704,9 @@ async fn copy_table(src: &Client, dst: &Client, job: &TableJob, db: &str, progre
     let target_err = |e: tokio_postgres::Error| crate::connect::pg_failure(Role::Target, &e, "writing to the target");
     // A table copied whole is loaded frozen: emptied in the same transaction, its rows need
     // no hint bits set (and no page rewritten) later, when post-data and verification read it.
-    let freeze = job.blocks.is_none() && begin_frozen_load(dst, &table).await.map_err(target_err)?;
+    // Not a small one, where the TRUNCATE (a new file) costs more than the hint bits.
+    const FREEZE_FROM: i64 = 8 << 20;
+    let freeze = job.blocks.is_none() && job.size >= FREEZE_FROM && begin_frozen_load(dst, &table).await.map_err(target_err)?;
     let options = if freeze { format!("FORMAT {format}, FREEZE") } else { format!("FORMAT {format}") };
     let out = src.copy_out(&source_query).await.map_err(source_err)?;
     let sink = dst.copy_in(&format!("COPY {table}{columns} FROM STDIN ({options})")).await.map_err(target_err)?;
@@ -836,12 +836,12 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
     // exported one below is the same view under a name of its own).
     let slot_snapshot = snapshot.map(str::to_string);
     let (coordinator, snapshot) = export_snapshot(s.source, db, snapshot).await?;
+    // At the copy's snapshot, post-data included: its indexes and keys are built as tables land.
+    let post_data_file = dump_schema(s, db, &snapshot, &dump_dir).await?;
     if state.stage < Stage::SchemaRestored {
-        dump_and_restore(s, db, &snapshot, "pre-data", &dump_dir).await?;
+        restore_pre_data(s, db, &post_data_file).await?;
         stage(Stage::SchemaRestored);
     }
-    // Dumped now, at the copy's snapshot: its indexes and keys are built as tables land.
-    let post_data_file = dump(s, db, &snapshot, "post-data", &dump_dir).await?;
     let version = s.inventory.source.version_num;
     let tables = list_tables(&coordinator, version).await?;
     let key = |t: &TableJob| format!("{}.{}", t.schema, t.name);

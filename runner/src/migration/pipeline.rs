@@ -10,6 +10,8 @@
 //! - once those are done, its finish: the keys attached `USING INDEX`, the entries'
 //!   follow-ups, the digest compared with the copy's, and ANALYZE.
 //!
+//! A small table's work is one job instead (see `SMALL_TABLE`).
+//!
 //! The biggest table's jobs come first. A job that fails ends the copy with its error.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -46,8 +48,16 @@ pub struct LandedTable {
     pub main_size: i64,
 }
 
+/// Below this (heap and TOAST), a table's work is one job: its entries run whole, one after
+/// the other, then its read-back, comparison and ANALYZE. Its indexes take milliseconds; a
+/// job each, with the attachments apart, would cost more in round trips than they save, and
+/// ten thousand small tables would feel it.
+const SMALL_TABLE: i64 = 16 << 20;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
+    /// A small table's whole work.
+    Small,
     /// Index `i` of the table's entries.
     Build(usize),
     /// The target's rows in blocks `[start, end)`, `end` open for the last range.
@@ -61,7 +71,7 @@ impl Step {
     fn rank(&self) -> u8 {
         match self {
             Step::Finish => 2,
-            Step::Build(_) => 1,
+            Step::Small | Step::Build(_) => 1,
             Step::ReadBack(_) => 0,
         }
     }
@@ -189,13 +199,19 @@ impl Arrivals {
             return;
         }
         let mut queue = shared.queue.lock().expect("pipeline queue");
-        for i in 0..builds {
-            queue.push(&key, landed.size, Step::Build(i));
-        }
-        for range in &ranges {
-            queue.push(&key, landed.size, Step::ReadBack(*range));
-        }
-        queue.tables.insert(key, TableWork { table: landed.table, size: landed.size, left: builds + ranges.len(), target: Digest::default() });
+        let left = if landed.size < SMALL_TABLE {
+            queue.push(&key, landed.size, Step::Small);
+            1
+        } else {
+            for i in 0..builds {
+                queue.push(&key, landed.size, Step::Build(i));
+            }
+            for range in &ranges {
+                queue.push(&key, landed.size, Step::ReadBack(*range));
+            }
+            builds + ranges.len()
+        };
+        queue.tables.insert(key, TableWork { table: landed.table, size: landed.size, left, target: Digest::default() });
         drop(queue);
         shared.wake.notify_waiters();
     }
@@ -251,6 +267,22 @@ async fn run(shared: &Shared, client: &Client, job: Job) -> Result<()> {
     let started = std::time::Instant::now();
     let mut read = None;
     match &job.step {
+        Step::Small => {
+            // One round trip: its entries, then ANALYZE (which may run in the implicit
+            // transaction of a multi-statement query).
+            let mut sql: Vec<String> = entries.iter().map(|e| e.whole.clone()).collect();
+            if shared.plan.verify {
+                sql.push(format!("ANALYZE {}.{};", quote_ident(schema), quote_ident(name)));
+            }
+            let ids = entries.iter().map(|e| e.id.to_string()).collect::<Vec<_>>().join(", ");
+            client.batch_execute(&sql.join("\n")).await.map_err(|e| {
+                pg_failure(Role::Target, &e, format!("building the indexes and keys of table {schema}.{name} in database {db:?} (archive entries {ids}) and analyzing it"))
+            })?;
+            if shared.plan.verify {
+                let table = shared.queue.lock().expect("pipeline queue").tables[&job.table].table.clone();
+                read = Some(digest_rows(client, Role::Target, &table, None).await?);
+            }
+        }
         Step::Build(i) => {
             let entry = &entries[*i];
             client.batch_execute(&entry.build).await.map_err(|e| {
@@ -268,16 +300,18 @@ async fn run(shared: &Shared, client: &Client, job: Job) -> Result<()> {
                 })?;
             }
             if shared.plan.verify {
-                let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
-                client.batch_execute(&format!("ANALYZE {qualified}")).await.map_err(|e| pg_failure(Role::Target, &e, format!("analyzing table {qualified} of database {db:?} on the target")))?;
+                analyze(client, db, schema, name).await?;
             }
         }
     }
     tracing::debug!("{db}: {schema}.{name}: {:?} in {:.2}s", job.step, started.elapsed().as_secs_f64());
     let mut queue = shared.queue.lock().expect("pipeline queue");
     queue.running -= 1;
-    if job.step == Step::Finish {
-        let work = queue.tables.remove(&job.table).expect("a table in the pipeline");
+    if matches!(job.step, Step::Finish | Step::Small) {
+        let mut work = queue.tables.remove(&job.table).expect("a table in the pipeline");
+        if let Some(read) = read {
+            work.target = read;
+        }
         queue.built.extend(entries.iter().map(|e| e.id));
         if shared.plan.verify {
             queue.landed.verified.push(Compared {
@@ -299,6 +333,11 @@ async fn run(shared: &Shared, client: &Client, job: Job) -> Result<()> {
         queue.push(&job.table, size, Step::Finish);
     }
     Ok(())
+}
+
+async fn analyze(client: &Client, db: &str, schema: &str, name: &str) -> Result<()> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    client.batch_execute(&format!("ANALYZE {qualified}")).await.map_err(|e| pg_failure(Role::Target, &e, format!("analyzing table {qualified} of database {db:?} on the target")))
 }
 
 #[cfg(test)]

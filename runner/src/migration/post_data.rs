@@ -32,6 +32,9 @@ pub struct TableEntry {
     /// them: a key's `ADD CONSTRAINT … USING INDEX` (which only records the built index as
     /// the constraint), `CLUSTER ON`, `REPLICA IDENTITY`, `SET STATISTICS`. Empty: nothing.
     pub finish: String,
+    /// The settings and the entry as pg_restore would run it: for a small table, whose
+    /// indexes are built one after the other.
+    pub whole: String,
 }
 
 /// `(schema, name)` of a table.
@@ -49,7 +52,7 @@ pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableK
             let sql = body.join("\n");
             if let Some((table, build, finish)) = split_entry(class, &sql, tables) {
                 let prefix: String = settings.values().map(|s| format!("{s}\n")).collect();
-                by_table.entry(table).or_default().push(TableEntry { id, build: format!("{prefix}{build}"), finish });
+                by_table.entry(table).or_default().push(TableEntry { id, build: format!("{prefix}{build}"), finish, whole: format!("{prefix}{}", sql.trim()) });
             }
         }
     };
@@ -325,6 +328,8 @@ CREATE INDEX p1_k_idx ON public.p1 USING btree (k);
         assert_eq!(weird[0].finish, "ALTER TABLE ONLY \"public\".\"We ird\" ADD CONSTRAINT \"We ird_b_key\" UNIQUE USING INDEX \"We ird_b_key\";");
         assert_eq!(weird[1].build, "SET default_tablespace = fast;\nCREATE INDEX \"We ird_a_idx\" ON public.\"We ird\" USING btree (a);");
         assert_eq!(weird[1].finish, "ALTER INDEX public.\"We ird_a_idx\" ALTER COLUMN 1 SET STATISTICS 500;");
+        assert_eq!(weird[0].whole, "SET default_tablespace = '';\nALTER TABLE ONLY public.\"We ird\"\n    ADD CONSTRAINT \"We ird_b_key\" UNIQUE (b);");
+        assert!(weird[1].whole.starts_with("SET default_tablespace = fast;\nCREATE INDEX \"We ird_a_idx\"") && weird[1].whole.ends_with("SET STATISTICS 500;"), "{}", weird[1].whole);
         assert_eq!(entries[&("public".to_string(), "p1".to_string())].iter().map(|e| e.id).collect::<Vec<_>>(), [3220]);
         // The partitioned parent's key and index (not copied: no rows), the comment, the
         // foreign key and the check constraint are left to pg_restore.
