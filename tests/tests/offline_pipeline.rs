@@ -1,6 +1,6 @@
 //! The per-table pipeline of an offline copy: a table's indexes and keys are built as soon
-//! as its data is in, while other tables still copy, and the restore after the copy leaves
-//! them alone (built once).
+//! as its data is in, and a foreign key as soon as both its tables are done, while other
+//! tables still copy; the restore after the copy leaves them alone (built once).
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use pgferry_tests::{compare, Cluster, Pgferry};
 use serde_json::{json, Value};
 
 #[test]
-fn a_small_tables_indexes_are_built_while_a_big_one_still_copies_and_not_again_after() {
+fn a_small_tables_indexes_and_foreign_keys_are_built_while_a_big_one_still_copies_and_not_again_after() {
     let (source, target) = (Cluster::start().unwrap(), Cluster::start().unwrap());
     source.create_database("shop").unwrap();
     source
@@ -30,6 +30,7 @@ fn a_small_tables_indexes_are_built_while_a_big_one_still_copies_and_not_again_a
     // While big streams, small's indexes and keys are on the target already.
     let indexes_of_small = "select string_agg(indexrelid::regclass::text || '=' || indexrelid::oid::text, ',' order by indexrelid::regclass::text)
                               from pg_index where indrelid = 'public.small'::regclass";
+    let foreign_key = "select conname || '=' || oid::text from pg_constraint where contype = 'f'";
     let deadline = Instant::now() + Duration::from_secs(120);
     let seen_mid_copy = loop {
         let doc = pf.show("pipe");
@@ -37,19 +38,21 @@ fn a_small_tables_indexes_are_built_while_a_big_one_still_copies_and_not_again_a
         let big_streaming = !done.contains(&"public.big") && doc["substate"] == "MigratingData";
         if big_streaming && done.contains(&"public.small") {
             let indexes = target.psql("shop", indexes_of_small).unwrap_or_default();
-            if indexes.contains("small_pkey") && indexes.contains("small_code_key") && indexes.contains("small_note") {
-                break indexes.trim().to_string();
+            let fk = target.psql("shop", foreign_key).unwrap_or_default();
+            if indexes.contains("small_pkey") && indexes.contains("small_code_key") && indexes.contains("small_note") && fk.starts_with("child_small_id_fkey=") {
+                break (indexes.trim().to_string(), fk.trim().to_string());
             }
         }
-        assert!(done.len() < 3 || !done.contains(&"public.big"), "big finished before small's indexes were seen: {doc:#}");
-        assert!(Instant::now() < deadline, "small's indexes never showed up mid-copy: {doc:#}");
+        assert!(done.len() < 3 || !done.contains(&"public.big"), "big finished before small's indexes and child's foreign key were seen: {doc:#}");
+        assert!(Instant::now() < deadline, "small's indexes or child's foreign key never showed up mid-copy: {doc:#}");
         std::thread::sleep(Duration::from_millis(100));
     };
     let doc = pf.wait_for("pipe", "Succeeded", Duration::from_secs(240), |d| d["state"] == "Succeeded");
     assert_eq!(doc["details"]["verification"][0]["mismatches"], json!([]), "{doc:#}");
     compare::assert_same(&source, &target, "shop");
     // The same index objects: the restore after the copy did not drop and make them again.
-    assert_eq!(target.psql("shop", indexes_of_small).unwrap().trim(), seen_mid_copy);
+    assert_eq!(target.psql("shop", indexes_of_small).unwrap().trim(), seen_mid_copy.0);
+    assert_eq!(target.psql("shop", foreign_key).unwrap().trim(), seen_mid_copy.1);
     let stats = target.psql("shop", "select attstattarget from pg_attribute where attrelid = 'public.small_note'::regclass and attnum = 1").unwrap();
     assert_eq!(stats.trim(), "300", "the index entry's ALTER INDEX … SET STATISTICS ran with it");
 }

@@ -110,6 +110,8 @@ pub struct Landed {
 pub struct PostData {
     pub file: PathBuf,
     pub built: std::collections::BTreeSet<u32>,
+    /// `(schema, table, name)` of the foreign keys among them: the restore keeps them.
+    pub foreign_keys: std::collections::BTreeSet<(String, String, String)>,
 }
 
 /// How far a database got, recorded in the store as it happens: the resume record.
@@ -410,7 +412,7 @@ pub async fn restore_post_data(s: &Settings<'_>, copied: &CopiedDatabase) -> Res
     // A resumed run may find foreign keys of an earlier attempt; they would keep --clean
     // from dropping the keys and indexes they depend on.
     let (target, _) = s.target.connect(db).await?;
-    drop_foreign_keys(&target).await.context("dropping the foreign keys of an earlier attempt")?;
+    drop_foreign_keys(&target, &post_data.foreign_keys).await.context("dropping the foreign keys of an earlier attempt")?;
     let partitioned: bool = target
         .query_one("select exists (select 1 from pg_class where relkind = 'p')", &[])
         .await
@@ -587,7 +589,7 @@ async fn copy_tables(
     tables: Vec<TableJob>,
     plan: Option<super::pipeline::Plan>,
     progress: &mpsc::UnboundedSender<Progress>,
-) -> Result<(Vec<TableCopy>, (std::collections::BTreeSet<u32>, Landed))> {
+) -> Result<(Vec<TableCopy>, super::pipeline::Done)> {
     // Parts still being copied per table, and the digest of those copied: at 0 the table
     // goes on through the pipeline.
     let mut parts_left: std::collections::HashMap<(String, String), (usize, Digest)> = std::collections::HashMap::new();
@@ -680,11 +682,11 @@ async fn copy_tables(
         queue.lock().await.clear();
         return Err(e);
     }
-    let landed = match pipeline.take() {
+    let done = match pipeline.take() {
         None => Default::default(),
         Some(pipeline) => pipeline.finish().await?,
     };
-    Ok((copied, landed))
+    Ok((copied, done))
 }
 
 /// How often a table that streams says how far it got.
@@ -864,7 +866,7 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         }
     }
     let todo: Vec<TableJob> = tables.into_iter().filter(|t| !done.contains(&key(t))).collect();
-    let (mut built, mut landed) = (std::collections::BTreeSet::new(), Landed::default());
+    let mut pipelined = super::pipeline::Done::default();
     if state.stage < Stage::DataCopied || !todo.is_empty() {
         let _ = progress.send(Progress::DatabaseStarted {
             database: db.to_string(),
@@ -872,13 +874,9 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             bytes_total: todo.iter().map(|t| t.size.max(0) as u64).sum(),
             snapshot: slot_snapshot.clone().unwrap_or_else(|| snapshot.clone()),
         });
-        if state.stage == Stage::DataCopied {
-            // Post-data of an earlier run may be in place: its keys would refuse the
-            // TRUNCATE and the copy's order, its triggers would fire. Post-data runs again
-            // after the copy and makes both anew.
-            clear_post_data_for_copy(s, db, &todo).await?;
-        }
         if resumed {
+            // Post-data of an earlier run may be in place.
+            clear_post_data_for_copy(s, db, &todo, state.stage).await?;
             // An interrupted copy may have left some rows of these tables behind.
             truncate(s.target, db, &todo).await?;
         }
@@ -889,15 +887,19 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
             None
         } else {
             let keys = todo.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+            let entries = super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys);
+            // Online, the target's tables move on with the stream: verified at the cutover,
+            // and their foreign keys added after the copy, as before.
+            let offline = slot_snapshot.is_none();
             Some(super::pipeline::Plan {
-                entries: super::post_data::table_entries(&plain_archive(s, &post_data_file).await?, &keys),
-                // Online, the target's tables move on with the stream: verified at the cutover.
-                verify: slot_snapshot.is_none(),
+                entries: entries.by_table,
+                verify: offline,
                 split_bytes: if s.inventory.target.version_num >= 140000 { s.split_bytes } else { 0 },
+                foreign_keys: if offline { entries.foreign_keys } else { Vec::new() },
             })
         };
-        let (copied, pipelined) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), plan, progress).await?;
-        (built, landed) = pipelined;
+        let copied;
+        (copied, pipelined) = copy_tables(s, db, &snapshot, split_big_tables(todo, s.split_bytes, s.jobs, version), plan, progress).await?;
         // The parts of a split table add up to its digest.
         let mut digests: std::collections::HashMap<(String, String), Digest> = std::collections::HashMap::new();
         for part in copied {
@@ -917,7 +919,8 @@ pub async fn run_database(s: &Settings<'_>, db: &str, state: &DatabaseState, sna
         copy_extension_config(&coordinator, s.target, db).await?;
         stage(Stage::DataCopied);
     }
-    let post_data = Some(PostData { file: post_data_file, built });
+    let post_data = Some(PostData { file: post_data_file, built: pipelined.built, foreign_keys: pipelined.foreign_keys });
+    let landed = pipelined.landed;
     Ok(CopiedDatabase { name: db.to_string(), coordinator, snapshot, tables: all, large_objects, recopied: recopied.into_iter().collect(), dump_dir, post_data, landed })
 }
 
@@ -962,13 +965,41 @@ async fn recheck_earlier_tables(
     Ok(differ)
 }
 
-/// Before tables are copied again into a database whose post-data an earlier run restored:
-/// its foreign keys go (they would refuse the TRUNCATE and a copy in any order) and the
-/// tables' own triggers are disabled (they would fire on the copied rows). Post-data runs
-/// again afterwards, with `--clean`, and creates both as the source has them.
-async fn clear_post_data_for_copy(s: &Settings<'_>, db: &str, tables: &[TableJob]) -> Result<()> {
+/// Before a resumed run copies tables again, what an earlier run made of post-data goes,
+/// for the restore after the copy to make it anew (`--clean`):
+/// - its foreign keys: they would refuse the TRUNCATE and a copy in any order;
+/// - before DataCopied, the indexes and keys the per-table pipeline built: it builds a key as
+///   a unique index and attaches it after, and a run killed in between leaves an index
+///   that `--clean` does not know of, whose name the key's restore would find taken;
+/// - at DataCopied, the tables' own triggers are disabled: they would fire on the copied rows.
+async fn clear_post_data_for_copy(s: &Settings<'_>, db: &str, tables: &[TableJob], stage: Stage) -> Result<()> {
     let (target, _) = s.target.connect(db).await?;
-    drop_foreign_keys(&target).await.with_context(|| format!("dropping the foreign keys of database {db:?} on the {} to copy tables again", s.target.describe()))?;
+    let clearing = |what: &str| format!("dropping the {what} of database {db:?} on the {} to copy tables again", s.target.describe());
+    drop_foreign_keys(&target, &Default::default()).await.with_context(|| clearing("foreign keys"))?;
+    if stage < Stage::DataCopied {
+        // Parents' keys and indexes take their partitions' along; extensions' stay.
+        let drops = target
+            .query(
+                "with ours as (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                                where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+                                  and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e'))
+                 select format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', k.conrelid::regclass, k.conname) from pg_constraint k
+                  where k.contype in ('p', 'u', 'x') and k.conparentid = 0 and k.conrelid in (select oid from ours)
+                 union all
+                 select format('DROP INDEX IF EXISTS %s', i.indexrelid::regclass) from pg_index i
+                  where i.indrelid in (select oid from ours) and i.indexrelid in (select oid from ours)
+                    and not exists (select 1 from pg_constraint k where k.conindid = i.indexrelid and k.contype in ('p', 'u', 'x'))
+                    and not exists (select 1 from pg_inherits h where h.inhrelid = i.indexrelid)",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(pg_error(&e)))
+            .with_context(|| clearing("indexes and keys"))?;
+        for drop in drops {
+            target.batch_execute(drop.get::<_, &str>(0)).await.map_err(|e| anyhow::anyhow!(pg_error(&e))).with_context(|| clearing("indexes and keys"))?;
+        }
+        return Ok(());
+    }
     for t in tables {
         let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
         target
@@ -981,13 +1012,21 @@ async fn clear_post_data_for_copy(s: &Settings<'_>, db: &str, tables: &[TableJob
 }
 
 /// Drops every foreign key of the database `target` is connected to (one on a partition
-/// goes with its parent's).
-async fn drop_foreign_keys(target: &Client) -> Result<()> {
+/// goes with its parent's) but those in `keep` (`(schema, table, name)`).
+async fn drop_foreign_keys(target: &Client, keep: &std::collections::BTreeSet<(String, String, String)>) -> Result<()> {
     let fks = target
-        .query("select format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname) from pg_constraint where contype = 'f' and conparentid = 0", &[])
+        .query(
+            "select n.nspname::text, c.relname::text, k.conname::text, format('ALTER TABLE %s DROP CONSTRAINT %I', k.conrelid::regclass, k.conname)
+               from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+              where k.contype = 'f' and k.conparentid = 0",
+            &[],
+        )
         .await?;
     for fk in fks {
-        target.batch_execute(fk.get::<_, &str>(0)).await.map_err(|e| anyhow::anyhow!(pg_error(&e)))?;
+        if keep.contains(&(fk.get(0), fk.get(1), fk.get(2))) {
+            continue;
+        }
+        target.batch_execute(fk.get::<_, &str>(3)).await.map_err(|e| anyhow::anyhow!(pg_error(&e)))?;
     }
     Ok(())
 }

@@ -8,7 +8,10 @@
 //! - offline, its read-back: the target's rows digested, in block ranges when the table is
 //!   big (digests add up), alongside the builds (a COPY TO takes ACCESS SHARE only);
 //! - once those are done, its finish: the keys attached `USING INDEX`, the entries'
-//!   follow-ups, the digest compared with the copy's, and ANALYZE.
+//!   follow-ups, the digest compared with the copy's, and ANALYZE;
+//! - offline, once both its tables are finished, each foreign key between copied tables.
+//!   One that fails here (a deadlock with another, a key it needs that pg_restore makes) is
+//!   left to the restore after the copy, which runs it and says why if it fails again.
 //!
 //! A small table's work is one job instead (see `SMALL_TABLE`).
 //!
@@ -23,7 +26,7 @@ use tokio_postgres::Client;
 use super::completing_migration::{digest_rows, Compared};
 use super::copy_digest::Digest;
 use super::migrating_data::{Landed, TableToVerify};
-use super::post_data::{TableEntry, TableKey};
+use super::post_data::{ForeignKey, TableEntry, TableKey};
 use crate::connect::{pg_failure, ConnSpec, Role};
 use crate::sql_text::{quote_ident, stable_text};
 
@@ -37,6 +40,19 @@ pub struct Plan {
     /// Tables bigger than this are read back in block ranges (0: never; a target before
     /// PostgreSQL 14 has no TID range scan, and every range would read the whole table).
     pub split_bytes: u64,
+    /// Foreign keys to add once both their tables are finished.
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+/// What the pipeline did.
+#[derive(Default)]
+pub struct Done {
+    /// TOC ids of the archive entries run.
+    pub built: BTreeSet<u32>,
+    /// `(schema, table, name)` of the foreign keys added (the restore keeps them).
+    pub foreign_keys: BTreeSet<(String, String, String)>,
+    /// The tables verified and analyzed.
+    pub landed: Landed,
 }
 
 /// A table whose copy has landed whole.
@@ -63,6 +79,8 @@ enum Step {
     /// The target's rows in blocks `[start, end)`, `end` open for the last range.
     ReadBack(Option<(i64, Option<i64>)>),
     Finish,
+    /// Foreign key `i` of the plan's.
+    ForeignKey(usize),
 }
 
 impl Step {
@@ -72,7 +90,7 @@ impl Step {
         match self {
             Step::Finish => 2,
             Step::Small | Step::Build(_) => 1,
-            Step::ReadBack(_) => 0,
+            Step::ReadBack(_) | Step::ForeignKey(_) => 0,
         }
     }
 }
@@ -121,8 +139,9 @@ struct Queue {
     seq: u64,
     /// No table lands any more: workers stop once nothing is ready or running.
     closed: bool,
-    built: BTreeSet<u32>,
-    landed: Landed,
+    /// Tables whose work is finished: their foreign keys may come.
+    finished: std::collections::HashSet<TableKey>,
+    done: Done,
 }
 
 impl Queue {
@@ -139,6 +158,8 @@ struct Shared {
     target: ConnSpec,
     db: String,
     workers: usize,
+    /// The plan's foreign keys per table they involve.
+    foreign_keys_of: HashMap<TableKey, Vec<usize>>,
 }
 
 /// Where the copy workers hand over the tables that land (cloned to each).
@@ -155,7 +176,14 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn start(target: &ConnSpec, db: &str, workers: usize, plan: Plan) -> (Pipeline, Arrivals) {
         let workers = workers.max(1);
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: tokio::sync::Notify::new(), plan, target: target.clone(), db: db.to_string(), workers });
+        let mut foreign_keys_of: HashMap<TableKey, Vec<usize>> = HashMap::new();
+        for (i, fk) in plan.foreign_keys.iter().enumerate() {
+            foreign_keys_of.entry(fk.table.clone()).or_default().push(i);
+            if fk.references != fk.table {
+                foreign_keys_of.entry(fk.references.clone()).or_default().push(i);
+            }
+        }
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: tokio::sync::Notify::new(), plan, target: target.clone(), db: db.to_string(), workers, foreign_keys_of });
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..workers {
             let shared = shared.clone();
@@ -175,16 +203,14 @@ impl Pipeline {
         }
     }
 
-    /// Once no table lands any more: waits for every queued job, and returns the TOC ids
-    /// built and the tables verified and analyzed.
-    pub async fn finish(mut self) -> Result<(BTreeSet<u32>, Landed)> {
+    /// Once no table lands any more: waits for every queued job, and says what was done.
+    pub async fn finish(mut self) -> Result<Done> {
         self.shared.queue.lock().expect("pipeline queue").closed = true;
         self.shared.wake.notify_waiters();
         while let Some(worker) = self.workers.join_next().await {
             worker.context("a pipeline worker panicked")??;
         }
-        let mut queue = self.shared.queue.lock().expect("pipeline queue");
-        Ok((std::mem::take(&mut queue.built), std::mem::take(&mut queue.landed)))
+        Ok(std::mem::take(&mut self.shared.queue.lock().expect("pipeline queue").done))
     }
 }
 
@@ -293,6 +319,20 @@ async fn run(shared: &Shared, client: &Client, job: Job) -> Result<()> {
             let table = shared.queue.lock().expect("pipeline queue").tables[&job.table].table.clone();
             read = Some(digest_rows(client, Role::Target, &table, *range).await?);
         }
+        Step::ForeignKey(i) => {
+            let fk = &shared.plan.foreign_keys[*i];
+            let added = client.batch_execute(&fk.sql).await;
+            let mut queue = shared.queue.lock().expect("pipeline queue");
+            queue.running -= 1;
+            match added {
+                Ok(()) => {
+                    queue.done.built.insert(fk.id);
+                    queue.done.foreign_keys.insert((fk.table.0.clone(), fk.table.1.clone(), fk.name.clone()));
+                }
+                Err(e) => tracing::debug!("{db}: foreign key {} of {schema}.{name} left to the restore after the copy: {}", fk.name, crate::connect::pg_error(&e)),
+            }
+            return Ok(());
+        }
         Step::Finish => {
             for entry in entries.iter().filter(|e| !e.finish.is_empty()) {
                 client.batch_execute(&entry.finish).await.map_err(|e| {
@@ -312,14 +352,23 @@ async fn run(shared: &Shared, client: &Client, job: Job) -> Result<()> {
         if let Some(read) = read {
             work.target = read;
         }
-        queue.built.extend(entries.iter().map(|e| e.id));
+        queue.done.built.extend(entries.iter().map(|e| e.id));
         if shared.plan.verify {
-            queue.landed.verified.push(Compared {
+            queue.done.landed.verified.push(Compared {
                 table: format!("{schema}.{name}"),
                 source: work.table.source.expect("the copy's digest"),
                 target: work.target,
             });
-            queue.landed.analyzed.insert(job.table);
+            queue.done.landed.analyzed.insert(job.table.clone());
+        }
+        queue.finished.insert(job.table.clone());
+        // Its foreign keys whose other table is finished too.
+        for &i in shared.foreign_keys_of.get(&job.table).map(Vec::as_slice).unwrap_or_default() {
+            let fk = &shared.plan.foreign_keys[i];
+            if queue.finished.contains(&fk.table) && queue.finished.contains(&fk.references) {
+                let size = work.size;
+                queue.push(&fk.table, size, Step::ForeignKey(i));
+            }
         }
         return Ok(());
     }

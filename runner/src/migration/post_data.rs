@@ -40,10 +40,33 @@ pub struct TableEntry {
 /// `(schema, name)` of a table.
 pub type TableKey = (String, String);
 
+/// An archive entry that adds one foreign key between two copied tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForeignKey {
+    pub id: u32,
+    /// The table it is on, and the table it references (the same for a self-reference).
+    pub table: TableKey,
+    pub references: TableKey,
+    pub name: String,
+    /// The settings and the entry as pg_restore would run it.
+    pub sql: String,
+}
+
+/// What the per-table pipeline can run of the post-data archive.
+#[derive(Debug, Default)]
+pub struct TableEntries {
+    /// The entries that build each table's indexes and keys, in archive order.
+    pub by_table: BTreeMap<TableKey, Vec<TableEntry>>,
+    /// Foreign keys whose two tables are both copied.
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
 /// The entries of `plain` (the post-data archive as `pg_restore --verbose --file -` writes
-/// it) that build the indexes and keys of the tables in `tables`, per table, in archive order.
-pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableKey, Vec<TableEntry>> {
+/// it) that build the indexes and keys of the tables in `tables`, and the foreign keys
+/// between them.
+pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> TableEntries {
     let mut by_table: BTreeMap<TableKey, Vec<TableEntry>> = BTreeMap::new();
+    let mut foreign_keys = Vec::new();
     let mut settings: BTreeMap<&str, &str> = BTreeMap::new();
     let mut entry: Option<(u32, u32, Vec<&str>)> = None;
     let mut in_header = false;
@@ -53,6 +76,9 @@ pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableK
             if let Some((table, build, finish)) = split_entry(class, &sql, tables) {
                 let prefix: String = settings.values().map(|s| format!("{s}\n")).collect();
                 by_table.entry(table).or_default().push(TableEntry { id, build: format!("{prefix}{build}"), finish, whole: format!("{prefix}{}", sql.trim()) });
+            } else if let Some((table, references, name)) = foreign_key(class, &sql, tables) {
+                let prefix: String = settings.values().map(|s| format!("{s}\n")).collect();
+                foreign_keys.push(ForeignKey { id, table, references, name, sql: format!("{prefix}{}", sql.trim()) });
             }
         }
     };
@@ -91,7 +117,29 @@ pub fn table_entries(plain: &str, tables: &HashSet<TableKey>) -> BTreeMap<TableK
         }
     }
     finish(&mut entry, &settings);
-    by_table
+    TableEntries { by_table, foreign_keys }
+}
+
+/// The tables and name of the foreign key an archive entry of class `class` adds, when it
+/// does only that, between two tables of `tables`.
+fn foreign_key(class: u32, sql: &str, tables: &HashSet<TableKey>) -> Option<(TableKey, TableKey, String)> {
+    const PG_CONSTRAINT: u32 = 2606;
+    if class != PG_CONSTRAINT {
+        return None;
+    }
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else { return None };
+    let Some(N::AlterTableStmt(alter)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else { return None };
+    let ([cmd], Some(relation)) = (alter.cmds.as_slice(), alter.relation.as_ref()) else { return None };
+    let Some(N::AlterTableCmd(cmd)) = cmd.node.as_ref() else { return None };
+    let Some(N::Constraint(key)) = cmd.def.as_ref().and_then(|d| d.node.as_ref()) else { return None };
+    if alter.objtype != ObjectType::ObjectTable as i32 || cmd.subtype != AlterTableType::AtAddConstraint as i32 || key.contype != ConstrType::ConstrForeign as i32 {
+        return None;
+    }
+    let references = key.pktable.as_ref()?;
+    let table = (relation.schemaname.clone(), relation.relname.clone());
+    let references = (references.schemaname.clone(), references.relname.clone());
+    (tables.contains(&table) && tables.contains(&references)).then(|| (table, references, key.conname.clone()))
 }
 
 /// The table an archive entry of catalog class `class` builds an index or key on, when it
@@ -320,7 +368,7 @@ CREATE INDEX p1_k_idx ON public.p1 USING btree (k);
     #[test]
     fn only_indexes_and_keys_of_copied_tables_are_split_off_with_their_settings() {
         let tables: HashSet<TableKey> = [("public", "We ird"), ("public", "p1"), ("public", "c")].iter().map(|(s, n)| (s.to_string(), n.to_string())).collect();
-        let entries = table_entries(PLAIN, &tables);
+        let TableEntries { by_table: entries, foreign_keys } = table_entries(PLAIN, &tables);
         let weird = &entries[&("public".to_string(), "We ird".to_string())];
         assert_eq!(weird.iter().map(|e| e.id).collect::<Vec<_>>(), [3213, 3211]);
         // A unique constraint: its index built alongside the others, attached after.
@@ -331,8 +379,14 @@ CREATE INDEX p1_k_idx ON public.p1 USING btree (k);
         assert_eq!(weird[0].whole, "SET default_tablespace = '';\nALTER TABLE ONLY public.\"We ird\"\n    ADD CONSTRAINT \"We ird_b_key\" UNIQUE (b);");
         assert!(weird[1].whole.starts_with("SET default_tablespace = fast;\nCREATE INDEX \"We ird_a_idx\"") && weird[1].whole.ends_with("SET STATISTICS 500;"), "{}", weird[1].whole);
         assert_eq!(entries[&("public".to_string(), "p1".to_string())].iter().map(|e| e.id).collect::<Vec<_>>(), [3220]);
-        // The partitioned parent's key and index (not copied: no rows), the comment, the
-        // foreign key and the check constraint are left to pg_restore.
+        // The foreign key between two copied tables, for after both are done.
+        assert_eq!(foreign_keys.len(), 1);
+        let fk = &foreign_keys[0];
+        assert_eq!((fk.id, fk.name.as_str()), (3226, "c_id_fkey"));
+        assert_eq!((fk.table.1.as_str(), fk.references.1.as_str()), ("c", "We ird"));
+        assert!(fk.sql.ends_with("ADD CONSTRAINT c_id_fkey FOREIGN KEY (id) REFERENCES public.\"We ird\"(id);"), "{}", fk.sql);
+        // The partitioned parent's key and index (not copied: no rows), the comment and the
+        // check constraint are left to pg_restore.
         assert!(!entries.contains_key(&("public".to_string(), "p".to_string())));
         assert!(!entries.contains_key(&("public".to_string(), "c".to_string())), "{entries:#?}");
         assert_eq!(entries.values().map(Vec::len).sum::<usize>(), 3);
