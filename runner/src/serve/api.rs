@@ -378,6 +378,11 @@ async fn check_name(State(app): State<Shared>, body: Bytes) -> Answer {
     Ok(Json(availability.json()).into_response())
 }
 
+fn state_event(m: &Migration) -> Event {
+    let data = json!({"name": m.name, "state": m.status.state, "substate": m.status.substate, "at": chrono::Utc::now().to_rfc3339()});
+    Event::default().event("state").data(data.to_string())
+}
+
 /// `GET /migrations/{name}/events`: server-sent events, `state` on each change of state or
 /// substate and `progress` when the counters move (the migration's summary, as `list` has
 /// it), ending after the end state.
@@ -404,17 +409,24 @@ async fn events(State(app): State<Shared>, Path(name): Path<String>, Query(q): Q
                     return Some((Ok::<_, std::convert::Infallible>(Event::default().event("error").data(format!("{e:#}"))), f));
                 }
             };
-            if f.last_status != Some(m.status) {
+            let changed = f.last_status != Some(m.status);
+            let ending = !m.status.is_active() && m.status != Status::CANCELING;
+            // The last counters go out before the end state that closes the stream: a
+            // migration quicker than one poll still shows what it copied.
+            if changed && !ending {
                 f.last_status = Some(m.status);
-                f.ended = !m.status.is_active() && m.status != Status::CANCELING;
-                let data = json!({"name": m.name, "state": m.status.state, "substate": m.status.substate, "at": chrono::Utc::now().to_rfc3339()});
-                return Some((Ok(Event::default().event("state").data(data.to_string())), f));
+                return Some((Ok(state_event(&m)), f));
             }
             let progress = f.store.progress_details(f.id).ok().flatten();
             if progress.is_some() && progress != f.last_progress {
                 f.last_progress = progress.clone();
                 let data = json!({"name": m.name, "progress": progress});
                 return Some((Ok(Event::default().event("progress").data(data.to_string())), f));
+            }
+            if changed {
+                f.last_status = Some(m.status);
+                f.ended = true;
+                return Some((Ok(state_event(&m)), f));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
